@@ -1,0 +1,1 @@
+"""textok trainers (PyTorch): shard loader, TexTok tokenizer, losses, DiT, sampling, metrics."""
