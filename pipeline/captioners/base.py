@@ -76,6 +76,10 @@ class Captioner(abc.ABC):
         """Generation settings recorded in the captions table metadata (never secrets)."""
         return {}
 
+    def estimate_cost_usd(self, input_tokens: int, output_tokens: int) -> Optional[float]:
+        """Estimated cost of this many tokens (None for backends with no per-token price)."""
+        return None
+
     def usage_summary(self) -> dict[str, Any]:
-        """Totals for caption_summary.json (tokens, estimated cost, requests/min...)."""
+        """Per-process totals (tokens, requests, cost...) for logs; the run summary uses Beam counters."""
         return {}
