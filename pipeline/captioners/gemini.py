@@ -1,0 +1,532 @@
+"""Gemini captioner: many requests in flight through the real google-genai client.
+
+    export GEMINI_API_KEY=...            # or GOOGLE_API_KEY, or --vertex-project/--vertex-location
+    textok caption --input imgs/ --output out/ --captioner gemini --rpm 1000 --max-cost-usd 5
+
+    python -m pipeline.captioners.gemini cat.jpg dog.png [--model gemini-2.5-flash] [--base-url URL]
+
+How a batch is captioned: images are downscaled to ≤384 px (Gemini 2.x bills such an image
+as 258 tokens instead of tiling a large one) and JPEG-encoded on the calling thread, then
+every request of the batch is scheduled on one process-wide asyncio loop running in a
+background thread. On that loop all captioner instances of the process (Beam makes one per
+DoFn thread) share, per model and limits: a semaphore (`max_in_flight`), a `RateLimiter`
+(requests/min and tokens/min) and a `CostBudget` (`max_cost_usd`). Retries use exponential
+backoff with full jitter on 429/5xx/timeouts/connection errors, never shorter than the
+server's `google.rpc.RetryInfo.retryDelay` or `Retry-After`. google-genai's own retries are
+off (no `retry_options`), so every attempt passes through our limiter and is counted.
+
+The API key is read from the environment in `setup()` only: it is never an attribute of a
+pickled captioner, never in `settings()`, and every error message is scrubbed of it.
+Authentication / unknown-model errors are configuration errors and raise `GeminiConfigError`
+(the run stops); everything else becomes a failed `CaptionResult`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Optional
+
+from pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, build_prompt, prompt_template
+from pipeline.captioners.ratelimit import CostBudget, RateLimiter
+from pipeline.images import downscale_max_side, encode_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gemini-2.5-flash"
+API_KEY_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+# USD per 1M tokens, Gemini Developer API paid tier, text/image input and output (thinking
+# included), as published by Google for these models in 2025. An ESTIMATE for budgeting:
+# check https://ai.google.dev/gemini-api/docs/pricing and override with --price-table.
+DEFAULT_PRICES = {
+    "gemini-2.5-flash": {"input_per_1m": 0.30, "output_per_1m": 2.50},
+    "gemini-2.5-flash-lite": {"input_per_1m": 0.10, "output_per_1m": 0.40},
+    "gemini-2.0-flash": {"input_per_1m": 0.10, "output_per_1m": 0.40},
+    "gemini-2.0-flash-lite": {"input_per_1m": 0.075, "output_per_1m": 0.30},
+    "gemini-2.5-pro": {"input_per_1m": 1.25, "output_per_1m": 10.00},
+}
+IMAGE_MAX_SIDE = 384
+IMAGE_TOKENS = 258  # Gemini 2.x: one image with both sides <= 384 px
+_SAFETY_REASONS = {"SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+                   "IMAGE_PROHIBITED_CONTENT", "MODEL_ARMOR", "JAILBREAK"}
+_AUTH_REASONS = {"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED",
+                 "CONSUMER_SUSPENDED", "SERVICE_DISABLED"}
+
+
+class GeminiConfigError(RuntimeError):
+    """Missing/invalid credentials, unknown model or bad settings: stop the run, fix the setting."""
+
+
+# --------------------------------------------------------------------------- shared loop
+
+
+class _LoopThread:
+    """One asyncio loop per process, in a daemon thread. Recreated after a fork."""
+
+    _lock = threading.Lock()
+    _loop: Optional[asyncio.AbstractEventLoop] = None
+    _pid: Optional[int] = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="gemini-captioner-loop", daemon=True).start()
+                cls._loop, cls._pid = loop, os.getpid()
+            return cls._loop
+
+
+@dataclass
+class _Shared:
+    """Per-process state shared by every captioner instance with the same model and limits."""
+
+    limiter: RateLimiter
+    budget: CostBudget
+    max_in_flight: int
+    semaphore: Optional[asyncio.Semaphore] = None  # created on the loop on first use
+
+    def sem(self) -> asyncio.Semaphore:
+        if self.semaphore is None:
+            self.semaphore = asyncio.Semaphore(self.max_in_flight)
+        return self.semaphore
+
+
+_SHARED: dict[tuple, _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_state(key: tuple, rpm, tpm, max_cost_usd, max_in_flight) -> _Shared:
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = _Shared(RateLimiter(rpm, tpm), CostBudget(max_cost_usd), max_in_flight)
+        return _SHARED[key]
+
+
+def reset_process_state() -> None:
+    """Forget the process-wide limiters and budgets (tests, or a notebook starting a new run)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def load_price_table(path: Optional[str]) -> dict[str, dict[str, float]]:
+    """DEFAULT_PRICES updated with a JSON file {model_id: {input_per_1m, output_per_1m}}."""
+    table = {k: dict(v) for k, v in DEFAULT_PRICES.items()}
+    if not path:
+        return table
+    try:
+        with open(path) as f:
+            extra = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise GeminiConfigError(f"price table {path}: cannot read JSON ({e})") from e
+    for model, p in (extra.items() if isinstance(extra, dict) else [(None, None)]):
+        if not (isinstance(p, dict) and {"input_per_1m", "output_per_1m"} <= set(p)
+                and all(isinstance(p[k], (int, float)) and p[k] >= 0 for k in ("input_per_1m", "output_per_1m"))):
+            raise GeminiConfigError(
+                f"price table {path}: entry {model!r} must be {{\"input_per_1m\": USD, \"output_per_1m\": USD}}")
+        table[model] = {"input_per_1m": float(p["input_per_1m"]), "output_per_1m": float(p["output_per_1m"])}
+    return table
+
+
+def estimate_input_tokens(prompt: str, n_images: int = 1) -> int:
+    """Before sending: 258 tokens per ≤384 px image + ~4 characters per text token."""
+    return IMAGE_TOKENS * n_images + math.ceil(len(prompt) / 4) + 4
+
+
+def retry_hint_s(exc: Exception) -> Optional[float]:
+    """The server's requested wait: google.rpc.RetryInfo.retryDelay ("1.5s") or Retry-After."""
+    hints = []
+    details = getattr(exc, "details", None)
+    err = details.get("error", details) if isinstance(details, dict) else {}
+    for d in (err.get("details") or []) if isinstance(err, dict) else []:
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = d.get("retryDelay")
+            if isinstance(delay, dict):  # proto-JSON variants: {"seconds": 3, "nanos": 0}
+                hints.append(float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9)
+            elif isinstance(delay, str) and delay.endswith("s"):
+                try:
+                    hints.append(float(delay[:-1]))
+                except ValueError:
+                    pass
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    if value:
+        try:
+            hints.append(float(value))
+        except ValueError:
+            try:
+                hints.append(parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    hints = [h for h in hints if h >= 0]
+    return max(hints) if hints else None
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, hint_s: Optional[float]) -> float:
+    """Full jitter (uniform in [0, base·2^(attempt-1)], capped), never below the server's hint."""
+    jitter = random.uniform(0.0, min(max_s, base_s * 2 ** (attempt - 1)))
+    return max(jitter, hint_s) if hint_s is not None else jitter
+
+
+def _transport_errors() -> tuple[tuple, tuple]:
+    """(timeout, transport) exception classes of whichever httpx flavour google-genai uses."""
+    timeouts, transports = [asyncio.TimeoutError], []
+    for mod in ("httpx", "httpx2"):
+        try:
+            m = __import__(mod)
+        except ImportError:
+            continue
+        timeouts.append(m.TimeoutException)
+        transports.append(m.TransportError)
+    return tuple(timeouts), tuple(transports)
+
+
+@dataclass
+class _Attempt:
+    """What one request came back with."""
+
+    text: Optional[str] = None
+    error_type: Optional[str] = None
+    message: str = ""
+    retry: bool = False
+    hint_s: Optional[float] = None
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    maybe_billed: bool = True   # without usage, assume the worst case was billed
+
+
+def parse_response(resp: Any) -> _Attempt:
+    """GenerateContentResponse -> caption text or a classified failure (pure; unit-testable)."""
+    usage = getattr(resp, "usage_metadata", None)
+    in_tok = getattr(usage, "prompt_token_count", None)
+    # Thinking tokens are billed as output (Gemini 2.5 pricing), so they count here.
+    out_tok = None
+    if usage is not None and (usage.candidates_token_count is not None or usage.thoughts_token_count is not None):
+        out_tok = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+    a = _Attempt(input_tokens=in_tok, output_tokens=out_tok, maybe_billed=usage is None)
+    feedback = getattr(resp, "prompt_feedback", None)
+    block = getattr(getattr(feedback, "block_reason", None), "name", None)
+    if block:
+        a.error_type, a.message = "safety_blocked", f"prompt blocked: blockReason={block}"
+        return a
+    if not resp.candidates:
+        a.error_type, a.message = "empty_response", "response has no candidates"
+        return a
+    cand = resp.candidates[0]
+    reason = getattr(cand.finish_reason, "name", None) or "UNSPECIFIED"
+    if reason in _SAFETY_REASONS:
+        a.error_type, a.message = "safety_blocked", f"finishReason={reason}"
+        return a
+    if reason in ("RECITATION", "IMAGE_RECITATION"):
+        a.error_type, a.message = "recitation_blocked", f"finishReason={reason}"
+        return a
+    parts = (cand.content.parts if cand.content and cand.content.parts else [])
+    text = "".join(p.text for p in parts if p.text and not p.thought).strip()
+    if not text:
+        a.error_type, a.message = "empty_response", f"no text in the answer (finishReason={reason})"
+        return a
+    a.text = text  # MAX_TOKENS keeps its text: the caption rules cut it at a sentence boundary
+    return a
+
+
+# --------------------------------------------------------------------------- captioner
+
+
+class GeminiCaptioner(Captioner):
+    backend = "gemini"
+    prompt_version = PROMPT_VERSION
+
+    def __init__(self, model_id: str = DEFAULT_MODEL, *, max_words: int = MAX_CAPTION_WORDS,
+                 class_hint: bool = False, rpm: Optional[float] = 1000, tpm: Optional[float] = 1_000_000,
+                 max_in_flight: int = 32, timeout_s: float = 60.0, max_retries: int = 5,
+                 max_cost_usd: Optional[float] = None, base_url: Optional[str] = None,
+                 vertex_project: Optional[str] = None, vertex_location: Optional[str] = None,
+                 price_table: Optional[str] = None, max_output_tokens: int = 256,
+                 temperature: Optional[float] = None, thinking_budget: Optional[int] = 0,
+                 image_max_side: int = IMAGE_MAX_SIDE, jpeg_quality: int = 90,
+                 backoff_base_s: float = 1.0, backoff_max_s: float = 60.0):
+        if max_in_flight < 1:
+            raise GeminiConfigError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if timeout_s <= 0 or max_retries < 0 or max_output_tokens < 1:
+            raise GeminiConfigError(f"need timeout_s > 0, max_retries >= 0, max_new_tokens >= 1; got "
+                                    f"{timeout_s}, {max_retries}, {max_output_tokens}")
+        if bool(vertex_project) != bool(vertex_location):
+            raise GeminiConfigError("Vertex AI needs both --vertex-project and --vertex-location")
+        self.model_id = model_id
+        self.max_words, self.class_hint = int(max_words), bool(class_hint)
+        self.rpm, self.tpm, self.max_in_flight = rpm, tpm, int(max_in_flight)
+        self.timeout_s, self.max_retries = float(timeout_s), int(max_retries)
+        self.max_cost_usd = max_cost_usd
+        # GOOGLE_GEMINI_BASE_URL is what google-genai itself honours; resolve it now so
+        # settings() records where requests really go.
+        self.base_url = base_url or (None if vertex_project else os.environ.get("GOOGLE_GEMINI_BASE_URL"))
+        self.vertex_project, self.vertex_location = vertex_project, vertex_location
+        self.max_output_tokens, self.temperature = int(max_output_tokens), temperature
+        self.thinking_budget = thinking_budget
+        self.image_max_side, self.jpeg_quality = int(image_max_side), int(jpeg_quality)
+        self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
+        self.price_table_path = price_table
+        self.prices = load_price_table(price_table).get(model_id)
+        if max_cost_usd is not None and self.prices is None:
+            raise GeminiConfigError(
+                f"--max-cost-usd needs a price for model {model_id!r}; known: {sorted(DEFAULT_PRICES)}. "
+                "Pass --price-table prices.json with {\"" + model_id + "\": {\"input_per_1m\": ..., "
+                "\"output_per_1m\": ...}}")
+        self.prompt_text = prompt_template(self.class_hint, self.max_words)
+        self._client = None
+        self._api_key: Optional[str] = None
+        self._stats: dict[str, Any] = {}
+        self._stats_lock: Optional[threading.Lock] = None
+        self._shared: Optional[_Shared] = None
+
+    # -- pickling (Beam ships the captioner to workers before setup) ----------------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_client=None, _api_key=None, _stats={}, _stats_lock=None, _shared=None)
+        return state
+
+    def __repr__(self) -> str:
+        return f"GeminiCaptioner(model_id={self.model_id!r}, endpoint={self._endpoint()!r})"
+
+    def _endpoint(self) -> str:
+        return "vertex" if self.vertex_project else "developer"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def setup(self) -> None:
+        from google import genai
+        from google.genai import types
+
+        if self._client is not None:
+            return
+        http = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000))
+        if self.vertex_project:
+            self._client = genai.Client(vertexai=True, project=self.vertex_project,
+                                        location=self.vertex_location, http_options=http)
+        else:
+            self._api_key = next((os.environ[k].strip() for k in API_KEY_ENV_VARS if os.environ.get(k, "").strip()),
+                                 None)
+            if not self._api_key:
+                raise GeminiConfigError(
+                    "the gemini captioner needs credentials: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the "
+                    "environment, or use Vertex AI with --vertex-project and --vertex-location")
+            self._client = genai.Client(api_key=self._api_key, http_options=http)
+        self._stats_lock = threading.Lock()
+        self._stats = {"requests": 0, "ok": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
+                       "errors": {}}
+        key = (self._endpoint(), self.base_url, self.model_id, self.rpm, self.tpm, self.max_in_flight,
+               self.max_cost_usd)
+        self._shared = _shared_state(key, self.rpm, self.tpm, self.max_cost_usd, self.max_in_flight)
+
+    def teardown(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:  # close the async HTTP pool on the loop that used it
+            try:
+                asyncio.run_coroutine_threadsafe(client.aio.aclose(), _LoopThread.get()).result(timeout=10)
+            except Exception as e:  # closing is best effort; the process may be ending anyway
+                log.debug("closing the Gemini client failed: %s", self._redact(str(e)))
+        self._api_key = None
+
+    # -- public API ----------------------------------------------------------------------
+    def caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        if self._client is None:
+            raise RuntimeError("GeminiCaptioner.setup() must run before caption_batch()")
+        prepared = [self._prepare(r) for r in requests]  # CPU work on the caller's thread
+        fut = asyncio.run_coroutine_threadsafe(self._caption_all(prepared), _LoopThread.get())
+        return fut.result()
+
+    def estimate_cost_usd(self, input_tokens: int, output_tokens: int) -> Optional[float]:
+        if self.prices is None:
+            return None
+        return (input_tokens * self.prices["input_per_1m"] + output_tokens * self.prices["output_per_1m"]) / 1e6
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id, "endpoint": self._endpoint(), "base_url": self.base_url,
+            "vertex_project": self.vertex_project, "vertex_location": self.vertex_location,
+            "max_words": self.max_words, "class_hint": self.class_hint,
+            "max_output_tokens": self.max_output_tokens, "temperature": self.temperature,
+            "thinking_budget": self.thinking_budget, "image_max_side": self.image_max_side,
+            "image_format": "jpeg", "jpeg_quality": self.jpeg_quality, "rpm": self.rpm, "tpm": self.tpm,
+            "max_in_flight": self.max_in_flight, "timeout_s": self.timeout_s, "max_retries": self.max_retries,
+            "max_cost_usd": self.max_cost_usd, "prices_per_1m_usd_estimate": self.prices,
+        }
+
+    def usage_summary(self) -> dict[str, Any]:
+        if self._stats_lock is None:
+            return {}
+        with self._stats_lock:
+            return json.loads(json.dumps(self._stats))
+
+    # -- internals -----------------------------------------------------------------------
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "[REDACTED]") if self._api_key else text
+
+    def _prepare(self, req: CaptionRequest) -> tuple[CaptionRequest, Optional[bytes], str]:
+        prompt = build_prompt(req.class_name, self.class_hint, self.max_words)
+        if req.image is None:
+            return req, None, prompt
+        img = downscale_max_side(req.image.convert("RGB"), self.image_max_side)
+        return req, encode_image(img, "jpeg", self.jpeg_quality), prompt
+
+    async def _caption_all(self, prepared) -> list[CaptionResult]:
+        tasks = [asyncio.ensure_future(self._caption_one(*p)) for p in prepared]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:  # a config error stops the batch: do not leave requests running
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def _generation_config(self):
+        from google.genai import types
+
+        cfg: dict[str, Any] = {"max_output_tokens": self.max_output_tokens}
+        if self.temperature is not None:
+            cfg["temperature"] = self.temperature
+        if self.thinking_budget is not None:
+            # Captioning needs no reasoning; 2.5 Flash thinks by default and bills it as output.
+            cfg["thinking_config"] = types.ThinkingConfig(thinking_budget=self.thinking_budget)
+        return types.GenerateContentConfig(**cfg)
+
+    async def _caption_one(self, req: CaptionRequest, jpeg: Optional[bytes], prompt: str) -> CaptionResult:
+        if jpeg is None:
+            return CaptionResult(req.key, error_type="missing_image", attempts=0,
+                                 message="the gemini captioner needs pixels; the request has no image")
+        est_in = estimate_input_tokens(prompt)
+        est_tokens = est_in + self.max_output_tokens
+        worst_usd = self.estimate_cost_usd(est_in, self.max_output_tokens) or 0.0
+        shared = self._shared
+        attempts, last = 0, _Attempt()
+        async with shared.sem():
+            while True:
+                if not shared.budget.try_reserve(worst_usd):
+                    self._count("budget_exhausted")
+                    return CaptionResult(
+                        req.key, error_type="budget_exhausted", attempts=attempts, retryable=True,
+                        message=f"stopped before exceeding --max-cost-usd {self.max_cost_usd}: estimated spend "
+                                f"${shared.budget.spent_usd:.4f} + in flight ${shared.budget.reserved_usd:.4f} "
+                                f"+ this request up to ${worst_usd:.6f}; rerun with a larger budget to continue")
+                await shared.limiter.acquire(est_tokens)
+                attempts += 1
+                last = await self._attempt(jpeg, prompt)
+                billed = self.estimate_cost_usd(last.input_tokens or 0, last.output_tokens or 0) or 0.0
+                if last.maybe_billed and last.error_type in ("timeout", "malformed_response"):
+                    billed = worst_usd  # the server may have done (and billed) the work
+                shared.budget.settle(worst_usd, billed)
+                if last.input_tokens is not None:
+                    shared.limiter.reconcile(est_tokens, last.input_tokens + (last.output_tokens or 0))
+                self._record(last, billed)
+                if not last.retry or attempts > self.max_retries:
+                    break
+                if last.hint_s is not None:
+                    shared.limiter.pause_until(time.monotonic() + last.hint_s)
+                await asyncio.sleep(backoff_s(attempts, self.backoff_base_s, self.backoff_max_s, last.hint_s))
+        return CaptionResult(req.key, text=last.text, error_type=last.error_type, message=self._redact(last.message),
+                             attempts=attempts, input_tokens=last.input_tokens, output_tokens=last.output_tokens,
+                             # a 429 after all retries is quota, not the item: a rerun should try it again
+                             retryable=last.error_type == "http_429")
+
+    async def _attempt(self, jpeg: bytes, prompt: str) -> _Attempt:
+        from google.genai import errors, types
+
+        timeouts, transports = _transport_errors()
+        try:
+            resp = await asyncio.wait_for(
+                self._client.aio.models.generate_content(
+                    model=self.model_id,
+                    contents=[types.Part.from_bytes(data=jpeg, mime_type="image/jpeg"), prompt],
+                    config=self._generation_config()),
+                timeout=self.timeout_s)
+        except errors.APIError as e:
+            return self._api_error(e)
+        except timeouts:
+            return _Attempt(error_type="timeout", message=f"no response within {self.timeout_s:g} s", retry=True)
+        except transports as e:
+            return _Attempt(error_type="connection_error", message=f"{type(e).__name__}: {e}", retry=True,
+                            maybe_billed=False)
+        except ValueError as e:  # json.JSONDecodeError, pydantic ValidationError: a garbled body
+            return _Attempt(error_type="malformed_response", message=f"{type(e).__name__}: {str(e)[:300]}",
+                            retry=True)
+        return parse_response(resp)
+
+    def _api_error(self, e) -> _Attempt:
+        code = int(e.code or 0)
+        status = e.status or ""
+        reasons = {d.get("reason") for d in ((e.details or {}).get("error", {}).get("details") or [])
+                   if isinstance(d, dict)} if isinstance(e.details, dict) else set()
+        msg = self._redact(f"HTTP {code} {status}: {e.message or ''}".strip())
+        if code in (401, 403) or reasons & _AUTH_REASONS:
+            where = "Vertex AI project/location" if self.vertex_project else "GEMINI_API_KEY / GOOGLE_API_KEY"
+            raise GeminiConfigError(f"Gemini rejected the credentials ({msg}); check {where}")
+        if code == 404:
+            raise GeminiConfigError(f"Gemini does not know model {self.model_id!r} ({msg}); check --model")
+        retry = code in (408, 429) or code >= 500
+        return _Attempt(error_type=f"http_{code}", message=msg, retry=retry, maybe_billed=False,
+                        hint_s=retry_hint_s(e) if retry else None)
+
+    def _record(self, a: _Attempt, cost: float) -> None:
+        with self._stats_lock:
+            s = self._stats
+            s["requests"] += 1
+            s["ok"] += a.error_type is None
+            s["input_tokens"] += a.input_tokens or 0
+            s["output_tokens"] += a.output_tokens or 0
+            s["cost_usd"] += cost
+            if a.error_type:
+                s["errors"][a.error_type] = s["errors"].get(a.error_type, 0) + 1
+
+    def _count(self, error_type: str) -> None:
+        with self._stats_lock:
+            self._stats["errors"][error_type] = self._stats["errors"].get(error_type, 0) + 1
+
+
+_OPTION_KEYS = {"model_id", "max_words", "class_hint", "rpm", "tpm", "max_in_flight", "timeout_s", "max_retries",
+                "max_cost_usd", "base_url", "vertex_project", "vertex_location", "price_table", "temperature",
+                "thinking_budget", "image_max_side", "jpeg_quality", "backoff_base_s", "backoff_max_s"}
+# Options of the local backend that mean nothing here; batch_size only sizes the pipeline's
+# batches (in-flight requests are bounded by max_in_flight), so it is accepted and unused.
+_IGNORED_KEYS = {"batch_size"}
+
+
+def from_options(options: dict) -> GeminiCaptioner:
+    """Build from the registry's option dict (CLI flags; only non-None keys are present)."""
+    opts = {k: v for k, v in options.items() if v is not None}
+    unknown = set(opts) - _OPTION_KEYS - _IGNORED_KEYS - {"max_new_tokens"}
+    if unknown:
+        raise GeminiConfigError(f"options {sorted(unknown)} do not apply to the gemini captioner "
+                                f"(they belong to --captioner local)")
+    kwargs = {k: v for k, v in opts.items() if k in _OPTION_KEYS}
+    if "max_new_tokens" in opts:
+        kwargs["max_output_tokens"] = opts["max_new_tokens"]
+    return GeminiCaptioner(**kwargs)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from PIL import Image
+
+    p = argparse.ArgumentParser(description="Caption image files with Gemini and print JSON lines.")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--base-url", default=None)
+    p.add_argument("--class-name", default=None)
+    a = p.parse_args()
+    cap = GeminiCaptioner(a.model, base_url=a.base_url, class_hint=a.class_name is not None)
+    cap.setup()
+    reqs = [CaptionRequest(key=path, image=Image.open(path).convert("RGB"), class_name=a.class_name) for path in a.images]
+    for r in cap.caption_batch(reqs):
+        print(json.dumps(r.__dict__))
+    print(json.dumps(cap.usage_summary()))

@@ -1,0 +1,358 @@
+"""Captions -> T5 embeddings -> training shards (Apache Beam), resumable at shard granularity.
+
+    textok encode --captions runs/cap --output runs/data --encoder google/t5-v1_1-xl
+    textok encode --captions runs/cap --output runs/data --encoder /models/t5-xl --image-size 256 \
+        --direct_running_mode multi_processing --direct_num_workers 4
+
+    from pipeline.encode_pipeline import run_encode
+    run_encode("runs/cap", "runs/data", encoder="/models/t5-xl", split="train")
+
+How resume works: the launcher sorts the split's caption keys and chunks them into shards of
+`rows_per_shard` up front, so shard i of n is a fixed set of keys. Each shard is one Beam
+element; the stage encodes it and writes `shards/{split}-{i:05d}-of-{n:05d}.parquet`
+atomically as soon as it is done (no GroupByKey before the write, so nothing waits for the
+whole run). A file on disk means "done"; a rerun skips those shards. The plan is saved in
+`shards/.plan-{split}.json`; a rerun whose captions no longer match it fails instead of
+mixing two plans. Keys whose image cannot be read go to `dead_letter/` (stage "encode"),
+written before their shard, so every key ends in exactly one of {shard, dead letter}.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.captions import DEAD_LETTER_SCHEMA
+from schemas.common import SchemaError, list_parquet, read_meta, with_metadata, write_table_atomic
+from schemas.shards import shards_schema, text_emb_column
+
+log = logging.getLogger(__name__)
+
+CAPTION_COLUMNS = ["key", "split", "label", "class_name", "source_uri", "caption"]
+ROW_GROUP_SIZE = 256  # small row groups: the trainer streams shards without loading whole files
+DEFAULT_ROWS_PER_SHARD = 2048
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def in_holdout(key: str, fraction: float, seed: int = 0) -> bool:
+    """Deterministic membership of the pool hold-out: hash(seed, key) < fraction. Same on every runner."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(f"textok-holdout:{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
+
+
+def read_captions(captions: str, split: str | None = None) -> pa.Table:
+    """The caption rows of `split` (all splits if None), sorted by key, from `DIR/captions/` or a file/folder.
+
+    Fails on a file that is not a captions table and on a key present twice.
+    """
+    folder = os.path.join(captions, "captions")
+    files = list_parquet(folder if os.path.isdir(folder) else captions)
+    if not files:
+        raise FileNotFoundError(f"{captions}: no captions Parquet files (looked in {folder})")
+    tables = []
+    for f in files:
+        if read_meta(f)["table"] != "captions":
+            raise SchemaError(f"{f}: textok.table is {read_meta(f)['table']!r}, expected 'captions' "
+                              f"(--captions takes the output folder of `textok caption`)")
+        t = pq.read_table(f, columns=CAPTION_COLUMNS)
+        tables.append(t.append_column("_file", pa.array([f] * t.num_rows, pa.string())))
+    table = pa.concat_tables(tables)
+    if split is not None:
+        table = table.filter(pc.equal(table["split"], split))
+    table = table.sort_by("key")
+    keys = table["key"].to_numpy(zero_copy_only=False)
+    dup = np.flatnonzero(keys[1:] == keys[:-1]) if len(keys) > 1 else []
+    if len(dup):
+        i = int(dup[0])
+        raise SchemaError(f"caption key {keys[i]!r} appears twice ({table['_file'][i]} and {table['_file'][i + 1]}); "
+                          f"run `textok compact {captions}` to deduplicate")
+    return table.drop_columns(["_file"])
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    split: str
+    index: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:05d}-of-{self.count:05d}"
+
+
+def plan_shards(rows: list[dict], split: str, rows_per_shard: int) -> list[tuple[ShardTask, list[dict]]]:
+    """Chunk key-sorted rows into shards: shard i of n always holds the same keys."""
+    if rows_per_shard <= 0:
+        raise ValueError(f"--rows-per-shard must be positive, got {rows_per_shard}")
+    n = max(1, -(-len(rows) // rows_per_shard)) if rows else 0
+    return [(ShardTask(split, i, n), rows[i * rows_per_shard:(i + 1) * rows_per_shard]) for i in range(n)]
+
+
+def prepare_image(data: bytes, uri: str, image_size: int | None) -> tuple[bytes, str, int, int]:
+    """(bytes, format, width, height) to store. The image is always fully decoded, so a broken
+    file is caught here and dead-lettered. With `image_size`: shorter side -> S, centre crop,
+    re-encoded as JPEG q95 (PNG sources stay PNG, so lossless data stays lossless)."""
+    from pipeline.images import decode_image, encode_image, image_format, resize_center_crop
+
+    fmt = image_format(data)
+    img = decode_image(data, uri=uri)
+    if image_size is None:
+        return data, fmt, img.width, img.height
+    img = resize_center_crop(img, image_size)
+    out_fmt = "png" if fmt == "png" else "jpeg"
+    return encode_image(img, out_fmt, quality=95), out_fmt, img.width, img.height
+
+
+def dead_letter_row(row: dict, error_type: str, message: str, stage: str = "encode") -> dict:
+    return {"key": row["key"], "split": row.get("split"), "stage": stage, "source_uri": row.get("source_uri"),
+            "error_type": error_type, "message": message, "attempts": 1,
+            "timestamp": dt.datetime.now(dt.timezone.utc)}
+
+
+def shards_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
+    """Encoded rows (dicts with `text_emb` float16 arrays) -> a shards table with its metadata."""
+    dim = int(meta["D"])
+    schema = with_metadata(shards_schema(dim), "shards", "encode", meta)
+    cols = {name: [r[name] for r in rows] for name in schema.names if name != "text_emb"}
+    arrays = [text_emb_column([r["text_emb"] for r in rows], dim) if f.name == "text_emb"
+              else pa.array(cols[f.name], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def dead_letter_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=with_metadata(DEAD_LETTER_SCHEMA, "dead_letter", "encode", meta))
+
+
+# ---------------------------------------------------------------- Beam transforms
+
+class _SharedEncoderHolder:
+    """Weak-referenceable box for `apache_beam.utils.shared.Shared` (one model per worker process)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+
+class EncodeBatchFn(beam.DoFn):
+    """(tag, caption rows) -> (tag, encoded rows, dead-letter rows).
+
+    The text encoder loads once per worker process in `setup()` and is shared by all DoFn
+    threads through `Shared`. With `image_size` not False the images are read and checked.
+    """
+
+    def __init__(self, encoder_options: dict[str, Any], shared_handle, with_images: bool,
+                 image_size: int | None = None, skip_if_exists=None):
+        self.encoder_options = encoder_options
+        self.shared_handle = shared_handle
+        self.with_images = with_images
+        self.image_size = image_size
+        self.skip_if_exists = skip_if_exists  # tag -> path; an existing file means the unit is done
+        self.encoded = beam.metrics.Metrics.counter("textok", "encoded")
+        self.dead = beam.metrics.Metrics.counter("textok", "encode_dead_letter")
+        self.skipped = beam.metrics.Metrics.counter("textok", "encode_skipped_done")
+
+    def setup(self):
+        from pipeline.text_encoder import TextEncoder
+
+        opts = self.encoder_options
+        tag = json.dumps(opts, sort_keys=True)
+        self._encoder = self.shared_handle.acquire(lambda: _SharedEncoderHolder(TextEncoder(**opts).load()),
+                                                   tag=tag).encoder
+
+    def process(self, element):
+        from pipeline.images import ImageDecodeError
+        from pipeline.sources import read_image_bytes
+
+        tag, rows = element
+        if self.skip_if_exists is not None and os.path.exists(self.skip_if_exists(tag)):
+            self.skipped.inc()  # a retried bundle, or another worker finished it
+            return
+        good, dead = [], []
+        for row in rows:
+            if not self.with_images:
+                good.append(dict(row))
+                continue
+            try:  # read_image_bytes reports I/O failures as ImageDecodeError("read_error") too
+                data = read_image_bytes(row["source_uri"])
+                image, fmt, w, h = prepare_image(data, row["source_uri"], self.image_size)
+            except ImageDecodeError as e:
+                dead.append(dead_letter_row(row, e.error_type, e.message))
+                continue
+            good.append(dict(row, image=image, image_format=fmt, width=w, height=h))
+        embs = self._encoder.encode([r["caption"] for r in good], keys=[r["key"] for r in good]) if good else []
+        for r, e in zip(good, embs):
+            r["text_emb"], r["text_len"] = e, int(e.shape[0])
+        self.encoded.inc(len(good))
+        self.dead.inc(len(dead))
+        yield tag, good, dead
+
+
+class EncodeCaptions(beam.PTransform):
+    """PCollection[(tag, list of caption rows)] -> PCollection[(tag, encoded rows, dead-letter rows)].
+
+    Encoded rows gain `text_emb` (float16 `[text_len, D]`), `text_len` and, `with_images`,
+    `image`, `image_format`, `width`, `height`. Used for shards (tag = ShardTask) and pools
+    (tag = class). Reshuffle first so units spread over workers.
+    """
+
+    def __init__(self, encoder_options: dict[str, Any], *, with_images: bool = True, image_size: int | None = None,
+                 skip_if_exists=None):
+        super().__init__()
+        from apache_beam.utils.shared import Shared
+
+        self._fn = EncodeBatchFn(encoder_options, Shared(), with_images, image_size, skip_if_exists)
+
+    def expand(self, pcoll):
+        return pcoll | "Spread" >> beam.Reshuffle() | "Encode" >> beam.ParDo(self._fn)
+
+
+class _ShardPath:
+    """tag -> shard path (a picklable callable for `skip_if_exists`)."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def __call__(self, task: ShardTask) -> str:
+        return os.path.join(self.output_dir, "shards", f"{task.name}.parquet")
+
+
+class WriteShardFn(beam.DoFn):
+    """Writes one shard (and first its dead letters) atomically as soon as it is encoded."""
+
+    def __init__(self, output_dir: str, meta: dict[str, Any]):
+        self.output_dir = output_dir
+        self.meta = meta
+
+    def process(self, element):
+        task, rows, dead = element
+        meta = dict(self.meta, split=task.split, shard_index=task.index, num_shards=task.count, num_rows=len(rows))
+        if dead:
+            path = os.path.join(self.output_dir, "dead_letter", f"encode-{task.name}.parquet")
+            write_table_atomic(dead_letter_table(dead, meta), path)
+        write_table_atomic(shards_table(rows, meta), _ShardPath(self.output_dir)(task), row_group_size=ROW_GROUP_SIZE)
+        yield {"shard": task.name, "rows": len(rows), "dead_letter": len(dead)}
+
+
+# ---------------------------------------------------------------- launcher
+
+def encoder_options(meta: dict[str, Any], batch_size: int, revision: str | None = None) -> dict[str, Any]:
+    """TextEncoder kwargs for the workers, from the launcher's `describe_encoder` metadata."""
+    return {"encoder": meta["encoder"], "max_tokens": meta["max_tokens"], "batch_size": batch_size,
+            "device": meta["device"], "dtype": meta["compute_dtype"], "revision": revision}
+
+
+def _estimate_rows_per_shard(rows: list[dict], shard_mb: float, dim: int, max_tokens: int,
+                             image_size: int | None) -> int:
+    """Rows that fill about `shard_mb` MiB: image bytes measured on up to 16 evenly spaced rows,
+    text ~ 1.4 tokens per word (T5 SentencePiece on English) + EOS, capped at max_tokens."""
+    from pipeline.images import ImageDecodeError
+    from pipeline.sources import read_image_bytes
+
+    sample = rows[:: max(1, len(rows) // 16)][:16]
+    sizes = []
+    for r in sample:
+        try:
+            sizes.append(len(prepare_image(read_image_bytes(r["source_uri"]), r["source_uri"], image_size)[0]))
+        except ImageDecodeError:  # unreadable rows are dead-lettered later; they do not size shards
+            continue
+    image_bytes = float(np.mean(sizes)) if sizes else 0.0
+    tokens = np.mean([min(max_tokens, 1.4 * len(r["caption"].split()) + 1) for r in rows]) if rows else 1
+    return max(1, int(shard_mb * 2 ** 20 / (image_bytes + tokens * dim * 2 + 200)))
+
+
+def _check_plan(output_dir: str, split: str, plan: list[tuple[ShardTask, list[dict]]], settings: dict) -> None:
+    """Save the shard plan on first run; refuse to resume against a different one."""
+    digest = hashlib.sha256()
+    for task, rows in plan:
+        digest.update(f"{task.name}:{','.join(r['key'] for r in rows)}\n".encode())
+    record = dict(settings, num_shards=len(plan), keys_sha256=digest.hexdigest())
+    path = os.path.join(output_dir, "shards", f".plan-{split}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != record:
+            changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+            raise RuntimeError(f"{path}: the existing shards of split {split!r} were planned with different "
+                               f"{changed} (old {[old.get(k) for k in changed]}, now {[record.get(k) for k in changed]}). "
+                               f"Write to a new --output, or delete {os.path.dirname(path)} to re-encode.")
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+
+
+def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "train", batch_size: int = 64,
+               max_tokens: int = 128, image_size: int | None = None, rows_per_shard: int | None = None,
+               shard_mb: float | None = None, dtype: str | None = None, device: str | None = None,
+               revision: str | None = None, pool_holdout_fraction: float = 0.0, seed: int = 0,
+               beam_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Encode one split's captions into shards under `output_dir/shards/`. Returns the summary."""
+    from pipeline.beam_utils import make_pipeline
+    from pipeline.text_encoder import describe_encoder
+
+    start = time.time()
+    if not 0.0 <= pool_holdout_fraction < 1.0:
+        raise ValueError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
+    meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
+    rows = read_captions(captions, split).to_pylist()
+    if not rows:
+        raise ValueError(f"{captions}: no captions of split {split!r}")
+    held_out = [r for r in rows if in_holdout(r["key"], pool_holdout_fraction, seed)]
+    rows = [r for r in rows if not in_holdout(r["key"], pool_holdout_fraction, seed)]
+    if rows_per_shard is None:
+        rows_per_shard = (_estimate_rows_per_shard(rows, shard_mb, meta["D"], max_tokens, image_size)
+                          if shard_mb else DEFAULT_ROWS_PER_SHARD)
+    image_mode = "original" if image_size is None else f"resize_center_crop:{image_size}"
+    meta.update(image_mode=image_mode, pool_holdout_fraction=pool_holdout_fraction, pool_seed=seed,
+                captions=captions)
+    opts = encoder_options(meta, batch_size, revision)
+    meta.pop("device")
+    plan = plan_shards(rows, split, rows_per_shard)
+    _check_plan(output_dir, split, plan, {"rows_per_shard": rows_per_shard, "image_mode": image_mode,
+                                          "encoder": encoder, "pool_holdout_fraction": pool_holdout_fraction,
+                                          "pool_seed": seed})
+    shard_path = _ShardPath(output_dir)
+    todo = [(t, r) for t, r in plan if not os.path.exists(shard_path(t))]
+    log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(rows), len(held_out),
+             len(plan), len(todo))
+    if todo:
+        with make_pipeline(beam_args) as p:
+            _ = (p | "Shards" >> beam.Create(todo)
+                 | "EncodeCaptions" >> EncodeCaptions(opts, image_size=image_size, skip_if_exists=shard_path)
+                 | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, meta)))
+    summary = summarize_shards(output_dir, split, plan)
+    summary.update(split=split, held_out_for_pools=len(held_out), shards_written_now=len(todo),
+                   shards_skipped_done=len(plan) - len(todo), rows_per_shard=rows_per_shard,
+                   wall_s=round(time.time() - start, 2), encoder=encoder, D=meta["D"], image_mode=image_mode)
+    summary["captions_per_s"] = round(sum(len(r) for _, r in todo) / max(summary["wall_s"], 1e-9), 2)
+    with open(os.path.join(output_dir, f"encode_summary_{split}.json"), "w") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+    return summary
+
+
+def summarize_shards(output_dir: str, split: str, plan: Iterable[tuple[ShardTask, list[dict]]]) -> dict[str, Any]:
+    """Count rows and dead letters on disk; check every planned key ended up exactly once."""
+    planned = sum(len(r) for _, r in plan)
+    shard_files = [p for p in list_parquet(os.path.join(output_dir, "shards")) if os.path.basename(p).startswith(f"{split}-")]
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_files)
+    dl_dir = os.path.join(output_dir, "dead_letter")
+    dl_files = [p for p in list_parquet(dl_dir) if os.path.basename(p).startswith(f"encode-{split}-")] \
+        if os.path.isdir(dl_dir) else []
+    dead = sum(pq.ParquetFile(p).metadata.num_rows for p in dl_files)
+    if rows + dead != planned:
+        raise RuntimeError(f"{output_dir}: split {split!r} has {rows} shard rows + {dead} dead letters, "
+                           f"but {planned} keys were planned; shards are incomplete or stale")
+    return {"shards": len(shard_files), "rows": rows, "dead_letter": dead}

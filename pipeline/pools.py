@@ -1,0 +1,207 @@
+"""Per-class caption pools for class-conditional sampling (Apache Beam), from images never trained on.
+
+TexTok's class-conditional DiT generates tokens from a label, and the detokenizer then needs a
+caption: it is drawn from a pool of captions of *unseen* images of that class (paper §3.3).
+
+    textok pools --captions runs/cap --output runs/data --encoder /models/t5-xl --per-class 50
+    textok pools --captions runs/cap --output runs/data --encoder /models/t5-xl --pool-holdout-fraction 0.02
+
+Source: the `val` split by default; or `--pool-holdout-fraction f`, a deterministic slice of
+train (hash of seed + key, `encode_pipeline.in_holdout`) that `textok encode` with the same
+fraction and seed leaves out of the training shards. Each class keeps the K keys with the
+smallest hash(seed, key): deterministic on every runner, and a class with fewer than K images
+keeps all it has (reported in the summary). Per-class part files are written as classes
+finish (a rerun skips them), then merged in label order into `pools/{split}.parquet`, with
+`pools/{split}_summary.json` beside it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from typing import Any, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.encode_pipeline import EncodeCaptions, encoder_options, in_holdout, read_captions
+from schemas.common import with_metadata, write_table_atomic
+from schemas.pools import pools_schema
+from schemas.shards import text_emb_column
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PER_CLASS = 50
+
+
+def pool_rank(key: str, seed: int) -> bytes:
+    return hashlib.sha256(f"textok-pool:{seed}:{key}".encode()).digest()
+
+
+def select_pool(rows: Sequence[dict], per_class: int, seed: int) -> list[dict]:
+    """The `per_class` rows with the smallest hash(seed, key), returned in key order."""
+    chosen = sorted(rows, key=lambda r: (pool_rank(r["key"], seed), r["key"]))[:per_class]
+    return sorted(chosen, key=lambda r: r["key"])
+
+
+def pools_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
+    dim = int(meta["D"])
+    schema = with_metadata(pools_schema(dim), "pools", "pools", meta)
+    arrays = [text_emb_column([r["text_emb"] for r in rows], dim) if f.name == "text_emb"
+              else pa.array([r[f.name] for r in rows], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+class _PartPath:
+    def __init__(self, part_dir: str):
+        self.part_dir = part_dir
+
+    def __call__(self, label: int) -> str:
+        return os.path.join(self.part_dir, f"{label:06d}.parquet")
+
+
+class WritePoolPartFn(beam.DoFn):
+    def __init__(self, part_dir: str, meta: dict[str, Any]):
+        self.part_dir = part_dir
+        self.meta = meta
+
+    def process(self, element):
+        label, rows, _ = element
+        write_table_atomic(pools_table(rows, self.meta), _PartPath(self.part_dir)(label))
+        yield label, len(rows)
+
+
+class BuildClassPools(beam.PTransform):
+    """PCollection[caption row] -> per-class part files of K encoded captions; yields (label, count)."""
+
+    def __init__(self, encoder_opts: dict[str, Any], per_class: int, seed: int, part_dir: str, meta: dict[str, Any]):
+        super().__init__()
+        self.encoder_opts, self.per_class, self.seed = encoder_opts, per_class, seed
+        self.part_dir, self.meta = part_dir, meta
+
+    def expand(self, rows):
+        per_class, seed = self.per_class, self.seed
+        return (rows
+                | "ByClass" >> beam.Map(lambda r: (int(r["label"]), r))
+                | "Group" >> beam.GroupByKey()
+                | "SelectK" >> beam.MapTuple(lambda label, rs: (label, select_pool(list(rs), per_class, seed)))
+                | "EncodeCaptions" >> EncodeCaptions(self.encoder_opts, with_images=False,
+                                                     skip_if_exists=_PartPath(self.part_dir))
+                | "WritePart" >> beam.ParDo(WritePoolPartFn(self.part_dir, self.meta)))
+
+
+def _merge_parts(part_files: list[str], path: str) -> None:
+    """Concatenate part files (label order) into one file, one row group per class, atomically."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    try:
+        writer = None
+        for f in part_files:
+            t = pq.read_table(f)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, t.schema, compression="zstd")
+            writer.write_table(t)
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _check_against_shards(output_dir: str, train_split: str, fraction: float, seed: int) -> None:
+    """Pools from a train hold-out are only unseen if the train shards excluded the same slice."""
+    plan = os.path.join(output_dir, "shards", f".plan-{train_split}.json")
+    if not os.path.exists(plan):
+        return
+    with open(plan) as f:
+        p = json.load(f)
+    if (p.get("pool_holdout_fraction", 0.0), p.get("pool_seed", 0)) != (fraction, seed):
+        raise RuntimeError(f"{plan}: the train shards were encoded with --pool-holdout-fraction "
+                           f"{p.get('pool_holdout_fraction')} --seed {p.get('pool_seed')}, but pools are asked with "
+                           f"{fraction} / {seed}: the pools would hold images the tokenizer trains on. Use the same "
+                           f"values for `textok encode` and `textok pools`.")
+
+
+def pool_summary(table: pa.Table, per_class: int, unlabelled: int) -> dict[str, Any]:
+    labels = table["label"].to_numpy()
+    names = table["class_name"].to_pylist()
+    counts: dict[int, int] = {}
+    class_names: dict[int, Any] = {}
+    for lab, name in zip(labels.tolist(), names):
+        counts[lab] = counts.get(lab, 0) + 1
+        class_names.setdefault(lab, name)
+    words = [len(c.split()) for c in table["caption"].to_pylist()]
+    return {"classes": len(counts), "rows": table.num_rows, "per_class": per_class,
+            "counts": {str(k): v for k, v in sorted(counts.items())},
+            "class_names": {str(k): v for k, v in sorted(class_names.items())},
+            "short_classes": {str(k): v for k, v in sorted(counts.items()) if v < per_class},
+            "mean_words": round(float(np.mean(words)), 2) if words else 0.0,
+            "mean_text_len": round(float(np.mean(table["text_len"].to_numpy())), 2) if words else 0.0,
+            "unlabelled_skipped": unlabelled}
+
+
+def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = DEFAULT_PER_CLASS,
+              split: str = "val", pool_holdout_fraction: float = 0.0, seed: int = 0, train_split: str = "train",
+              batch_size: int = 64,
+              max_tokens: int = 128, dtype: str | None = None, device: str | None = None,
+              revision: str | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Build `output_dir/pools/{split}.parquet` (+ `_summary.json`). Returns the summary."""
+    from pipeline.beam_utils import make_pipeline
+    from pipeline.text_encoder import describe_encoder
+
+    start = time.time()
+    if per_class <= 0:
+        raise ValueError(f"--per-class must be positive, got {per_class}")
+    if pool_holdout_fraction:
+        if not 0.0 < pool_holdout_fraction < 1.0:
+            raise ValueError(f"--pool-holdout-fraction must be in (0, 1), got {pool_holdout_fraction}")
+        split = train_split
+        _check_against_shards(output_dir, split, pool_holdout_fraction, seed)
+        rows = [r for r in read_captions(captions, split).to_pylist()
+                if in_holdout(r["key"], pool_holdout_fraction, seed)]
+    elif split == train_split:
+        raise ValueError("pools from the train split would reuse training images: use --split val (default) "
+                         "or --pool-holdout-fraction f (and the same f for `textok encode`)")
+    else:
+        rows = read_captions(captions, split).to_pylist()
+    unlabelled = sum(r["label"] is None for r in rows)
+    rows = [r for r in rows if r["label"] is not None]
+    if not rows:
+        raise ValueError(f"{captions}: no labelled captions for pools in split {split!r}"
+                         + (f" (hold-out fraction {pool_holdout_fraction}, seed {seed})" if pool_holdout_fraction else ""))
+    meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
+    opts = encoder_options(meta, batch_size, revision)
+    meta.pop("device")
+    meta.update(per_class=per_class, seed=seed, source_split=split, pool_holdout_fraction=pool_holdout_fraction,
+                captions=captions)
+    # Part files of other settings must never be merged in: the settings name the folder.
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    pools_dir = os.path.join(output_dir, "pools")
+    part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
+    os.makedirs(part_dir, exist_ok=True)
+    with make_pipeline(beam_args) as p:
+        _ = (p | "Captions" >> beam.Create(rows)
+             | "BuildClassPools" >> BuildClassPools(opts, per_class, seed, part_dir, meta))
+    labels = sorted({int(r["label"]) for r in rows})
+    parts = [_PartPath(part_dir)(label) for label in labels]
+    missing = [f for f in parts if not os.path.exists(f)]
+    if missing:
+        raise RuntimeError(f"{part_dir}: {len(missing)} class part files missing after the run, e.g. {missing[0]}")
+    out_path = os.path.join(pools_dir, f"{split}.parquet")
+    _merge_parts(parts, out_path)
+    summary = pool_summary(pq.read_table(out_path, columns=["label", "class_name", "caption", "text_len"]),
+                           per_class, unlabelled)
+    summary.update(path=out_path, source_split=split, seed=seed, pool_holdout_fraction=pool_holdout_fraction,
+                   encoder=encoder, wall_s=round(time.time() - start, 2))
+    with open(os.path.join(pools_dir, f"{split}_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+    shutil.rmtree(part_dir)
+    if summary["short_classes"]:
+        log.warning("pools %s: %d classes have fewer than %d captions: %s", split, len(summary["short_classes"]),
+                    per_class, summary["short_classes"])
+    return summary

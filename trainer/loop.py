@@ -1,0 +1,392 @@
+"""Training-loop machinery shared by the tokenizer and DiT trainers (no model math here).
+
+    dist = init_distributed()                       # torchrun env -> nccl/gloo; else single process
+    seed_everything(cfg.seed, dist.rank)
+    model = build(...).to(dist.device); ema = EMA(model, decay=0.999)
+    ddp_model = wrap_ddp(model, dist)
+    opt = build_optimizer(model, lr=1e-4); sched = warmup_cosine(opt, warmup=1000, total=steps)
+    ckpt = Checkpointer(out_dir, keep_last=3, is_main=dist.is_main)
+    step = ckpt.resume({"model": model, ...}, ema={...}, optimizers=..., loader=loader) if resume else 0
+    with autocast(dist.device): loss = ...
+    check_finite(loss, step, ckpt)                  # NaN/inf -> NonFiniteLossError naming the last good ckpt
+    clip_grad(model, 1.0); opt.step(); ema.update(model)
+
+Checkpoint layout (atomic: written to a hidden temp dir, then renamed; `latest` is a text
+file holding the directory name, replaced atomically):
+    out/checkpoints/step-000100/{model,ema,<other>}.safetensors   weights (safetensors)
+    out/checkpoints/step-000100/state.pt    optimisers, schedulers, step, RNG, loader position
+    out/checkpoints/latest                  "step-000100"
+`state.pt` holds only tensors, dicts, lists, strings and numbers, so it loads with
+`torch.load(weights_only=True)`; the RNG states are converted to that form.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- distribution
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK), else run alone."""
+    want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        dev = torch.device("cuda" if want_cuda else "cpu") if device in (None, "auto") else torch.device(device)
+        return Dist(device=dev)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if want_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if want_cuda else "gloo", rank=rank, world_size=world)
+    return Dist(rank, world, local, dev)
+
+
+def cleanup_distributed() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def wrap_ddp(model: nn.Module, dist: Dist) -> nn.Module:
+    if not dist.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+
+
+def all_reduce_grads(params: Iterable[torch.Tensor], dist: Dist) -> None:
+    """Average gradients across ranks by hand, for modules that run outside DDP (the
+    discriminator is called inside the loss, in both the G and D steps, so a DDP wrapper
+    would sync it at the wrong backward)."""
+    if not dist.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    tdist.all_reduce(flat)
+    flat /= dist.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_params(module: nn.Module, dist: Dist) -> None:
+    """Start every rank from rank 0's weights (DDP does this for the module it wraps)."""
+    if dist.enabled:
+        for t in list(module.parameters()) + list(module.buffers()):
+            tdist.broadcast(t.data, 0)
+
+
+def reduce_mean(values: dict[str, float], dist: Dist) -> dict[str, float]:
+    if not dist.enabled or not values:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=dist.device)
+    tdist.all_reduce(t)
+    return dict(zip(values, (t / dist.world_size).tolist()))
+
+
+# ----------------------------------------------------------------------------- seeding, RNG state
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    s = seed + rank  # different dropout/noise per rank, reproducible per run
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) RNG states as plain tensors/lists/numbers (weights_only-safe)."""
+    version, py_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(py_state), "gauss": gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 1e-4,
+                    betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrix/conv weights. Biases, norm gains, embedding tables and
+    bare learnable tokens/positions are not decayed (GPT-2/MAE habit: decaying them only pulls
+    positions and scales towards zero)."""
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:  # tied weights appear in two modules
+                continue
+            seen.add(id(p))
+            is_matrix = name == "weight" and p.ndim >= 2 and not isinstance(module, nn.Embedding)
+            (decay if is_matrix else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int,
+                  min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over `warmup` steps, then cosine decay to `min_ratio` x lr at `total`."""
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def clip_grad(params: Iterable[torch.Tensor], max_norm: float | None) -> float:
+    params = [p for p in params if p.grad is not None]
+    if not max_norm or max_norm <= 0:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; full fp32 on CPU (CPU bf16 is slow and makes the resume test inexact)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied as they are)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    @contextlib.contextmanager
+    def swapped(self, model: nn.Module):
+        """Run `model` with EMA weights inside the block, then restore the live weights."""
+        live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(live)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) ^ set(state)
+        if missing:
+            raise KeyError(f"EMA state does not match the model: differing keys {sorted(missing)[:5]}")
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def check_finite(losses: dict[str, torch.Tensor | float], step: int, ckpt: "Checkpointer") -> None:
+    bad = {k: float(v) for k, v in losses.items() if not np.isfinite(float(v))}
+    if bad:
+        last = ckpt.latest()
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        raise NonFiniteLossError(f"non-finite loss at step {step}: {bad}; {where}. Lower the learning rate or "
+                                 f"check the data, then resume with --resume")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def plain(obj):
+    """Numpy scalars/arrays -> Python numbers/tensors, recursively: what weights_only loading accepts."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    return obj
+
+
+class Checkpointer:
+    def __init__(self, output_dir: str, keep_last: int = 3, is_main: bool = True):
+        self.root = os.path.join(output_dir, "checkpoints")
+        self.keep_last, self.is_main = keep_last, is_main
+
+    def latest(self) -> str | None:
+        pointer = os.path.join(self.root, "latest")
+        if not os.path.isfile(pointer):
+            return None
+        with open(pointer) as f:
+            path = os.path.join(self.root, f.read().strip())
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{pointer} names {path}, which does not exist")
+        return path
+
+    def save(self, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> str | None:
+        """weights: {"model": state_dict, "ema": ..., "discriminator": ...} -> <name>.safetensors."""
+        from safetensors.torch import save_file
+
+        if not self.is_main:
+            return None
+        name = f"step-{step:06d}"
+        final = os.path.join(self.root, name)
+        tmp = os.path.join(self.root, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+        os.makedirs(tmp)
+        try:
+            for wname, sd in weights.items():
+                save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()},
+                          os.path.join(tmp, f"{wname}.safetensors"))
+            torch.save(plain({"step": step, **state}), os.path.join(tmp, "state.pt"))
+            if os.path.exists(final):  # re-saving the same step (e.g. final == last periodic)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+        pointer_tmp = os.path.join(self.root, f".latest-{uuid.uuid4().hex[:8]}")
+        with open(pointer_tmp, "w") as f:
+            f.write(name)
+        os.replace(pointer_tmp, os.path.join(self.root, "latest"))
+        self._prune(keep=name)
+        return final
+
+    def _prune(self, keep: str) -> None:
+        steps = sorted(d for d in os.listdir(self.root) if d.startswith("step-"))
+        for d in steps[:-self.keep_last] if self.keep_last > 0 else []:
+            if d != keep:
+                shutil.rmtree(os.path.join(self.root, d))
+
+    @staticmethod
+    def load(path: str, map_location="cpu") -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        """-> ({weights name: state_dict}, state)."""
+        from safetensors.torch import load_file
+
+        state_file = os.path.join(path, "state.pt")
+        if not os.path.isfile(state_file):
+            raise FileNotFoundError(f"{path}: not a textok checkpoint (no state.pt)")
+        weights = {f[:-len(".safetensors")]: load_file(os.path.join(path, f), device=str(map_location))
+                   for f in sorted(os.listdir(path)) if f.endswith(".safetensors")}
+        state = torch.load(state_file, map_location=map_location, weights_only=True)
+        return weights, state
+
+
+# ----------------------------------------------------------------------------- logging
+
+class MetricsLogger:
+    """JSONL (always), TensorBoard (when installed) and a tqdm bar, all on rank 0 only."""
+
+    def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, is_main: bool = True,
+                 desc: str = "train"):
+        self.is_main = is_main
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.tb = self.bar = None
+        if not is_main:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if start_step == 0 and os.path.exists(self.path):
+            os.remove(self.path)  # a fresh run; a resumed one appends
+        elif start_step > 0:
+            self._truncate_after(start_step)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
+        except ImportError:  # tensorboard is optional
+            pass
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        self.t0 = time.time()
+
+    def _truncate_after(self, step: int) -> None:
+        # Steps logged after the checkpoint we resume from will be logged again.
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            rows = [line for line in f if json.loads(line).get("step", 0) <= step]
+        with open(self.path, "w") as f:
+            f.writelines(rows)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        row = {"step": step, "time": round(time.time() - self.t0, 3), **{k: float(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, float(v), step)
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{float(v):.4g}" for k, v in list(values.items())[:4]})
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

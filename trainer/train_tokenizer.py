@@ -1,0 +1,292 @@
+"""Train the TexTok tokenizer on textok shards (one explicit loop; DDP via torchrun).
+
+    textok train-tokenizer --shards out/shards --output runs/tok --preset B --steps 300000 --batch-size 256
+    torchrun --nproc_per_node 8 -m trainer.cli_tokenizer train --shards ... --output ...   # multi-GPU
+    textok train-tokenizer ... --resume        # continues exactly from runs/tok/checkpoints/latest
+
+Writes into --output: config.json (the resolved run config), metrics.jsonl, checkpoints/step-*/,
+samples/step-*.png (originals | EMA reconstructions), loss.png and, at the end, tokenizer/
+(EMA weights via TexTok.save_pretrained: what `extract-latents` loads).
+Defaults follow the paper (lr 1e-4, EMA 0.999, L2 1.0 / perceptual 0.1 / GAN 0.1 / LeCAM 1e-4,
+discriminator from step 80k, patch 8 at 256 px, d = 8); --batch-size is the global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from trainer.data import ShardLoader
+from trainer.grid import plot_metrics, save_pairs
+from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, all_reduce_grads, autocast, broadcast_params,
+                          build_optimizer, check_finite, cleanup_distributed, clip_grad, init_distributed,
+                          reduce_mean, rng_state, seed_everything, set_rng_state, warmup_cosine, wrap_ddp)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainTokenizerConfig:
+    shards: str = ""
+    output: str = ""
+    preset: str = "B"
+    image_size: int = 256
+    patch_size: int = 8
+    num_tokens: int = 128
+    token_dim: int = 8
+    text_mode: str = "both"
+    steps: int = 0
+    batch_size: int = 256  # global, split evenly over ranks
+    lr: float = 1e-4
+    disc_lr: float | None = None  # None: same as lr
+    weight_decay: float = 1e-4
+    betas: tuple = (0.9, 0.99)
+    warmup: int = 5000
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    disc_start: int = 80_000
+    perceptual: str = "auto"
+    lpips_weights: str | None = None
+    vgg16_weights: str | None = None
+    fid_inception_path: str | None = None
+    save_every: int = 5000
+    sample_every: int = 1000
+    log_every: int = 50
+    keep_last: int = 3
+    num_workers: int = 4
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    model: dict = field(default_factory=dict)  # extra TexTokConfig overrides (width, depth, dropout, ...)
+    loss: dict = field(default_factory=dict)  # extra LossConfig overrides (l2_weight, gan_weight, ...)
+
+
+def load_config(path: str | None, **overrides) -> TrainTokenizerConfig:
+    """Defaults <- JSON/YAML file <- explicit overrides (None values are 'not given')."""
+    values: dict = {}
+    if path:
+        with open(path) as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                values = yaml.safe_load(f) or {}
+            else:
+                values = json.load(f)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(TrainTokenizerConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path or 'overrides'}: unknown train-tokenizer setting(s) {unknown}; known: {sorted(known)}")
+    cfg = TrainTokenizerConfig(**values)
+    cfg.betas = tuple(cfg.betas)
+    for name in ("shards", "output"):
+        if not getattr(cfg, name):
+            raise ValueError(f"train-tokenizer: --{name} is required")
+    if cfg.steps <= 0:
+        raise ValueError(f"train-tokenizer: --steps must be positive, got {cfg.steps}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- builders
+
+def build_loader(cfg: TrainTokenizerConfig, dist: Dist, text_dim: int | None = None,
+                 max_tokens: int | None = None) -> ShardLoader:
+    if cfg.batch_size % dist.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} does not split over {dist.world_size} ranks")
+    return ShardLoader(cfg.shards, cfg.image_size, cfg.batch_size // dist.world_size, text_dim=text_dim,
+                       max_tokens=max_tokens, train=True, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
+                       num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
+
+
+def build_model(cfg: TrainTokenizerConfig, text_dim: int, max_tokens: int):
+    from trainer.discriminator import DiscriminatorConfig
+    from trainer.losses import LossConfig, TexTokLoss
+    from trainer.textok import TexTok, textok_config
+
+    model_cfg = textok_config(cfg.preset, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                              num_tokens=cfg.num_tokens, token_dim=cfg.token_dim, text_mode=cfg.text_mode,
+                              text_dim=text_dim, max_text_tokens=max_tokens, **cfg.model)
+    loss_overrides = dict(cfg.loss)
+    if isinstance(loss_overrides.get("disc"), dict):  # from JSON/YAML: {"disc": {"channel_base": ...}}
+        loss_overrides["disc"] = DiscriminatorConfig(**{"image_size": cfg.image_size, **loss_overrides["disc"]})
+    loss_cfg = LossConfig(**{"disc_start": cfg.disc_start, "perceptual": cfg.perceptual,
+                             "lpips_weights": cfg.lpips_weights, "vgg16_weights": cfg.vgg16_weights,
+                             "fid_inception_path": cfg.fid_inception_path, **loss_overrides})
+    return TexTok(model_cfg), TexTokLoss(loss_cfg, cfg.image_size)
+
+
+def resolved_config(cfg: TrainTokenizerConfig, model, loss_fn) -> dict:
+    return {"train": asdict(cfg), "model": asdict(model.cfg),
+            "loss": asdict(loss_fn.cfg) if dataclasses.is_dataclass(getattr(loss_fn, "cfg", None)) else {}}
+
+
+def check_same_run(path: str, resolved: dict) -> None:
+    """A resume must rebuild the same model and loss; anything else would not continue the run."""
+    with open(path) as f:
+        saved = json.load(f)
+    for part in ("model", "loss"):
+        old, new = saved.get(part, {}), json.loads(json.dumps(resolved[part]))
+        diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        if diff:
+            raise ValueError(f"{path}: --resume with a different {part} config {diff} (saved, now); "
+                             f"use the saved settings or a new --output")
+
+
+# ----------------------------------------------------------------------------- one step
+
+def train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cfg, dist) -> dict:
+    """One generator update, then (once active) one discriminator update. Returns detached scalars."""
+    device = dist.device
+    images = batch["images"].to(device, non_blocking=True)
+    text, mask = batch["text_emb"].to(device).float(), batch["text_mask"].to(device)
+    disc = loss_fn.discriminator
+
+    disc.requires_grad_(False)  # the G step must not leave gradients on D
+    with autocast(device):
+        recon, _z = ddp_model(images, text, mask)
+        g_loss, logs = loss_fn.generator_loss(images, recon.float(), step)
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    logs = {**logs, "grad_norm": clip_grad(model.parameters(), cfg.grad_clip),
+            "lr": sched_g.get_last_lr()[0]}
+    opt_g.step()
+    lr_scale = sched_g.get_last_lr()[0] / cfg.lr  # D follows G's warmup/cosine schedule
+    sched_g.step()
+
+    if loss_fn.disc_active(step):
+        disc.requires_grad_(True)
+        for group in opt_d.param_groups:
+            group["lr"] = (cfg.disc_lr or cfg.lr) * lr_scale
+        with autocast(device):
+            d_loss, d_logs = loss_fn.discriminator_loss(images, recon.detach().float(), step)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        all_reduce_grads(disc.parameters(), dist)
+        logs.update({**d_logs, "d_grad_norm": clip_grad(disc.parameters(), cfg.grad_clip)})
+        opt_d.step()
+    return logs
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist) -> str | None:
+    rngs = gather_rng(dist)
+    if not dist.is_main:
+        return None
+    # the loss's state: the discriminator and the LeCAM running means
+    weights = {"model": model.state_dict(), "ema": ema.state_dict(), "discriminator": loss_fn.state_dict()}
+    state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sched_g": sched_g.state_dict(),
+             "rng": rngs, "loader": loader.state_dict()}
+    return ckpt.save(step, weights, state)
+
+
+def gather_rng(dist: Dist) -> list[dict]:
+    """Every rank's RNG state (dropout and augmentation differ per rank), collected on all ranks."""
+    mine = rng_state()
+    if not dist.enabled:
+        return [mine]
+    out: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(out, mine)
+    return out
+
+
+def load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist) -> int:
+    weights, state = Checkpointer.load(path, map_location="cpu")
+    model.load_state_dict(weights["model"])
+    ema.load_state_dict(weights["ema"])
+    loss_fn.load_state_dict(weights["discriminator"])
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    sched_g.load_state_dict(state["sched_g"])
+    loader.load_state_dict(state["loader"])
+    if len(state["rng"]) != dist.world_size:
+        raise ValueError(f"{path}: saved with {len(state['rng'])} ranks, resumed with {dist.world_size}; "
+                         f"resume with the same number of processes")
+    set_rng_state(state["rng"][dist.rank])
+    return int(state["step"])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainTokenizerConfig) -> str:
+    """Run (or resume) training; returns the exported tokenizer directory."""
+    dist = init_distributed(cfg.device)
+    try:
+        return _train(cfg, dist)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
+    seed_everything(cfg.seed, dist.rank)
+    loader = build_loader(cfg, dist)
+    model, loss_fn = build_model(cfg, loader.text_dim, loader.max_tokens)
+    model.to(dist.device)
+    loss_fn.to(dist.device)
+    broadcast_params(loss_fn.discriminator, dist)  # DDP syncs the tokenizer; D is synced by hand
+    ema = EMA(model, cfg.ema)
+    ddp_model = wrap_ddp(model, dist)
+    opt_g = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
+    opt_d = build_optimizer(loss_fn.discriminator, cfg.disc_lr or cfg.lr, cfg.weight_decay, cfg.betas)
+    sched_g = warmup_cosine(opt_g, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+    ckpt = Checkpointer(cfg.output, cfg.keep_last, dist.is_main)
+
+    resolved = resolved_config(cfg, model, loss_fn)
+    config_path = os.path.join(cfg.output, "config.json")
+    step, latest = 0, ckpt.latest() if cfg.resume else None
+    if latest:
+        check_same_run(config_path, resolved)
+        step = load_checkpoint(latest, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist)
+        log.info("resumed from %s at step %d", latest, step)
+    elif cfg.resume:
+        log.warning("--resume: no checkpoint under %s yet; starting from step 0", ckpt.root)
+    if dist.is_main:
+        os.makedirs(cfg.output, exist_ok=True)
+        with open(config_path, "w") as f:
+            json.dump(resolved, f, indent=2, default=str)
+        log.info("TexTok %.1fM params, discriminator %.1fM", sum(p.numel() for p in model.parameters()) / 1e6,
+                 sum(p.numel() for p in loss_fn.discriminator.parameters()) / 1e6)
+    preview = next(iter(ShardLoader(cfg.shards, cfg.image_size, 8, train=False))) if dist.is_main else None
+    logger = MetricsLogger(cfg.output, cfg.steps, step, dist.is_main, desc="train-tokenizer")
+
+    model.train()
+    for batch in loader:
+        if step >= cfg.steps:
+            break
+        logs = train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cfg, dist)
+        ema.update(model)
+        # reduced first, so every rank sees a NaN on any rank and they stop together
+        logs = reduce_mean({k: float(v) for k, v in logs.items()}, dist)
+        check_finite(logs, step + 1, ckpt)
+        step += 1
+        logger.advance()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            logger.log(step, logs | {"epoch": batch["epoch"]})
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist)
+        if dist.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+            save_samples(model, ema, preview, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"), dist)
+    logger.close()
+
+    out = os.path.join(cfg.output, "tokenizer")
+    if dist.is_main:
+        with ema.swapped(model):
+            model.save_pretrained(out)
+        plot_metrics(logger.path, os.path.join(cfg.output, "loss.png"))
+    return out
+
+
+@torch.no_grad()
+def save_samples(model, ema, batch, path: str, dist: Dist) -> str:
+    model.eval()
+    with ema.swapped(model), autocast(dist.device):
+        recon, _ = model(batch["images"].to(dist.device), batch["text_emb"].to(dist.device).float(),
+                         batch["text_mask"].to(dist.device))
+    model.train()
+    return save_pairs(batch["images"], recon.float().cpu(), path=path)
