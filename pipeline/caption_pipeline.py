@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -280,6 +281,8 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
     from pipeline.beam_utils import make_pipeline
 
     t0 = time.monotonic()
+    if "://" not in output_dir:  # workers (other processes, other cwd) get the same absolute paths
+        output_dir = os.path.abspath(output_dir)
     options = {k: v for k, v in (captioner_options or {}).items() if v is not None}
     for key, value in (("max_words", max_words), ("batch_size", batch_size)):
         if value is not None and options.get(key, value) != value:
@@ -293,6 +296,7 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
     log.info("caption %s [%s]: %d records, %d already done, %d to caption with %s",
              input_path, split, len(records), plan.skipped_existing, len(plan.records), cap.name)
     counters: dict[str, int] = {}
+    pipeline_s = 0.0
     if plan.records:
         todo = write_todo(plan.records, output_dir)
         try:
@@ -302,14 +306,16 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
                                                           batch_size=batch_size))
             outputs | "WriteParts" >> WriteCaptionParts(output_dir, caption_meta(cap, max_words),
                                                         commit_every=commit_every, commit_seconds=commit_seconds)
+            t_pipeline = time.monotonic()
             result = p.run()
             result.wait_until_finish()
+            pipeline_s = time.monotonic() - t_pipeline
             counters = query_counters(result)
         finally:
             FileSystems.delete([todo])
     compaction = compact(output_dir) if has_parts(output_dir) else None
     wall = time.monotonic() - t0
-    summary = _summary(cap, counters, plan, len(records), wall, compaction, output_dir)
+    summary = _summary(cap, counters, plan, len(records), wall, pipeline_s, compaction, output_dir)
     summary.update({"input": input_path, "split": split, "output": output_dir})
     write_json_atomic(summary, FileSystems.join(output_dir, SUMMARY_FILE))
     log.info("caption summary: %s", {k: summary[k] for k in ("captioned", "dead_letter", "deferred",
@@ -321,7 +327,7 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
 
 
 def _summary(cap: Captioner, counters: dict[str, int], plan: CaptionPlan, n_records: int, wall: float,
-             compaction: dict | None, output_dir: str) -> dict[str, Any]:
+             pipeline_s: float, compaction: dict | None, output_dir: str) -> dict[str, Any]:
     prefix = "dead_letter_"
     by_reason = {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix) and v}
     in_tok, out_tok = counters.get("input_tokens", 0), counters.get("output_tokens", 0)
@@ -336,8 +342,10 @@ def _summary(cap: Captioner, counters: dict[str, int], plan: CaptionPlan, n_reco
         "requests": requests, "retries": counters.get("retries", 0),
         "input_tokens": in_tok, "output_tokens": out_tok,
         "estimated_cost_usd": cap.estimate_cost_usd(in_tok, out_tok),
-        "wall_s": round(wall, 3), "images_per_s": round(processed / wall, 3) if wall > 0 else None,
-        "requests_per_min": round(requests * 60.0 / wall, 2) if wall > 0 else None,
+        # Rates over the pipeline's own run time (listing, planning and compaction excluded).
+        "wall_s": round(wall, 3), "pipeline_s": round(pipeline_s, 3),
+        "images_per_s": round(processed / pipeline_s, 3) if pipeline_s > 0 else None,
+        "requests_per_min": round(requests * 60.0 / pipeline_s, 2) if pipeline_s > 0 else None,
         "on_disk": {CAPTIONS: _count_rows(output_dir, CAPTIONS), DEAD_LETTER: _count_rows(output_dir, DEAD_LETTER)},
         "compaction": compaction,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -217,13 +217,16 @@ def _rewrite(output_dir: str, table: str, exclude_keys: set[str], rows_per_file:
             path = FileSystems.join(table_dir(output_dir, table), f"{table}-{tag}-{f:05d}-of-{n_files:05d}.parquet")
             write_table_atomic(out, path)
             outputs.append(path)
-    # Delete the inputs only once every output is in place: a crash in between leaves
-    # duplicates that the next compaction (newest wins) resolves, never a lost row.
+    # Delete the inputs only once every output is in place, older compacted files before
+    # parts: a crash at any point leaves duplicates whose newest copy is still the one the
+    # next compaction keeps (parts rank newest), never a lost row.
     stale = [p for p in inputs if p not in set(outputs)]
     stale += [m.path for m in FileSystems.match([FileSystems.join(table_dir(output_dir, table), ".tmp-*")])[0]
               .metadata_list]
-    if stale:
-        FileSystems.delete(stale)
+    for is_part in (False, True):
+        batch = [p for p in stale if os.path.basename(p).startswith(PART_PREFIX) == is_part]
+        if batch:
+            FileSystems.delete(batch)
     stats = {"files_in": len(inputs), "files_out": len(outputs), "rows": len(newest),
              "duplicates_dropped": len(keys) - len(newest) - len(excluded)}
     if excluded:
@@ -235,6 +238,9 @@ def compact(output_dir: str, rows_per_file: int = COMPACT_ROWS_PER_FILE) -> dict
     """Merge part files into sorted, deduplicated files; every key ends in exactly one table."""
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")
+    if not any(list_table_files(output_dir, table) for table in SCHEMAS):
+        raise FileNotFoundError(f"{output_dir}: no Parquet files under {CAPTIONS}/ or {DEAD_LETTER}/ "
+                                "(expected the --output DIR of `textok caption`)")
     t0 = time.monotonic()
     cap_stats, captioned = _rewrite(output_dir, CAPTIONS, set(), rows_per_file)
     dead_stats, _ = _rewrite(output_dir, DEAD_LETTER, captioned, rows_per_file)

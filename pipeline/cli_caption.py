@@ -128,13 +128,19 @@ def register(group: click.Group) -> None:
         """Caption images into DIR (resumable; unknown options go to Beam, e.g. --runner)."""
         from pipeline.caption_pipeline import run_caption
 
+        from pipeline.captioners import build_captioner
         from schemas.common import SchemaError
 
         _progress_logging()
+        options = captioner_options(kwargs)
+        try:  # building is cheap (no model, no client); any failure here is a configuration error
+            build_captioner(kwargs["captioner"], {**options, "max_words": kwargs["max_words"]})
+        except Exception as e:  # backends raise their own ...ConfigError types
+            raise click.ClickException(f"--captioner {kwargs['captioner']}: {type(e).__name__}: {e}") from e
         try:
             summary = run_caption(
                 input_path, output_dir, source=source, split=split, captioner=kwargs["captioner"],
-                captioner_options=captioner_options(kwargs), max_words=kwargs["max_words"],
+                captioner_options=options, max_words=kwargs["max_words"],
                 retry_dead_letters=retry_dead_letters, commit_every=commit_every, commit_seconds=commit_seconds,
                 batch_size=kwargs["batch_size"], beam_args=tuple(ctx.args), source_options=source_options(kwargs))
         except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
@@ -150,7 +156,11 @@ def register(group: click.Group) -> None:
         from pipeline.caption_store import compact
 
         _progress_logging()
-        click.echo(json.dumps(compact(output_dir, rows_per_file), indent=2, sort_keys=True))
+        try:
+            stats = compact(output_dir, rows_per_file)
+        except (ValueError, FileNotFoundError) as e:
+            raise click.ClickException(str(e)) from e
+        click.echo(json.dumps(stats, indent=2, sort_keys=True))
 
     @group.command("make-demo-data")
     @click.option("--out", "out_dir", required=True, help="Output folder (manifest.jsonl + images/).")

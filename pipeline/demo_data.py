@@ -85,7 +85,8 @@ def caption_for(shapes: list[dict], background: dict, rng: np.random.Generator) 
     if background["kind"] == "solid":
         bg = f"a {rng.choice(['plain', 'solid'])} {c[0]} background"
     elif background["kind"] == "gradient":
-        ends = ("at the top", "at the bottom") if background["direction"] == "vertical" else ("on the left", "on the right")
+        vertical = background["direction"] == "vertical"
+        ends = ("at the top", "at the bottom") if vertical else ("on the left", "on the right")
         bg = f"a background fading from {c[0]} {ends[0]} to {c[1]} {ends[1]}"
     else:
         bg = f"a background of {c[0]} and {c[1]} {background['direction']} stripes"

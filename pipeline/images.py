@@ -143,18 +143,19 @@ def decode_image(data: bytes, *, uri: str = "", max_pixels: int = DEFAULT_MAX_PI
     if width * height > max_pixels:
         raise ImageDecodeError(
             "decompression_bomb", f"{_where(uri)}{width}x{height} = {width * height} pixels exceeds "
-            f"max_pixels={max_pixels} (pipeline.images.DEFAULT_MAX_PIXELS; pass a larger max_pixels for genuine giant images)")
+            f"max_pixels={max_pixels} (pass a larger max_pixels if such giant images are genuine)")
     try:
         # load() decodes every pixel now, so a truncated file fails here and not later
         # inside a resize; PIL's ImageFile.LOAD_TRUNCATED_IMAGES must stay False.
         img.load()
     except Image.DecompressionBombError as e:
         raise ImageDecodeError("decompression_bomb", f"{_where(uri)}{e}") from e
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
         raise ImageDecodeError("truncated", f"{_where(uri)}pixel data unreadable ({type(e).__name__}: {e})") from e
     try:
         img = ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError, KeyError, TypeError) as e:
+        # Guessing "no rotation" could train on sideways images: a corrupt EXIF block fails the file.
         raise ImageDecodeError("truncated", f"{_where(uri)}EXIF orientation unreadable ({e})") from e
     return to_rgb(img, uri)
 

@@ -33,6 +33,8 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
+from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
 from pipeline.images import ImageDecodeError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -59,8 +61,6 @@ def _is_remote(path: str) -> bool:
 
 def _join(base: str, *parts: str) -> str:
     if _is_remote(base):
-        from apache_beam.io.filesystems import FileSystems
-
         return FileSystems.join(base, *parts)
     return os.path.join(base, *parts)
 
@@ -72,8 +72,6 @@ def _dirname(path: str) -> str:
 def _exists(path: str) -> bool:
     """A file, or a folder; object stores (gs://, s3://) have no folders, only key prefixes."""
     if _is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
         if FileSystems.exists(path):
             return True
         return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
@@ -85,8 +83,6 @@ def list_files(root: str) -> list[str]:
     hidden files and folders (a name starting with '.') are skipped."""
     rels: list[str] = []
     if _is_remote(root):
-        from apache_beam.io.filesystems import FileSystems
-
         prefix = root.rstrip("/") + "/"
         for m in FileSystems.match([prefix + "**"]):
             for meta in m.metadata_list:
@@ -118,8 +114,6 @@ def read_bytes(path: str) -> bytes:
     if not _is_remote(path):
         with open(path, "rb") as f:
             return f.read()
-    from apache_beam.io.filesystems import CompressionTypes, FileSystems
-
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()
 
@@ -593,14 +587,11 @@ def _main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(description="List the image records of a source.")
     p.add_argument("input_path")
-    p.add_argument("--source", default="auto")
-    p.add_argument("--split", default="train")
-    p.add_argument("--val-labels")
+    for flag, default in (("--source", "auto"), ("--split", "train"), ("--val-labels", None)):
+        p.add_argument(flag, default=default)
     a = p.parse_args(argv)
     recs = list_records(a.input_path, a.source, a.split, val_labels=a.val_labels)
-    print(f"{len(recs)} records")
-    for r in recs[:3]:
-        print(r)
+    print(f"{len(recs)} records", *recs[:3], sep="\n")
     return 0
 
 

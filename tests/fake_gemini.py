@@ -178,14 +178,14 @@ class FakeGemini:
         return best
 
 
-def _mean_colour(img_bytes: Optional[bytes]) -> str:
+def mean_rgb(img_bytes: Optional[bytes]) -> Optional[tuple[int, int, int]]:
+    """Mean colour of an encoded image (what the default answer names)."""
     if not img_bytes:
-        return "unknown"
+        return None
     from PIL import Image
 
     with Image.open(io.BytesIO(img_bytes)) as im:
-        px = im.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
-    return " ".join(str(int(c)) for c in px)
+        return tuple(int(c) for c in im.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0)))
 
 
 def _usage(req: RecordedRequest, answer: str) -> dict[str, int]:
@@ -285,8 +285,9 @@ def _make_handler(fake: FakeGemini):
                     {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]}
                 return self._send(200, {"candidates": [cand], "usageMetadata": _usage(req, ""),
                                         "modelVersion": req.model})
+            rgb = mean_rgb(req.image_bytes)
             text = b.text if b.text is not None else (
-                f"A flat square of colour {_mean_colour(req.image_bytes)} filling the whole frame.")
+                f"A flat square of colour {' '.join(map(str, rgb)) if rgb else 'unknown'} filling the whole frame.")
             cand = {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}
             return self._send(200, {"candidates": [cand], "usageMetadata": _usage(req, text),
                                     "modelVersion": req.model})

@@ -308,23 +308,32 @@ def test_plan_and_transform_compose_in_a_caller_pipeline(tmp_path):
         assert_that(outs[DEAD_LETTER], equal_to([]), label="no_dead")
 
 
-def test_writer_commits_on_time_inside_one_long_bundle(tmp_path):
+def test_writer_commits_on_time_inside_one_long_bundle(tmp_path, monkeypatch):
     """FnApiRunner may run the whole input as one bundle: the time check must commit mid-bundle."""
+    import types
+
+    from pipeline import caption_store
+
+    now = [1000.0]  # a scripted clock: the test never depends on real timing
+    monkeypatch.setattr(caption_store, "time", types.SimpleNamespace(monotonic=lambda: now[0],
+                                                                     time_ns=time.time_ns))
     out = str(tmp_path / "out")
-    fn = WritePartsFn(out, DEAD_LETTER, {}, commit_every=1000, commit_seconds=0.05)
+    fn = WritePartsFn(out, DEAD_LETTER, {}, commit_every=1000, commit_seconds=60)
     fn.setup()
     fn.start_bundle()
     row = {"key": "k0", "stage": "decode", "error_type": "x", "message": "m", "attempts": 1,
            "timestamp": dt.datetime.now(dt.timezone.utc)}
     fn.process(row)
+    now[0] += 59.0
+    fn.process({**row, "key": "k0b"})
     assert list_table_files(out, DEAD_LETTER) == []          # buffered: neither limit reached
-    time.sleep(0.06)
+    now[0] += 2.0
     fn.process({**row, "key": "k1"})
     parts = list_table_files(out, DEAD_LETTER)
-    assert len(parts) == 1 and pq.read_table(parts[0]).column("key").to_pylist() == ["k0", "k1"]
+    assert len(parts) == 1 and pq.read_table(parts[0]).column("key").to_pylist() == ["k0", "k0b", "k1"]
     fn.process({**row, "key": "k2"})
     fn.finish_bundle()
-    assert done_keys(out) == (set(), {"k0", "k1", "k2"})
+    assert done_keys(out) == (set(), {"k0", "k0b", "k1", "k2"})
     with pytest.raises(ValueError, match="--commit-every"):
         WritePartsFn(out, DEAD_LETTER, {}, commit_every=0)
 

@@ -58,6 +58,9 @@ def test_configuration_errors_are_one_clear_line(tmp_path):
                                   "--captioner", "template", "--rpm", "10"])
     assert r.exit_code == 1 and "captioner 'template' does not use option(s) ['rpm']" in r.output
     assert not (tmp_path / "o").exists()  # rejected before anything ran
+    r = CliRunner().invoke(main, ["caption", "--input", data, "--output", str(tmp_path / "o"),
+                                  "--captioner", "local"])
+    assert r.exit_code == 1 and "--captioner local" in r.output and "--model" in r.output
     r = CliRunner().invoke(main, ["caption", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"),
                                   "--captioner", "provided"])
     assert r.exit_code == 1 and "missing" in r.output and "no such file" in r.output
@@ -85,6 +88,8 @@ def test_compact_command_merges_parts(tmp_path):
     assert stats[CAPTIONS] == {"files_in": 5, "files_out": 1, "rows": 9, "duplicates_dropped": 0}
     assert stats[DEAD_LETTER]["rows"] == 0
     assert len(list_table_files(str(out), CAPTIONS)) == 1
+    r = CliRunner().invoke(main, ["compact", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "no Parquet files under captions/ or dead_letter/" in r.output
 
 
 def test_captioner_options_pass_only_what_the_user_set():

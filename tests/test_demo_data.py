@@ -18,7 +18,8 @@ def _files(root: str) -> dict[str, bytes]:
     for dirpath, _, files in os.walk(root):
         for f in files:
             p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = open(p, "rb").read()
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
     return out
 
 
@@ -27,7 +28,7 @@ def test_deterministic_under_seed(tmp_path):
     b = make_demo_data(str(tmp_path / "b"), n=30, size=32, seed=3)
     c = make_demo_data(str(tmp_path / "c"), n=30, size=32, seed=4)
     assert _files(str(tmp_path / "a")) == _files(str(tmp_path / "b"))
-    assert open(a["manifest"]).read() != open(c["manifest"]).read()
+    assert _files(str(tmp_path / "a"))["manifest.jsonl"] != _files(str(tmp_path / "c"))["manifest.jsonl"]
     assert a["splits"] == {"train": 27, "val": 3} and a["classes"] == sorted(SHAPES)
     assert {k: v for k, v in a.items() if k not in ("out_dir", "manifest", "images_dir")} == \
            {k: v for k, v in b.items() if k not in ("out_dir", "manifest", "images_dir")}
@@ -89,7 +90,8 @@ def test_backgrounds_follow_their_description():
             continue
         c1 = np.array(PALETTE[bg["colours"][1]])
         changes_down = bg["direction"] == ("vertical" if bg["kind"] == "gradient" else "horizontal")
-        first, last = (arr[0, size // 2], arr[-1, size // 2]) if changes_down else (arr[size // 2, 0], arr[size // 2, -1])
+        mid = size // 2
+        first, last = (arr[0, mid], arr[-1, mid]) if changes_down else (arr[mid, 0], arr[mid, -1])
         constant_axis = arr[:, size // 2] if not changes_down else arr[size // 2, :]
         assert np.abs(constant_axis - constant_axis[0]).max() <= 1
         assert np.abs(first - c0).max() <= 8
@@ -100,7 +102,8 @@ def test_backgrounds_follow_their_description():
 
 def test_written_dataset_reads_back_through_sources(tmp_path):
     summary = make_demo_data(str(tmp_path), n=40, size=16, seed=0, val_fraction=0.25)
-    rows = [json.loads(line) for line in open(summary["manifest"])]
+    with open(summary["manifest"]) as fh:
+        rows = [json.loads(line) for line in fh]
     assert len(rows) == 40 and summary["caption_words"]["max"] <= 75
     by_manifest = list_records(summary["manifest"], split="val")
     by_folder = list_records(summary["images_dir"], split="val")

@@ -17,8 +17,8 @@ from pipeline.captioners.base import CaptionRequest
 from pipeline.captioners.gemini import GeminiCaptioner, GeminiConfigError, from_options
 from pipeline.captioners.prompt import PROMPT_VERSION, build_prompt
 from pipeline.captioners.ratelimit import CostBudget, RateLimiter
-from tests.fake_gemini import (FakeGemini, empty, error, hang, long_answer, malformed, ok, prompt_blocked,
-                               safety)
+from tests.fake_gemini import (FakeGemini, empty, error, hang, long_answer, malformed, mean_rgb, ok,
+                               prompt_blocked, safety)
 
 FAKE_KEY = "AIzaFAKE-k3y-7f3a9c51-do-not-leak"
 COLOURS = [(200, 20, 20), (20, 200, 20), (20, 20, 200), (230, 230, 30), (30, 230, 230), (120, 120, 120)]
@@ -224,7 +224,7 @@ def test_configuration_errors(monkeypatch, tmp_path):
         GeminiCaptioner().setup()
     with pytest.raises(GeminiConfigError, match="--price-table"):
         GeminiCaptioner("gemini-9-unknown", max_cost_usd=1.0)
-    with pytest.raises(GeminiConfigError, match="device"):
+    with pytest.raises(ValueError, match="device"):
         from_options({"model_id": "gemini-2.5-flash", "device": "cuda"})
     with pytest.raises(GeminiConfigError, match="vertex-location"):
         GeminiCaptioner(vertex_project="p")
@@ -265,3 +265,43 @@ def test_cost_budget_accounting():
     b.settle(0.6, 0.2)
     assert b.try_reserve(0.6) and b.spent_usd == pytest.approx(0.2)
     assert CostBudget(None).try_reserve(1e9)
+
+
+def test_pipeline_defers_quota_failures_and_a_rerun_finishes_each_key_once(serve, tmp_path):
+    """run_caption end to end: 429s past max_retries are deferred (retryable), the rest land in
+    captions or the dead letter, and a rerun against a healthy server completes the set."""
+    import pyarrow.parquet as pq
+
+    from pipeline.caption_pipeline import run_caption
+    from pipeline.caption_store import CAPTIONS, DEAD_LETTER, list_table_files
+
+    data = tmp_path / "data"
+    keys = []
+    for name, rgb in (("red", (220, 30, 30)), ("green", (30, 200, 40)), ("blue", (30, 40, 220))):
+        (data / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), rgb).save(data / "train" / name / f"{i}.png")
+            keys.append(f"{name}/{i}")
+
+    def first_run(req):  # red: quota exhausted, green: blocked, blue: captioned
+        r, g, _ = mean_rgb(req.image_bytes)
+        return error(429, retry_delay_s=0.01) if r > 150 else safety() if g > 150 else ok()
+
+    out = tmp_path / "out"
+    opts = {"max_in_flight": 4, "max_retries": 1, "rpm": 6000}
+    fake = serve(script=first_run)
+    s1 = run_caption(str(data), str(out), captioner="gemini", batch_size=4,
+                     captioner_options={**opts, "base_url": fake.url})
+    assert (s1["captioned"], s1["dead_letter"], s1["deferred"]) == (3, 3, 3)
+    fake2 = serve()
+    s2 = run_caption(str(data), str(out), captioner="gemini", batch_size=4,
+                     captioner_options={**opts, "base_url": fake2.url})
+    assert (s2["skipped_existing"], s2["captioned"], len(fake2.requests)) == (6, 3, 3)
+
+    def rows(table):
+        return pq.read_table(list_table_files(str(out), table)).to_pylist()
+
+    caps, dead = [r["key"] for r in rows(CAPTIONS)], [r["key"] for r in rows(DEAD_LETTER)]
+    assert sorted(caps + dead) == sorted(keys) and len(set(caps + dead)) == len(keys)
+    assert sorted(dead) == ["green/0", "green/1", "green/2"]
+

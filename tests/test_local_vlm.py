@@ -157,7 +157,7 @@ def test_missing_weights_errors_name_the_fix(tmp_path, tiny_blip):
     # a Hub id that is not in the (offline) cache
     with pytest.raises(LocalVLMConfigError, match="huggingface-cli download Salesforce/blip-tiny-not-cached"):
         LocalVLMCaptioner("Salesforce/blip-tiny-not-cached", task_prompt="").setup()
-    with pytest.raises(LocalVLMConfigError, match="rpm"):
+    with pytest.raises(ValueError, match="rpm"):
         from_options({"model_id": tiny_blip, "rpm": 60})
     with pytest.raises(LocalVLMConfigError, match="--model"):
         from_options({"batch_size": 4})

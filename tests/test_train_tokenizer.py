@@ -88,9 +88,11 @@ def test_resume_with_other_model_config_fails(shards, tmp_path):
 
 def test_nan_loss_stops_naming_step_and_checkpoint(shards, tmp_path):
     with pytest.raises(NonFiniteLossError) as e:
-        train(tiny(shards, tmp_path, steps=4, lr=float("inf"), warmup=0, save_every=1))
+        train(tiny(shards, tmp_path, steps=4, lr=1e30, warmup=0, save_every=1))
     msg = str(e.value)
     assert "step 2" in msg and "step-000001" in msg
+    with pytest.raises(NonFiniteLossError, match="step 1.*none saved yet"):  # NaN weights are never saved
+        train(tiny(shards, tmp_path / "inf", steps=4, lr=float("inf"), warmup=0, save_every=1))
 
 
 def test_train_with_auto_perceptual_uses_packaged_inception(shards, tmp_path):

@@ -249,6 +249,13 @@ def check_finite(losses: dict[str, torch.Tensor | float], step: int, ckpt: "Chec
                                  f"check the data, then resume with --resume")
 
 
+def check_finite_weights(model: nn.Module, step: int, ckpt: "Checkpointer") -> None:
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteLossError(f"non-finite weights after step {step} in {bad[:3]}; refusing to checkpoint them. "
+                                 f"Last good checkpoint: {ckpt.latest() or 'none saved yet'}")
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def plain(obj):

@@ -144,6 +144,11 @@ class TexTokLoss(nn.Module):
         # EMA first, then the regulariser on the updated averages, as the LeCAM authors' loop does.
         # The first step seeds the averages with the batch means rather than decaying up from 0.
         real, fake = real_logits.float().mean(), fake_logits.float().mean()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank runs the D step at the same steps: average so the EMAs stay identical across ranks
+            means = torch.stack([real, fake])
+            torch.distributed.all_reduce(means)  # SUM: gloo has no AVG
+            real, fake = means / torch.distributed.get_world_size()
         if not bool(self.lecam_initialised):
             self.lecam_ema_real.copy_(real)
             self.lecam_ema_fake.copy_(fake)

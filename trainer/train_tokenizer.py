@@ -23,7 +23,7 @@ import torch
 from trainer.data import ShardLoader
 from trainer.grid import plot_metrics, save_pairs
 from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, all_reduce_grads, autocast, broadcast_params,
-                          build_optimizer, check_finite, cleanup_distributed, clip_grad, init_distributed,
+                          build_optimizer, check_finite, check_finite_weights, cleanup_distributed, clip_grad, init_distributed,
                           reduce_mean, rng_state, seed_everything, set_rng_state, warmup_cosine, wrap_ddp)
 
 log = logging.getLogger(__name__)
@@ -263,12 +263,13 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
         ema.update(model)
         # reduced first, so every rank sees a NaN on any rank and they stop together
         logs = reduce_mean({k: float(v) for k, v in logs.items()}, dist)
-        check_finite(logs, step + 1, ckpt)
+        check_finite({k: v for k, v in logs.items() if k != "lr"}, step + 1, ckpt)
         step += 1
         logger.advance()
         if step % cfg.log_every == 0 or step == cfg.steps:
             logger.log(step, logs | {"epoch": batch["epoch"]})
         if step % cfg.save_every == 0 or step == cfg.steps:
+            check_finite_weights(model, step, ckpt)  # never let a "last good" checkpoint hold NaNs
             save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist)
         if dist.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
             save_samples(model, ema, preview, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"), dist)

@@ -23,6 +23,7 @@ Authentication / unknown-model errors are configuration errors and raise `Gemini
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import math
@@ -339,11 +340,16 @@ class GeminiCaptioner(Captioner):
 
     # -- public API ----------------------------------------------------------------------
     def caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        return self.submit_batch(requests).result()
+
+    def submit_batch(self, requests: list[CaptionRequest]) -> "concurrent.futures.Future[list[CaptionResult]]":
+        """Start captioning and return at once. A caller that keeps several batches pending
+        (a DoFn emitting finished batches as they complete) avoids waiting on each batch's
+        slowest request before the next batch starts."""
         if self._client is None:
             raise RuntimeError("GeminiCaptioner.setup() must run before caption_batch()")
         prepared = [self._prepare(r) for r in requests]  # CPU work on the caller's thread
-        fut = asyncio.run_coroutine_threadsafe(self._caption_all(prepared), _LoopThread.get())
-        return fut.result()
+        return asyncio.run_coroutine_threadsafe(self._caption_all(prepared), _LoopThread.get())
 
     def estimate_cost_usd(self, input_tokens: int, output_tokens: int) -> Optional[float]:
         if self.prices is None:
@@ -495,18 +501,17 @@ class GeminiCaptioner(Captioner):
 _OPTION_KEYS = {"model_id", "max_words", "class_hint", "rpm", "tpm", "max_in_flight", "timeout_s", "max_retries",
                 "max_cost_usd", "base_url", "vertex_project", "vertex_location", "price_table", "temperature",
                 "thinking_budget", "image_max_side", "jpeg_quality", "backoff_base_s", "backoff_max_s"}
-# Options of the local backend that mean nothing here; batch_size only sizes the pipeline's
-# batches (in-flight requests are bounded by max_in_flight), so it is accepted and unused.
-_IGNORED_KEYS = {"batch_size"}
 
 
 def from_options(options: dict) -> GeminiCaptioner:
-    """Build from the registry's option dict (CLI flags; only non-None keys are present)."""
+    """Build from the registry's option dict (CLI flags; only non-None keys are present).
+
+    `max_new_tokens` is Gemini's `max_output_tokens`; `batch_size` only sizes the pipeline's
+    batches (in-flight requests are bounded by `max_in_flight`)."""
+    from pipeline.captioners import check_options
+
     opts = {k: v for k, v in options.items() if v is not None}
-    unknown = set(opts) - _OPTION_KEYS - _IGNORED_KEYS - {"max_new_tokens"}
-    if unknown:
-        raise GeminiConfigError(f"options {sorted(unknown)} do not apply to the gemini captioner "
-                                f"(they belong to --captioner local)")
+    check_options("gemini", opts, _OPTION_KEYS | {"max_new_tokens"})
     kwargs = {k: v for k, v in opts.items() if k in _OPTION_KEYS}
     if "max_new_tokens" in opts:
         kwargs["max_output_tokens"] = opts["max_new_tokens"]

@@ -228,11 +228,10 @@ _OPTION_KEYS = {"model_id", "max_words", "class_hint", "batch_size", "device", "
 
 def from_options(options: dict) -> LocalVLMCaptioner:
     """Build from the registry's option dict (CLI flags; only non-None keys are present)."""
+    from pipeline.captioners import check_options
+
     opts = {k: v for k, v in options.items() if v is not None}
-    unknown = set(opts) - _OPTION_KEYS
-    if unknown:
-        raise LocalVLMConfigError(f"options {sorted(unknown)} do not apply to the local captioner "
-                                  f"(they belong to --captioner gemini)")
+    check_options("local", opts, _OPTION_KEYS)
     if "model_id" not in opts:
         raise LocalVLMConfigError("the local captioner needs --model PATH_OR_HUB_ID (an image-text-to-text model)")
     return LocalVLMCaptioner(opts.pop("model_id"), **opts)
