@@ -28,7 +28,7 @@ COMMAND_MODULES = (
 def main(verbose: int) -> None:
     """textok: caption images, encode captions with T5, train TexTok and a DiT on its tokens."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=min(level, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 for _mod in COMMAND_MODULES:

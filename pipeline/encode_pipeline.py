@@ -322,7 +322,8 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     meta.pop("device")
     plan = plan_shards(rows, split, rows_per_shard)
     _check_plan(output_dir, split, plan, {"rows_per_shard": rows_per_shard, "image_mode": image_mode,
-                                          "encoder": encoder, "pool_holdout_fraction": pool_holdout_fraction,
+                                          "encoder": encoder, "encoder_hash": meta["encoder_hash"],
+                                          "max_tokens": max_tokens, "pool_holdout_fraction": pool_holdout_fraction,
                                           "pool_seed": seed})
     shard_path = _ShardPath(output_dir)
     todo = [(t, r) for t, r in plan if not os.path.exists(shard_path(t))]

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.encode_pipeline import EncodeCaptions, encoder_options, in_holdout, read_captions
-from schemas.common import with_metadata, write_table_atomic
+from schemas.common import read_meta, with_metadata, write_table_atomic
 from schemas.pools import pools_schema
 from schemas.shards import text_emb_column
 
@@ -182,6 +182,12 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     # Part files of other settings must never be merged in: the settings name the folder.
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
     pools_dir = os.path.join(output_dir, "pools")
+    out_path = os.path.join(pools_dir, f"{split}.parquet")
+    summary_path = os.path.join(pools_dir, f"{split}_summary.json")
+    if os.path.exists(out_path) and os.path.exists(summary_path) and read_meta(out_path)["meta"] == meta:
+        log.info("pools %s: %s is up to date, nothing to do", split, out_path)
+        with open(summary_path) as f:
+            return json.load(f)
     part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
     os.makedirs(part_dir, exist_ok=True)
     with make_pipeline(beam_args) as p:
@@ -192,13 +198,12 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     missing = [f for f in parts if not os.path.exists(f)]
     if missing:
         raise RuntimeError(f"{part_dir}: {len(missing)} class part files missing after the run, e.g. {missing[0]}")
-    out_path = os.path.join(pools_dir, f"{split}.parquet")
     _merge_parts(parts, out_path)
     summary = pool_summary(pq.read_table(out_path, columns=["label", "class_name", "caption", "text_len"]),
                            per_class, unlabelled)
     summary.update(path=out_path, source_split=split, seed=seed, pool_holdout_fraction=pool_holdout_fraction,
                    encoder=encoder, wall_s=round(time.time() - start, 2))
-    with open(os.path.join(pools_dir, f"{split}_summary.json"), "w") as f:
+    with open(summary_path, "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
     shutil.rmtree(part_dir)
     if summary["short_classes"]:

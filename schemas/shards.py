@@ -1,7 +1,8 @@
 """The training shards table (DESIGN §3) and zero-copy `text_emb` decoding.
 
 Columns: key, split, label, class_name, caption, image (encoded bytes), image_format,
-width, height, text_emb, text_len.
+width, height, text_emb, text_len. `width`/`height` are those of the decoded image with its
+EXIF orientation applied (`pipeline.images.decode_image`), so decode `image` the same way.
 
 `text_emb` is `list<fixed_size_list<float16, D>>`: one unpadded `[text_len, D]` matrix per
 row, stored as a typed Arrow list (opens as-is in pyarrow, `datasets` and DuckDB).

@@ -160,3 +160,16 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="widht"):
         DiT.from_pretrained(tmp_path)
+
+
+def test_text_dropout_in_training_uses_learned_null_text():
+    model = randomize(tiny(t2i=True, text_dropout=1.0))
+    x, t, _, text = inputs()
+    null_out = model(x, t, text_emb=text, drop_cond=torch.ones(3, dtype=torch.bool))
+    # the null text ignores the caption entirely
+    torch.testing.assert_close(model(x, t, text_emb=torch.randn_like(text), drop_cond=torch.ones(3, dtype=torch.bool)),
+                               null_out)
+    model.train()
+    torch.testing.assert_close(model(x, t, text_emb=text), null_out)
+    model.eval()
+    assert not torch.allclose(model(x, t, text_emb=text), null_out)

@@ -182,3 +182,9 @@ def test_bad_inputs_fail_clearly(t5_dir, captions_dir, tmp_path):
     write_table_atomic(t, os.path.join(dup, "captions", "part-9.parquet"))
     with pytest.raises(Exception, match="appears twice"):
         read_captions(dup, "train")
+
+
+def test_shard_mb_sizes_shards(t5_dir, captions_dir, tmp_path):
+    # ~1.2 KB PNG/JPEG images + ~10 tokens x 32 x 2 bytes: a 0.01 MiB target holds a handful of rows
+    s = run_encode(captions_dir, str(tmp_path / "o"), encoder=t5_dir, shard_mb=0.01, device="cpu", split="val")
+    assert 1 < s["rows_per_shard"] < 12 and s["shards"] == -(-12 // s["rows_per_shard"]) and s["rows"] == 12

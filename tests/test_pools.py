@@ -47,6 +47,10 @@ def test_val_pools_k_per_class_short_classes_reported(t5_dir, captions_dir, tmp_
         summary = json.load(f)
     assert summary == {**s, "path": path} and summary["classes"] == 3
     assert summary["counts"] == {str(k): min(4, len(v)) for k, v in sorted(by_class.items())}
+    # a rerun with the same settings leaves the finished pool alone
+    mtime = os.stat(path).st_mtime_ns
+    assert run_pools(captions_dir, out, encoder=t5_dir, per_class=4, device="cpu", seed=3) == summary
+    assert os.stat(path).st_mtime_ns == mtime
     # a larger K than some classes hold: those are kept whole and reported
     s6 = run_pools(captions_dir, str(tmp_path / "d6"), encoder=t5_dir, per_class=5, device="cpu")
     assert s6["short_classes"] == {"2": 4} and s6["counts"] == {"0": 5, "1": 5, "2": 4}
