@@ -79,8 +79,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: TextEncoder's (8 on CPU)")
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
     import pyarrow.parquet as pq
     import torch
@@ -95,11 +96,14 @@ def main() -> None:
                             num_layers=a.layers, num_heads=4, vocab_size=400)
         enc = TextEncoder(t5, batch_size=a.batch_size, device="cpu").load()
         enc.encode(captions[:8])  # warm-up
-        t = time.perf_counter()
-        embs = enc.encode(captions)
-        ours = time.perf_counter() - t
-        naive_loop(t5, captions[:8], 128)  # warm-up
-        naive = naive_loop(t5, captions, 128)
+        naive_loop(t5, captions[:8], 128)
+        ours, naive = [], []
+        for _ in range(a.repeats):  # interleaved, best of N: the machine is shared, the minimum is the signal
+            t = time.perf_counter()
+            embs = enc.encode(captions)
+            ours.append(time.perf_counter() - t)
+            naive.append(naive_loop(t5, captions, 128))
+        ours, naive = min(ours), min(naive)
         lens = [e.shape[0] for e in embs]
 
         caps = make_captions_dir(os.path.join(tmp, "cap"), captions, a.image_size)
@@ -114,6 +118,7 @@ def main() -> None:
         raw = image_bytes + sum(table["text_len"].to_pylist()) * a.d_model * 2
     result = {
         "captions": a.n, "model": f"random T5 d_model={a.d_model} layers={a.layers}", "threads": torch.get_num_threads(),
+        "batch_size": enc.batch_size,
         "tokens_mean": round(float(np.mean(lens)), 1), "tokens_max": int(np.max(lens)),
         "encode_captions_per_s": round(a.n / ours, 1), "naive_captions_per_s": round(a.n / naive, 1),
         "speedup_vs_naive": round(naive / ours, 2), "goal_speedup": 3.0,

@@ -33,7 +33,7 @@ def _encoder_flags(prefix: str = "") -> Callable:
             (("--max-tokens",), dict(type=int, default=128, show_default=True, help="Token cut-off (paper: 128).")),
             (("--revision",), dict(default=None, help="Hub revision of the encoder.")),
             ((f"--{prefix}batch-size", f"{prefix.replace('-', '_')}batch_size"),
-             dict(type=int, default=64, show_default=True, help="Captions per encoder forward pass.")),
+             dict(type=int, default=None, help="Captions per encoder forward pass (default 64 on GPU, 8 on CPU).")),
             ((f"--{prefix}dtype", f"{prefix.replace('-', '_')}dtype"),
              dict(default="auto", show_default=True,
                   help="Encoder compute dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16; float16 is "

@@ -25,12 +25,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.captions import DEAD_LETTER_SCHEMA
@@ -54,52 +53,65 @@ def in_holdout(key: str, fraction: float, seed: int = 0) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
 
 
-def read_captions(captions: str, split: str | None = None) -> pa.Table:
-    """The caption rows of `split` (all splits if None), sorted by key, from `DIR/captions/` or a file/folder.
-
-    Fails on a file that is not a captions table and on a key present twice.
-    """
+def caption_files(captions: str) -> list[str]:
+    """The captions Parquet files of `DIR/captions/` (or of a file/folder given directly), checked to be captions."""
     folder = os.path.join(captions, "captions")
     files = list_parquet(folder if os.path.isdir(folder) else captions)
     if not files:
         raise FileNotFoundError(f"{captions}: no captions Parquet files (looked in {folder})")
-    tables = []
     for f in files:
         if read_meta(f)["table"] != "captions":
             raise SchemaError(f"{f}: textok.table is {read_meta(f)['table']!r}, expected 'captions' "
                               f"(--captions takes the output folder of `textok caption`)")
-        t = pq.read_table(f, columns=CAPTION_COLUMNS)
+    return files
+
+
+def read_captions(captions: str | list[str], split: str | None = None, columns: list[str] = CAPTION_COLUMNS,
+                  filters: list | None = None) -> pa.Table:
+    """Caption rows of `split` (all splits if None), sorted by key; `captions` is a DIR or a list of files.
+
+    Fails on a key present twice (part files of an uncompacted caption run can hold a retried key).
+    """
+    files = caption_files(captions) if isinstance(captions, str) else captions
+    filters = list(filters or []) + ([("split", "==", split)] if split is not None else [])
+    tables = []
+    for f in files:
+        t = pq.read_table(f, columns=columns, filters=filters or None)
         tables.append(t.append_column("_file", pa.array([f] * t.num_rows, pa.string())))
-    table = pa.concat_tables(tables)
-    if split is not None:
-        table = table.filter(pc.equal(table["split"], split))
-    table = table.sort_by("key")
+    table = pa.concat_tables(tables).sort_by("key")
     keys = table["key"].to_numpy(zero_copy_only=False)
     dup = np.flatnonzero(keys[1:] == keys[:-1]) if len(keys) > 1 else []
     if len(dup):
         i = int(dup[0])
         raise SchemaError(f"caption key {keys[i]!r} appears twice ({table['_file'][i]} and {table['_file'][i + 1]}); "
-                          f"run `textok compact {captions}` to deduplicate")
+                          f"run `textok compact` on the caption folder to deduplicate")
     return table.drop_columns(["_file"])
 
 
 @dataclass(frozen=True)
 class ShardTask:
+    """Shard `index` of `count`: the `num_keys` keys of `split` in [first_key, last_key], hold-out excluded."""
+
     split: str
     index: int
     count: int
+    first_key: str = ""
+    last_key: str = ""
+    num_keys: int = 0
 
     @property
     def name(self) -> str:
         return f"{self.split}-{self.index:05d}-of-{self.count:05d}"
 
 
-def plan_shards(rows: list[dict], split: str, rows_per_shard: int) -> list[tuple[ShardTask, list[dict]]]:
-    """Chunk key-sorted rows into shards: shard i of n always holds the same keys."""
+def plan_shards(keys: list[str], split: str, rows_per_shard: int) -> list[ShardTask]:
+    """Chunk sorted keys into shards: shard i of n always holds the same keys. Only key ranges travel
+    in the Beam graph (it stays small, e.g. under Dataflow's 10 MB limit, for any dataset size)."""
     if rows_per_shard <= 0:
         raise ValueError(f"--rows-per-shard must be positive, got {rows_per_shard}")
-    n = max(1, -(-len(rows) // rows_per_shard)) if rows else 0
-    return [(ShardTask(split, i, n), rows[i * rows_per_shard:(i + 1) * rows_per_shard]) for i in range(n)]
+    n = -(-len(keys) // rows_per_shard)
+    chunks = [keys[i * rows_per_shard:(i + 1) * rows_per_shard] for i in range(n)]
+    return [ShardTask(split, i, n, c[0], c[-1], len(c)) for i, c in enumerate(chunks)]
 
 
 def prepare_image(data: bytes, uri: str, image_size: int | None) -> tuple[bytes, str, int, int]:
@@ -123,14 +135,16 @@ def dead_letter_row(row: dict, error_type: str, message: str, stage: str = "enco
             "timestamp": dt.datetime.now(dt.timezone.utc)}
 
 
-def shards_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
-    """Encoded rows (dicts with `text_emb` float16 arrays) -> a shards table with its metadata."""
-    dim = int(meta["D"])
-    schema = with_metadata(shards_schema(dim), "shards", "encode", meta)
-    cols = {name: [r[name] for r in rows] for name in schema.names if name != "text_emb"}
+def encoded_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Encoded rows (dicts with `text_emb` float16 `[len, D]` arrays) -> a table of `schema` (shards, pools)."""
+    dim = schema.field("text_emb").type.value_type.list_size
     arrays = [text_emb_column([r["text_emb"] for r in rows], dim) if f.name == "text_emb"
-              else pa.array(cols[f.name], type=f.type) for f in schema]
+              else pa.array([r[f.name] for r in rows], type=f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def shards_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
+    return encoded_table(rows, with_metadata(shards_schema(int(meta["D"])), "shards", "encode", meta))
 
 
 def dead_letter_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
@@ -138,6 +152,24 @@ def dead_letter_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
 
 
 # ---------------------------------------------------------------- Beam transforms
+
+class ReadShardRowsFn(beam.DoFn):
+    """ShardTask -> (task, caption rows): reads the shard's key range from the caption files."""
+
+    def __init__(self, files: list[str], holdout_fraction: float, seed: int, shard_path):
+        self.files, self.holdout_fraction, self.seed, self.shard_path = files, holdout_fraction, seed, shard_path
+
+    def process(self, task: ShardTask):
+        if os.path.exists(self.shard_path(task)):
+            return []  # done by an earlier attempt of this bundle
+        rows = read_captions(self.files, task.split, filters=[("key", ">=", task.first_key),
+                                                              ("key", "<=", task.last_key)]).to_pylist()
+        rows = [r for r in rows if not in_holdout(r["key"], self.holdout_fraction, self.seed)]
+        if len(rows) != task.num_keys:
+            raise RuntimeError(f"shard {task.name}: {len(rows)} caption rows in [{task.first_key!r}, "
+                               f"{task.last_key!r}], {task.num_keys} planned: the captions changed during the run")
+        return [(task, rows)]
+
 
 class _SharedEncoderHolder:
     """Weak-referenceable box for `apache_beam.utils.shared.Shared` (one model per worker process)."""
@@ -150,7 +182,8 @@ class EncodeBatchFn(beam.DoFn):
     """(tag, caption rows) -> (tag, encoded rows, dead-letter rows).
 
     The text encoder loads once per worker process in `setup()` and is shared by all DoFn
-    threads through `Shared`. With `image_size` not False the images are read and checked.
+    threads through `Shared`. `with_images`: each image is read and fully decoded (a broken one
+    becomes a dead letter) and kept, or resized to `image_size`.
     """
 
     def __init__(self, encoder_options: dict[str, Any], shared_handle, with_images: bool,
@@ -179,7 +212,7 @@ class EncodeBatchFn(beam.DoFn):
         tag, rows = element
         if self.skip_if_exists is not None and os.path.exists(self.skip_if_exists(tag)):
             self.skipped.inc()  # a retried bundle, or another worker finished it
-            return
+            return []
         good, dead = [], []
         for row in rows:
             if not self.with_images:
@@ -197,7 +230,7 @@ class EncodeBatchFn(beam.DoFn):
             r["text_emb"], r["text_len"] = e, int(e.shape[0])
         self.encoded.inc(len(good))
         self.dead.inc(len(dead))
-        yield tag, good, dead
+        return [(tag, good, dead)]
 
 
 class EncodeCaptions(beam.PTransform):
@@ -205,7 +238,8 @@ class EncodeCaptions(beam.PTransform):
 
     Encoded rows gain `text_emb` (float16 `[text_len, D]`), `text_len` and, `with_images`,
     `image`, `image_format`, `width`, `height`. Used for shards (tag = ShardTask) and pools
-    (tag = class). Reshuffle first so units spread over workers.
+    (tag = class). No Reshuffle inside: a fusion break here would hold every unit until all are
+    read; callers spread units over workers before this.
     """
 
     def __init__(self, encoder_options: dict[str, Any], *, with_images: bool = True, image_size: int | None = None,
@@ -216,7 +250,7 @@ class EncodeCaptions(beam.PTransform):
         self._fn = EncodeBatchFn(encoder_options, Shared(), with_images, image_size, skip_if_exists)
 
     def expand(self, pcoll):
-        return pcoll | "Spread" >> beam.Reshuffle() | "Encode" >> beam.ParDo(self._fn)
+        return pcoll | "Encode" >> beam.ParDo(self._fn)
 
 
 class _ShardPath:
@@ -248,22 +282,23 @@ class WriteShardFn(beam.DoFn):
 
 # ---------------------------------------------------------------- launcher
 
-def encoder_options(meta: dict[str, Any], batch_size: int, revision: str | None = None) -> dict[str, Any]:
+def encoder_options(meta: dict[str, Any], batch_size: int | None, revision: str | None = None) -> dict[str, Any]:
     """TextEncoder kwargs for the workers, from the launcher's `describe_encoder` metadata."""
     return {"encoder": meta["encoder"], "max_tokens": meta["max_tokens"], "batch_size": batch_size,
             "device": meta["device"], "dtype": meta["compute_dtype"], "revision": revision}
 
 
-def _estimate_rows_per_shard(rows: list[dict], shard_mb: float, dim: int, max_tokens: int,
-                             image_size: int | None) -> int:
-    """Rows that fill about `shard_mb` MiB: image bytes measured on up to 16 evenly spaced rows,
-    text ~ 1.4 tokens per word (T5 SentencePiece on English) + EOS, capped at max_tokens."""
+def _estimate_rows_per_shard(files: list[str], keys: list[str], split: str, shard_mb: float, dim: int,
+                             max_tokens: int, image_size: int | None) -> int:
+    """Rows that fill about `shard_mb` MiB, from 32 evenly spaced rows: their stored image bytes,
+    and text ~ 1.4 tokens per word (T5 SentencePiece on English) + EOS, capped at max_tokens."""
     from pipeline.images import ImageDecodeError
     from pipeline.sources import read_image_bytes
 
-    sample = rows[:: max(1, len(rows) // 16)][:16]
+    sample = keys[:: max(1, len(keys) // 32)][:32]
+    rows = read_captions(files, split, filters=[("key", "in", sample)]).to_pylist()
     sizes = []
-    for r in sample:
+    for r in rows:
         try:
             sizes.append(len(prepare_image(read_image_bytes(r["source_uri"]), r["source_uri"], image_size)[0]))
         except ImageDecodeError:  # unreadable rows are dead-lettered later; they do not size shards
@@ -273,12 +308,9 @@ def _estimate_rows_per_shard(rows: list[dict], shard_mb: float, dim: int, max_to
     return max(1, int(shard_mb * 2 ** 20 / (image_bytes + tokens * dim * 2 + 200)))
 
 
-def _check_plan(output_dir: str, split: str, plan: list[tuple[ShardTask, list[dict]]], settings: dict) -> None:
+def _check_plan(output_dir: str, split: str, keys: list[str], plan: list[ShardTask], settings: dict) -> None:
     """Save the shard plan on first run; refuse to resume against a different one."""
-    digest = hashlib.sha256()
-    for task, rows in plan:
-        digest.update(f"{task.name}:{','.join(r['key'] for r in rows)}\n".encode())
-    record = dict(settings, num_shards=len(plan), keys_sha256=digest.hexdigest())
+    record = dict(settings, num_shards=len(plan), keys_sha256=hashlib.sha256("\n".join(keys).encode()).hexdigest())
     path = os.path.join(output_dir, "shards", f".plan-{split}.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -294,8 +326,9 @@ def _check_plan(output_dir: str, split: str, plan: list[tuple[ShardTask, list[di
         json.dump(record, f, indent=1, sort_keys=True)
 
 
-def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "train", batch_size: int = 64,
-               max_tokens: int = 128, image_size: int | None = None, rows_per_shard: int | None = None,
+def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "train",
+               batch_size: int | None = None, max_tokens: int = 128, image_size: int | None = None,
+               rows_per_shard: int | None = None,
                shard_mb: float | None = None, dtype: str | None = None, device: str | None = None,
                revision: str | None = None, pool_holdout_fraction: float = 0.0, seed: int = 0,
                beam_args: Sequence[str] = ()) -> dict[str, Any]:
@@ -307,47 +340,49 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     if not 0.0 <= pool_holdout_fraction < 1.0:
         raise ValueError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
     meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
-    rows = read_captions(captions, split).to_pylist()
-    if not rows:
+    files = caption_files(captions)
+    all_keys = read_captions(files, split, columns=["key", "split"])["key"].to_pylist()  # sorted, unique
+    if not all_keys:
         raise ValueError(f"{captions}: no captions of split {split!r}")
-    held_out = [r for r in rows if in_holdout(r["key"], pool_holdout_fraction, seed)]
-    rows = [r for r in rows if not in_holdout(r["key"], pool_holdout_fraction, seed)]
+    keys = [k for k in all_keys if not in_holdout(k, pool_holdout_fraction, seed)]
     if rows_per_shard is None:
-        rows_per_shard = (_estimate_rows_per_shard(rows, shard_mb, meta["D"], max_tokens, image_size)
+        rows_per_shard = (_estimate_rows_per_shard(files, keys, split, shard_mb, meta["D"], max_tokens, image_size)
                           if shard_mb else DEFAULT_ROWS_PER_SHARD)
     image_mode = "original" if image_size is None else f"resize_center_crop:{image_size}"
     meta.update(image_mode=image_mode, pool_holdout_fraction=pool_holdout_fraction, pool_seed=seed,
                 captions=captions)
     opts = encoder_options(meta, batch_size, revision)
     meta.pop("device")
-    plan = plan_shards(rows, split, rows_per_shard)
-    _check_plan(output_dir, split, plan, {"rows_per_shard": rows_per_shard, "image_mode": image_mode,
-                                          "encoder": encoder, "encoder_hash": meta["encoder_hash"],
-                                          "max_tokens": max_tokens, "pool_holdout_fraction": pool_holdout_fraction,
-                                          "pool_seed": seed})
+    plan = plan_shards(keys, split, rows_per_shard)
+    _check_plan(output_dir, split, keys, plan, {
+        "rows_per_shard": rows_per_shard, "image_mode": image_mode, "encoder": encoder,
+        "encoder_hash": meta["encoder_hash"], "max_tokens": max_tokens,
+        "pool_holdout_fraction": pool_holdout_fraction, "pool_seed": seed})
     shard_path = _ShardPath(output_dir)
-    todo = [(t, r) for t, r in plan if not os.path.exists(shard_path(t))]
-    log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(rows), len(held_out),
-             len(plan), len(todo))
+    todo = [t for t in plan if not os.path.exists(shard_path(t))]
+    log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(keys),
+             len(all_keys) - len(keys), len(plan), len(todo))
     if todo:
         with make_pipeline(beam_args) as p:
             _ = (p | "Shards" >> beam.Create(todo)
+                 | "Spread" >> beam.Reshuffle()
+                 | "ReadCaptions" >> beam.ParDo(ReadShardRowsFn(files, pool_holdout_fraction, seed, shard_path))
                  | "EncodeCaptions" >> EncodeCaptions(opts, image_size=image_size, skip_if_exists=shard_path)
                  | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, meta)))
-    summary = summarize_shards(output_dir, split, plan)
-    summary.update(split=split, held_out_for_pools=len(held_out), shards_written_now=len(todo),
+    summary = summarize_shards(output_dir, split, len(keys))
+    summary.update(split=split, held_out_for_pools=len(all_keys) - len(keys), shards_written_now=len(todo),
                    shards_skipped_done=len(plan) - len(todo), rows_per_shard=rows_per_shard,
                    wall_s=round(time.time() - start, 2), encoder=encoder, D=meta["D"], image_mode=image_mode)
-    summary["captions_per_s"] = round(sum(len(r) for _, r in todo) / max(summary["wall_s"], 1e-9), 2)
+    summary["captions_per_s"] = round(sum(t.num_keys for t in todo) / max(summary["wall_s"], 1e-9), 2)
     with open(os.path.join(output_dir, f"encode_summary_{split}.json"), "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
     return summary
 
 
-def summarize_shards(output_dir: str, split: str, plan: Iterable[tuple[ShardTask, list[dict]]]) -> dict[str, Any]:
+def summarize_shards(output_dir: str, split: str, planned: int) -> dict[str, Any]:
     """Count rows and dead letters on disk; check every planned key ended up exactly once."""
-    planned = sum(len(r) for _, r in plan)
-    shard_files = [p for p in list_parquet(os.path.join(output_dir, "shards")) if os.path.basename(p).startswith(f"{split}-")]
+    shard_files = [p for p in list_parquet(os.path.join(output_dir, "shards"))
+                   if os.path.basename(p).startswith(f"{split}-")]
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_files)
     dl_dir = os.path.join(output_dir, "dead_letter")
     dl_files = [p for p in list_parquet(dl_dir) if os.path.basename(p).startswith(f"encode-{split}-")] \

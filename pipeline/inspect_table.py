@@ -78,7 +78,8 @@ def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8
             raise SchemaError(f"{path}: files disagree on the embedding width D: {sorted(dims)}")
         report["D"] = dims.pop()
     names = pq.read_schema(files[0]).names
-    light = [c for c in ("key", "label", "class_name", "caption", "num_words", "text_len") if c in names]
+    light = [c for c in ("key", "label", "class_name", "caption", "num_words", "text_len", "error_type")
+             if c in names]
     parts = []
     for f in files:
         cols = light + (["text_emb"] if kind in TEXT_TABLES else [])
@@ -94,6 +95,8 @@ def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8
         report["unlabelled"] = table.num_rows - len(labels)
         report["rows_per_class"] = {"min": min(Counter(labels).values()) if labels else 0,
                                     "max": max(Counter(labels).values()) if labels else 0}
+    if "error_type" in names:
+        report["error_types"] = dict(Counter(table["error_type"].to_pylist()).most_common())
     if "caption" in names:
         words = (table["num_words"].to_numpy(zero_copy_only=False) if "num_words" in names
                  else np.array([len(c.split()) for c in table["caption"].to_pylist()]))
@@ -111,6 +114,8 @@ def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8
     image, emb = col_bytes.pop("image", 0), col_bytes.pop("text_emb", 0)
     report["bytes_per_example"] = {"image": image / n, "embedding": emb / n, "other": sum(col_bytes.values()) / n}
     if contact_sheet:
+        if "caption" not in names:
+            raise SchemaError(f"{path}: a {kind!r} table has no captions or images for a contact sheet")
         report["contact_sheet"] = write_contact_sheet(files, kind, contact_sheet, n_images)
     return report
 
@@ -160,7 +165,9 @@ def write_contact_sheet(files: list[str], kind: str, out_png: str, n: int = 8, t
                 from pipeline.images import decode_image
 
                 img = decode_image(data)
-                img.thumbnail((thumb, thumb))
+                scale = thumb / max(img.size)  # small images are scaled up too, pixels kept sharp
+                img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                                 Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC)
                 sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
             except Exception as e:  # noqa: BLE001 - show why, in place of the picture
                 draw.text((x, y), f"unreadable:\n{type(e).__name__}", fill="red", font=font)
@@ -184,6 +191,8 @@ def format_report(r: dict[str, Any]) -> str:
     if "classes" in r:
         out.append(f"  classes: {r['classes']} (rows per class {r['rows_per_class']['min']}-{r['rows_per_class']['max']}"
                    f", unlabelled rows {r['unlabelled']})")
+    if "error_types" in r:
+        out.append(f"  error types: {r['error_types']}")
     if "caption_words" in r:
         cw = r["caption_words"]
         out += [f"  caption words: mean {cw['mean']:.1f}, max {cw['max']}"] + ["    " + s for s in cw["histogram"]]

@@ -30,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.encode_pipeline import EncodeCaptions, encoder_options, in_holdout, read_captions
+from pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
+                                      read_captions)
 from schemas.common import read_meta, with_metadata, write_table_atomic
 from schemas.pools import pools_schema
-from schemas.shards import text_emb_column
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,7 @@ def select_pool(rows: Sequence[dict], per_class: int, seed: int) -> list[dict]:
 
 
 def pools_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
-    dim = int(meta["D"])
-    schema = with_metadata(pools_schema(dim), "pools", "pools", meta)
-    arrays = [text_emb_column([r["text_emb"] for r in rows], dim) if f.name == "text_emb"
-              else pa.array([r[f.name] for r in rows], type=f.type) for f in schema]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return encoded_table(rows, with_metadata(pools_schema(int(meta["D"])), "pools", "pools", meta))
 
 
 class _PartPath:
@@ -94,6 +90,13 @@ class BuildClassPools(beam.PTransform):
                 | "EncodeCaptions" >> EncodeCaptions(self.encoder_opts, with_images=False,
                                                      skip_if_exists=_PartPath(self.part_dir))
                 | "WritePart" >> beam.ParDo(WritePoolPartFn(self.part_dir, self.meta)))
+
+
+def _pool_candidates(path: str, split: str, holdout_fraction: float, seed: int) -> list[dict]:
+    """Labelled caption rows of `split` in one caption file (only the hold-out slice when one is set)."""
+    rows = read_captions([path], split).to_pylist()
+    return [r for r in rows if r["label"] is not None
+            and (not holdout_fraction or in_holdout(r["key"], holdout_fraction, seed))]
 
 
 def _merge_parts(part_files: list[str], path: str) -> None:
@@ -147,7 +150,7 @@ def pool_summary(table: pa.Table, per_class: int, unlabelled: int) -> dict[str, 
 
 def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = DEFAULT_PER_CLASS,
               split: str = "val", pool_holdout_fraction: float = 0.0, seed: int = 0, train_split: str = "train",
-              batch_size: int = 64,
+              batch_size: int | None = None,
               max_tokens: int = 128, dtype: str | None = None, device: str | None = None,
               revision: str | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Build `output_dir/pools/{split}.parquet` (+ `_summary.json`). Returns the summary."""
@@ -162,16 +165,17 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
             raise ValueError(f"--pool-holdout-fraction must be in (0, 1), got {pool_holdout_fraction}")
         split = train_split
         _check_against_shards(output_dir, split, pool_holdout_fraction, seed)
-        rows = [r for r in read_captions(captions, split).to_pylist()
-                if in_holdout(r["key"], pool_holdout_fraction, seed)]
     elif split == train_split:
         raise ValueError("pools from the train split would reuse training images: use --split val (default) "
                          "or --pool-holdout-fraction f (and the same f for `textok encode`)")
-    else:
-        rows = read_captions(captions, split).to_pylist()
-    unlabelled = sum(r["label"] is None for r in rows)
-    rows = [r for r in rows if r["label"] is not None]
-    if not rows:
+    files = caption_files(captions)
+    # The launcher reads keys and labels only; workers read the caption rows themselves, so the
+    # Beam graph holds file names, not rows.
+    index = [r for r in read_captions(files, split, columns=["key", "split", "label"]).to_pylist()
+             if not pool_holdout_fraction or in_holdout(r["key"], pool_holdout_fraction, seed)]
+    unlabelled = sum(r["label"] is None for r in index)
+    labels = sorted({int(r["label"]) for r in index if r["label"] is not None})
+    if not labels:
         raise ValueError(f"{captions}: no labelled captions for pools in split {split!r}"
                          + (f" (hold-out fraction {pool_holdout_fraction}, seed {seed})" if pool_holdout_fraction else ""))
     meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
@@ -191,9 +195,10 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
     os.makedirs(part_dir, exist_ok=True)
     with make_pipeline(beam_args) as p:
-        _ = (p | "Captions" >> beam.Create(rows)
+        _ = (p | "CaptionFiles" >> beam.Create(files)
+             | "Spread" >> beam.Reshuffle()
+             | "ReadCaptions" >> beam.FlatMap(_pool_candidates, split, pool_holdout_fraction, seed)
              | "BuildClassPools" >> BuildClassPools(opts, per_class, seed, part_dir, meta))
-    labels = sorted({int(r["label"]) for r in rows})
     parts = [_PartPath(part_dir)(label) for label in labels]
     missing = [f for f in parts if not os.path.exists(f)]
     if missing:

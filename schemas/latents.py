@@ -53,7 +53,8 @@ def z_column(z: np.ndarray) -> pa.Array:
     if z.ndim != 3:
         raise SchemaError(f"z must be [rows, N, d], got shape {z.shape}")
     rows, n, d = z.shape
-    flat = np.ascontiguousarray(z, dtype=np.float16).reshape(-1)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+        flat = np.ascontiguousarray(z, dtype=np.float16).reshape(-1)
     if not np.isfinite(flat).all():
         raise SchemaError("z holds inf/NaN after the cast to float16 (a tokenizer overflow): refusing to store it")
     inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float16()), d)

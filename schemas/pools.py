@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.common import SchemaError, TableSpec, register_table
-from schemas.shards import TEXT_META_KEYS, text_emb_type
+from schemas.shards import TEXT_META_KEYS, check_text_columns, text_emb_type
 
 POOL_META_KEYS = TEXT_META_KEYS + ("per_class", "seed", "source_split")
 
@@ -32,18 +32,12 @@ def pools_schema(dim: int) -> pa.Schema:
 
 
 def _check_pools(path: str, info: dict, pf: pq.ParquetFile) -> None:
-    meta = info["meta"]
-    dim = int(meta["D"])
-    got = pf.schema_arrow.field("text_emb").type
-    if not got.equals(text_emb_type(dim)):
-        raise SchemaError(f"{path}: column 'text_emb' has type {got}, expected {text_emb_type(dim)} (metadata D={dim})")
-    if meta.get("storage_dtype") != "float16":
-        raise SchemaError(f"{path}: metadata storage_dtype is {meta.get('storage_dtype')!r}, expected 'float16'")
-    if int(meta["per_class"]) <= 0:
-        raise SchemaError(f"{path}: metadata per_class must be positive, got {meta['per_class']!r}")
+    check_text_columns(path, info, pf)
+    if int(info["meta"]["per_class"]) <= 0:
+        raise SchemaError(f"{path}: metadata per_class must be positive, got {info['meta']['per_class']!r}")
 
 
-# As for shards, `text_emb` is checked against the file's own D in `_check_pools`.
+# As for shards, `text_emb` is checked against the file's own D in `check_text_columns`.
 POOLS = register_table(TableSpec(
     "pools",
     pa.schema([f for f in pools_schema(1) if f.name != "text_emb"]),

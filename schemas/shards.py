@@ -78,7 +78,8 @@ def text_emb_views(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     return out
 
 
-def _check_shards(path: str, info: dict, pf: pq.ParquetFile) -> None:
+def check_text_columns(path: str, info: dict, pf: pq.ParquetFile) -> None:
+    """`text_emb` has the file's own D; float16 storage; positive max_tokens (shards and pools)."""
     meta = info["meta"]
     dim = int(meta["D"])
     expected = text_emb_type(dim)
@@ -92,10 +93,10 @@ def _check_shards(path: str, info: dict, pf: pq.ParquetFile) -> None:
 
 
 # The registered schema uses D=1 as a placeholder for the type check of the other columns;
-# `_check_shards` checks `text_emb` against the file's own D.
+# `check_text_columns` checks `text_emb` against the file's own D.
 SHARDS = register_table(TableSpec(
     "shards",
     pa.schema([f for f in shards_schema(1) if f.name != "text_emb"]),
     required_meta=TEXT_META_KEYS,
-    extra_check=_check_shards,
+    extra_check=check_text_columns,
 ))

@@ -156,3 +156,12 @@ def test_mismatched_shard_dim_fails_naming_file_and_values(tmp_path):
         ShardLoader(str(tmp_path / "a"), 32, batch_size=2, max_tokens=64)
     with pytest.raises(SchemaError, match="encoder"):
         ShardLoader(str(tmp_path / "a"), 32, batch_size=2, encoder="t5-v1_1-xl")
+
+
+def test_split_filter_in_a_shards_dir(tmp_path):
+    write_shards(tmp_path, num_files=2, split="train")
+    write_shards(tmp_path, num_files=1, split="val", seed=1)
+    assert [os.path.basename(f) for f in resolve_shards(str(tmp_path), "val")] == ["val-00000-of-00001.parquet"]
+    assert len(resolve_shards(str(tmp_path), "train")) == 2 and len(resolve_shards(str(tmp_path))) == 3
+    with pytest.raises(FileNotFoundError, match="split 'test'.*'train', 'val'"):
+        resolve_shards(str(tmp_path), "test")

@@ -89,7 +89,6 @@ def test_one_batch_overfit_lowers_loss():
         loss.backward()
         opt.step()
     after = eval_loss()
-    print(f"overfit loss {before:.3f} -> {after:.3f}")
     assert math.isfinite(after) and after < 0.8 * before, (before, after)
 
 

@@ -128,6 +128,9 @@ def test_t2i_cfg_and_input_errors():
         model(x, t, text_emb=text, text_mask=torch.zeros(3, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="text_dim"):
         model(x, t, text_emb=torch.randn(3, 5, TEXT_DIM + 1))
+    with pytest.raises(ValueError, match="max_text_tokens"):
+        model(x, t, text_emb=torch.randn(3, 13, TEXT_DIM))
+    torch.testing.assert_close(model(x, t, text_emb=text.half()), model(x, t, text_emb=text.half().float()))
     with pytest.raises(ValueError, match="needs text_emb"):
         model(x, t, y=y)
     cls_model = tiny()

@@ -188,3 +188,29 @@ def test_shard_mb_sizes_shards(t5_dir, captions_dir, tmp_path):
     # ~1.2 KB PNG/JPEG images + ~10 tokens x 32 x 2 bytes: a 0.01 MiB target holds a handful of rows
     s = run_encode(captions_dir, str(tmp_path / "o"), encoder=t5_dir, shard_mb=0.01, device="cpu", split="val")
     assert 1 < s["rows_per_shard"] < 12 and s["shards"] == -(-12 // s["rows_per_shard"]) and s["rows"] == 12
+
+
+def test_encode_captions_transform_in_testpipeline(t5_dir, captions_dir):
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    from pipeline.encode_pipeline import EncodeCaptions
+
+    rows = [r for r in read_captions(captions_dir, "train").to_pylist() if r["key"].startswith("star/")][:4]
+    assert "star/train_0005" in [r["key"] for r in rows]  # the corrupt image
+    opts = {"encoder": t5_dir, "max_tokens": 128, "batch_size": 4, "device": "cpu", "dtype": "float32",
+            "revision": None}
+
+    def check(outputs):
+        [(tag, good, dead)] = outputs
+        assert tag == "unit-0" and [d["key"] for d in dead] == ["star/train_0005"]
+        assert sorted(r["key"] for r in good + dead) == sorted(r["key"] for r in rows)
+        for r in good:
+            assert r["text_emb"].dtype == np.float16 and r["text_emb"].shape == (r["text_len"], 32)
+            assert r["image_format"] in ("png", "jpeg") and r["width"] >= 20
+
+    with TestPipeline(runner=FnApiRunner()) as p:
+        out = p | beam.Create([("unit-0", rows)]) | EncodeCaptions(opts, image_size=None)
+        assert_that(out, check)

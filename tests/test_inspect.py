@@ -26,7 +26,7 @@ def t5_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(t5_dir, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("insp"))
-    caps = make_captions_dir(os.path.join(root, "cap"), n_train=12, n_val=6)
+    caps = make_captions_dir(os.path.join(root, "cap"), n_train=12, n_val=6, corrupt=("square/train_0004",))
     out = os.path.join(root, "data")
     run_encode(caps, out, encoder=t5_dir, rows_per_shard=5, device="cpu")
     return caps, out
@@ -36,16 +36,21 @@ def test_inspect_shards_report_and_contact_sheet(data, tmp_path):
     caps, out = data
     png = str(tmp_path / "sheet.png")
     r = inspect_table(os.path.join(out, "shards"), contact_sheet=png, n_images=5)
-    assert r["table"] == "shards" and r["files"] == 3 and r["rows"] == 12 and r["D"] == 32 and r["classes"] == 3
+    assert r["table"] == "shards" and r["files"] == 3 and r["rows"] == 11 and r["D"] == 32 and r["classes"] == 3
     b = r["bytes_per_example"]
     assert b["image"] > 0 and b["embedding"] > 0 and b["other"] > 0
     total = sum(os.path.getsize(os.path.join(out, "shards", f)) for f in os.listdir(os.path.join(out, "shards"))
                 if f.endswith(".parquet"))
-    assert sum(b.values()) * 12 < total  # column bytes exclude only footers/headers
+    assert sum(b.values()) * 11 < total  # column bytes exclude only footers/headers
     text = format_report(r)
     assert "token length" in text and "caption words" in text and "bytes/example" in text
     sheet = Image.open(png)
     assert sheet.size[0] > 4 * 160 and sheet.size[1] > 2 * 160
+    # dead letters: counted by reason
+    rd = inspect_table(os.path.join(out, "dead_letter"))
+    assert rd["table"] == "dead_letter" and rd["error_types"] == {"truncated": 1}
+    with pytest.raises(SchemaError, match="no captions or images"):
+        inspect_table(os.path.join(out, "dead_letter"), contact_sheet=str(tmp_path / "d.png"))
     # captions tables work too (images through source_uri)
     rc = inspect_table(os.path.join(caps, "captions"), contact_sheet=str(tmp_path / "c.png"), n_images=3)
     assert rc["table"] == "captions" and rc["rows"] == 18 and "text_len" not in rc

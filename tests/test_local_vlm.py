@@ -161,3 +161,12 @@ def test_missing_weights_errors_name_the_fix(tmp_path, tiny_blip):
         from_options({"model_id": tiny_blip, "rpm": 60})
     with pytest.raises(LocalVLMConfigError, match="--model"):
         from_options({"batch_size": 4})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_default_is_bf16(tiny_blip):
+    cap = LocalVLMCaptioner(tiny_blip, task_prompt="a picture of", max_new_tokens=4)
+    cap.setup()
+    assert cap.settings()["device"].startswith("cuda") and cap.settings()["dtype"] == "bfloat16"
+    res = cap.caption_batch(_requests(3))
+    assert [r.key for r in res] == ["img0", "img1", "img2"] and all(r.ok for r in res)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -105,36 +106,58 @@ def test_torchrun_two_gloo_processes(shards, tmp_path):
     cfg = tiny(shards, tmp_path / "ddp", steps=2, save_every=2)
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps({k: v for k, v in cfg.__dict__.items()}))
+    with socket.socket() as sock:  # a free loopback port (torchrun's --master_port 0 hangs here)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", "0", "-m", "trainer.cli_tokenizer", "train-tokenizer", "--config", str(cfg_file)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+           "--master_port", str(port), "-m", "trainer.cli_tokenizer", "train-tokenizer", "--config", str(cfg_file)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "step-000002" / "state.pt", weights_only=True)
     assert len(state["rng"]) == 2 and state["loader"]["world_size"] == 2 and state["loader"]["batch_size"] == 2
     assert (tmp_path / "ddp" / "tokenizer" / "model.safetensors").is_file()
 
 
-def test_eval_tokenizer_writes_json_grid_and_compare_table(shards, tmp_path):
+def test_eval_tokenizer_writes_json_and_grid(shards, tmp_path):
     from click.testing import CliRunner
 
     from cli import main
 
-    runs = {}
-    for mode in ("both", "none"):
-        train(tiny(shards, tmp_path / mode, steps=2, text_mode=mode))
-        res = CliRunner().invoke(main, ["eval-tokenizer", "--ckpt", str(tmp_path / mode), "--shards", shards,
-                                        "--output", str(tmp_path / mode / "eval"), "--num-samples", "10",
-                                        "--batch-size", "5", "--num-workers", "0", "--device", "cpu"])
-        assert res.exit_code == 0, res.output + repr(res.exception)
-        runs[mode] = json.load(open(tmp_path / mode / "eval" / "eval.json"))
-        assert (tmp_path / mode / "eval" / "recon.png").is_file()
-    r = runs["both"]
-    assert r["num_samples"] == 10 and r["text_mode"] == "both" and r["num_tokens"] == 8
-    assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["rfid"] > 0 and r["inception_score"] is None
-    res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--compare",
-                                    str(tmp_path / "both"), str(tmp_path / "none")])
+    train(tiny(shards, tmp_path / "run", steps=2))
+    res = CliRunner().invoke(main, ["eval-tokenizer", "--ckpt", str(tmp_path / "run"), "--shards", shards,
+                                    "--split", "train", "--output", str(tmp_path / "eval"), "--num-samples", "5", "--batch-size", "3",
+                                    "--num-workers", "0", "--device", "cpu"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    r = json.load(open(tmp_path / "eval" / "eval.json"))
+    assert r["num_samples"] == 5 and r["text_mode"] == "both" and r["num_tokens"] == 8
+    assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["rfid"] > 0
+    assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    assert r["inception_score"] is None and "classifier" in r["inception_score_note"]
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "eval" / "recon.png")
+    assert grid.size == (2 + 2 * 34, 2 + 3 * 34)  # originals | reconstructions of the first batch (3 rows)
+
+
+def test_compare_table_has_gain_vs_no_text_baseline(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    def fake_eval(name, mode, n, rfid):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(
+            {"image_size": 256, "num_tokens": n, "text_mode": mode, "rfid": rfid, "psnr": 20.0, "ssim": 0.5,
+             "lpips": None, "inception_score": None, "num_samples": 100}))
+        return str(tmp_path / name)
+
+    runs = [fake_eval("tok32", "both", 32, 2.4), fake_eval("base32", "none", 32, 3.8),
+            fake_eval("tok64", "both", 64, 1.53), fake_eval("base64", "none", 64, 2.04)]
+    res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--compare", *runs])
     assert res.exit_code == 0, res.output
-    table = (tmp_path / "cmp.md").read_text()
-    gain = 100 * (runs["both"]["rfid"] - runs["none"]["rfid"]) / runs["none"]["rfid"]
-    assert f"{gain:+.1f} %" in table and table.count("\n") == 4
+    lines = (tmp_path / "cmp.md").read_text().splitlines()
+    assert len(lines) == 6
+    assert "tok32 | both | 256 | 32 | 2.400 | -36.8 % |" in lines[3]
+    assert "tok64 | both | 256 | 64 | 1.530 | -25.0 % |" in lines[5]
+    assert "base32 | none | 256 | 32 | 3.800 | — |" in lines[2]

@@ -12,6 +12,7 @@ fields, plus "model"/"loss" dicts of TexTokConfig/LossConfig overrides), else th
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -20,12 +21,13 @@ def _train_options(f):
     opts = [
         click.option("--shards", help="Shard dir, glob or file (textok encode output)."),
         click.option("--output", help="Run directory (checkpoints, config.json, samples, tokenizer/)."),
+        click.option("--split", help="Split to read from a shards dir (default train)."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                      help="JSON/YAML file of TrainTokenizerConfig overrides."),
         click.option("--preset", type=click.Choice(["tiny", "S", "B", "L"]), help="TexTok size (default B)."),
-        click.option("--image-size", type=int, help="Training resolution (default 256)."),
-        click.option("--patch-size", type=int, help="ViT patch size (default 8 at 256 px)."),
-        click.option("--num-tokens", type=int, help="N latent tokens (default 128)."),
+        click.option("--image-size", type=int, help="Training resolution (default: the preset's, 256 for S/B/L)."),
+        click.option("--patch-size", type=int, help="ViT patch size (default: the preset's, 8; the paper uses 16 at 512 px)."),
+        click.option("--num-tokens", type=int, help="N latent tokens (default: the preset's, 128)."),
         click.option("--text-mode", type=click.Choice(["both", "enc", "dec", "none"]),
                      help="Where the caption enters (default both; none = the no-text baseline)."),
         click.option("--steps", type=int, help="Training steps (required unless in --config)."),
@@ -59,13 +61,15 @@ def train_tokenizer_cmd(config_file, **flags):
 
     cfg = load_config(config_file, **flags)
     out = train(cfg)
-    click.echo(f"tokenizer saved to {out}")
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"tokenizer saved to {out}")
 
 
 @click.command("eval-tokenizer")
 @click.option("--ckpt", help="Tokenizer dir (save_pretrained) or a train-tokenizer run dir.")
 @click.option("--shards", help="Evaluation shards (e.g. the val split).")
 @click.option("--output", required=True, help="Output dir (eval.json, recon.png), or the .md file with --compare.")
+@click.option("--split", default="val", show_default=True, help="Split to read from a shards dir.")
 @click.option("--num-samples", type=int, default=50_000, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lpips-weights", help="LPIPS linear heads (vgg.pth); with --vgg16-weights enables LPIPS.")
@@ -84,8 +88,6 @@ def eval_tokenizer_cmd(compare, more_runs, output, **kw):
     if runs:
         table = compare_table(runs)
         path = output if output.endswith(".md") else f"{output.rstrip('/')}/compare.md"
-        import os
-
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             f.write(table)

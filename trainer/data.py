@@ -43,12 +43,27 @@ from schemas.shards import text_emb_views
 COLUMNS = ["key", "label", "caption", "image", "text_emb", "text_len"]
 
 
-def resolve_shards(spec: str | Sequence[str]) -> list[str]:
-    """A directory (recursive), a glob, a single file, or a list of any of these -> sorted files."""
+def resolve_shards(spec: str | Sequence[str], split: str | None = None) -> list[str]:
+    """A directory (recursive), a glob, a single file, or a list of any of these -> sorted files.
+
+    In a directory only `{split}-*.parquet` files are taken when `split` is given: one shards/
+    directory holds every split (`train-00000-of-00008.parquet`, `val-...`). Files named
+    explicitly, or matched by a glob, are taken as they are.
+    """
     if isinstance(spec, (list, tuple)):
-        return sorted({f for s in spec for f in resolve_shards(s)})
+        return sorted({f for s in spec for f in resolve_shards(s, split)})
     spec = os.fspath(spec)
-    files = sorted(glob.glob(spec, recursive=True)) if any(c in spec for c in "*?[") else list_parquet(spec)
+    if any(c in spec for c in "*?["):
+        files = sorted(glob.glob(spec, recursive=True))
+    else:
+        files = list_parquet(spec)
+        if split and os.path.isdir(spec):
+            found = files
+            files = [f for f in files if os.path.basename(f).startswith(f"{split}-")]
+            if found and not files:
+                names = sorted({os.path.basename(f).split("-")[0] for f in found})
+                raise FileNotFoundError(f"{spec}: no shards of split {split!r} (files start with {names}); "
+                                        f"pass --split with one of those")
     files = [f for f in files if f.endswith(".parquet")]
     if not files:
         raise FileNotFoundError(f"{spec}: no .parquet shard files found (pass a shards dir, a glob or files)")
@@ -245,17 +260,18 @@ class ShardLoader:
     """A DataLoader over a `ShardStream` that counts consumed batches for checkpoint/resume."""
 
     def __init__(self, shards: str | Sequence[str], image_size: int, batch_size: int, text_dim: int | None = None,
-                 max_tokens: int | None = None, encoder: str | None = None, train: bool = True, seed: int = 0,
+                 max_tokens: int | None = None, encoder: str | None = None, split: str | None = None,
+                 train: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, shuffle_buffer: int = 1000,
                  drop_last: bool | None = None):
-        self.files = resolve_shards(shards)
+        self.files = resolve_shards(shards, split)
         self.meta = check_shard_meta(self.files, text_dim, max_tokens, encoder)
         self.text_dim, self.max_tokens = int(self.meta["D"]), int(self.meta["max_tokens"])
         self.kwargs = dict(image_size=image_size, batch_size=batch_size, max_tokens=self.max_tokens, train=train,
                            seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
                            shuffle_buffer=shuffle_buffer, drop_last=drop_last)
         self.num_workers = num_workers
-        self.batches = 0
+        self.batches = self.epoch = 0
 
     def layout(self) -> dict:
         k = self.kwargs
@@ -263,7 +279,8 @@ class ShardLoader:
                 "batch_size": k["batch_size"], "shuffle_buffer": k["shuffle_buffer"], "files": len(self.files)}
 
     def state_dict(self) -> dict:
-        return {"batches": self.batches, **self.layout()}
+        # `batches` alone fixes the position; `epoch` (of the last batch's first stream) is for humans
+        return {"batches": self.batches, "epoch": self.epoch, **self.layout()}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in self.layout().items():
@@ -271,11 +288,13 @@ class ShardLoader:
                 raise ValueError(f"cannot resume the data position exactly: checkpoint has {k}={state.get(k)!r}, "
                                  f"this run has {k}={v!r}; resume with the same {k}")
         self.batches = int(state["batches"])
+        self.epoch = int(state.get("epoch", 0))
 
     def __iter__(self) -> Iterator[dict]:
         dataset = ShardStream(self.files, skip_batches=self.batches, **self.kwargs)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                            persistent_workers=False, prefetch_factor=2 if self.num_workers else None)
+                            prefetch_factor=2 if self.num_workers else None, pin_memory=torch.cuda.is_available())
         for batch in loader:
             self.batches += 1
+            self.epoch = batch["epoch"]
             yield batch

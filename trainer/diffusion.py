@@ -97,7 +97,8 @@ class GaussianDiffusion:
 
     # ---- forward process ----------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        signal, sigma = self._at(self.sqrt_alphas_cumprod, t, x0), self._at(self.sqrt_one_minus_alphas_cumprod, t, x0)
+        return signal * x0 + sigma * noise
 
     def q_posterior(self, x0, x_t, t):
         mean = self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
@@ -122,7 +123,8 @@ class GaussianDiffusion:
             # DDPM's "fixed large" choice: beta_t, with beta~_1 at t=0 for a sane decoder.
             large = torch.log(torch.cat([self.posterior_variance[1:2], self.betas[1:]]))
             log_var = self._at(large, t, x_t).expand_as(x_t)
-        pred_x0 = self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        pred_x0 = (self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                   - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
         mean, _ = self.q_posterior(pred_x0, x_t, t)
         return {"mean": mean, "log_variance": log_var, "pred_x0": pred_x0, "eps": eps}
 
@@ -203,12 +205,14 @@ class GaussianDiffusion:
 
 def sample(model_fn: ModelFn, shape, steps: int = 250, sampler: str = "ddpm",
            generator: torch.Generator | None = None, progress: bool = False, eta: float = 0.0,
-           diffusion: GaussianDiffusion | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+           diffusion: GaussianDiffusion | None = None, noise: torch.Tensor | None = None,
+           device: str | torch.device | None = None) -> torch.Tensor:
     """Sample x_0 [shape] with `steps` respaced steps of the 1000-step linear chain (or `diffusion`).
 
     model_fn(x, t) returns the raw model output for original-chain timesteps t, e.g.
     `DiT.guided(cfg_scale, y=labels)`; the result is deterministic for a seeded generator.
+    x_T is drawn on `device` (default: the generator's device, else CPU).
     """
     chain = (diffusion or GaussianDiffusion.linear()).respaced(steps)
     return chain.sample_loop(model_fn, shape, sampler=sampler, eta=eta, generator=generator,
-                             noise=noise, progress=progress)
+                             noise=noise, device=device, progress=progress)

@@ -171,6 +171,9 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
+    """Tokens [B, N, d] -> (eps ; variance) [B, N, 2d]. The adaLN condition c is t + class
+    embedding (class-conditional) or t alone (T2I, where text enters by cross-attention)."""
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.cfg = cfg
@@ -250,14 +253,18 @@ class DiT(nn.Module):
             raise ValueError(f"text_emb must be [{B}, L, {self.cfg.text_dim}] (DiTConfig.text_dim), "
                              f"got {tuple(text_emb.shape)}")
         L = text_emb.shape[1]
+        if L > self.cfg.max_text_tokens:
+            raise ValueError(f"text_emb has {L} tokens > DiTConfig.max_text_tokens={self.cfg.max_text_tokens}; "
+                             "encode captions with the same max_tokens the DiT was configured for")
         if text_mask is None:
             text_mask = torch.ones(B, L, dtype=torch.bool, device=device)
         text_mask = text_mask.to(torch.bool)
         if text_mask.shape != (B, L):
             raise ValueError(f"text_mask must be [{B}, {L}] like text_emb, got {tuple(text_mask.shape)}")
-        text = self.text_proj(text_emb)  # [B, L, W]
+        # shards store T5 outputs in float16; project them in the model's own precision
+        text = self.text_proj(text_emb.to(self.text_proj[0].weight.dtype))  # [B, L, W]
         drop = self._drop_mask(B, device, drop, self.cfg.text_dropout)
-        if drop is not None and drop.any():
+        if drop is not None:
             null_seq = torch.zeros_like(text)
             null_seq[:, 0] = self.null_text.to(text.dtype)
             null_mask = torch.zeros_like(text_mask)
@@ -305,7 +312,7 @@ class DiT(nn.Module):
         """
         B = x.shape[0]
         t = t.expand(B) if t.ndim == 0 else t
-        drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
+        drop = torch.arange(2 * B, device=x.device) >= B  # second half: null condition
         twice = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
         out = self(twice(x), twice(t), y=twice(y), text_emb=twice(text_emb), text_mask=twice(text_mask),
                    drop_cond=drop)
@@ -317,7 +324,7 @@ class DiT(nn.Module):
     def guided(self, cfg_scale: float = 1.0, **cond):
         """A `model_fn(x, t)` for trainer.diffusion samplers; CFG when cfg_scale != 1."""
         if cfg_scale == 1.0:
-            return lambda x, t: self(x, t, drop_cond=torch.zeros(x.shape[0], dtype=torch.bool), **cond)
+            return lambda x, t: self(x, t, drop_cond=torch.zeros(x.shape[0], dtype=torch.bool, device=x.device), **cond)
         return lambda x, t: self.forward_with_cfg(x, t, cfg_scale, **cond)
 
     # ---- persistence --------------------------------------------------------------------

