@@ -339,6 +339,8 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     start = time.time()
     if not 0.0 <= pool_holdout_fraction < 1.0:
         raise ValueError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
+    if rows_per_shard is not None and shard_mb is not None:
+        raise ValueError("give --rows-per-shard or --shard-mb, not both")
     meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
     files = caption_files(captions)
     all_keys = read_captions(files, split, columns=["key", "split"])["key"].to_pylist()  # sorted, unique

@@ -12,7 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,7 +23,8 @@ import pytest
 from PIL import Image
 
 from pipeline.beam_utils import make_pipeline
-from pipeline.caption_pipeline import TODO_PREFIX, CaptionImages, plan_caption_run, run_caption
+from pipeline.caption_pipeline import (TODO_PREFIX, CaptionBatchFn, CaptionImages, pending_limit,
+                                       plan_caption_run, run_caption)
 from pipeline.caption_store import (CAPTIONS, DEAD_LETTER, PART_PREFIX, WritePartsFn, compact, done_keys,
                                     list_table_files)
 from pipeline.captioners import build_captioner
@@ -69,6 +73,86 @@ class ColourCaptioner(Captioner):
 
 def colour_captioner(options: dict) -> ColourCaptioner:
     return ColourCaptioner(float(options.get("delay_s", 0.0)), options.get("refuse", ()), options.get("defer", ()))
+
+
+@dataclass
+class BatchStats:
+    """What an asynchronous test captioner saw, shared by every instance of one run."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    second_started: threading.Event = field(default_factory=threading.Event)
+    submitted: int = 0
+    running: int = 0
+    max_running: int = 0
+
+
+BATCH_STATS: dict[str, BatchStats] = {}  # run id (option "stats") -> stats; in-process runner only
+
+
+class PooledColourCaptioner(ColourCaptioner):
+    """ColourCaptioner with `submit_batch` on a thread pool, like gemini's event loop.
+
+    The first batch holds until a second batch has started, so a DoFn that waits for each
+    batch before submitting the next never overlaps two (that batch then gives up after
+    30 s and `max_running` stays 1); one that keeps batches pending overlaps at once.
+    """
+
+    def __init__(self, stats_id: str, max_in_flight: int, **kw):
+        super().__init__(**kw)
+        self.stats_id, self.max_in_flight, self._pool = stats_id, max_in_flight, None
+
+    def setup(self):
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pooled-colour")
+
+    def teardown(self):
+        self._pool.shutdown(wait=True)
+
+    def submit_batch(self, requests):
+        return self._pool.submit(self._run, requests)
+
+    def _run(self, requests):
+        st = BATCH_STATS.setdefault(self.stats_id, BatchStats())
+        with st.lock:
+            st.submitted += 1
+            st.running += 1
+            st.max_running = max(st.max_running, st.running)
+            first = st.submitted == 1
+            if not first:
+                st.second_started.set()
+        try:
+            if first:
+                st.second_started.wait(timeout=30)
+            return self.caption_batch(requests)
+        finally:
+            with st.lock:
+                st.running -= 1
+
+
+def pooled_colour_captioner(options: dict) -> PooledColourCaptioner:
+    return PooledColourCaptioner(options["stats"], int(options.get("max_in_flight", 1)),
+                                 refuse=options.get("refuse", ()), defer=options.get("defer", ()))
+
+
+class HeldColourCaptioner(ColourCaptioner):
+    """`submit_batch` returns futures the test itself completes (or fails)."""
+
+    max_in_flight = None
+
+    def __init__(self):
+        super().__init__(refuse=["red/1"], defer=["green/0"])
+        self.submitted: list[tuple[list[CaptionRequest], Future]] = []
+
+    def submit_batch(self, requests):
+        self.submitted.append((requests, Future()))
+        return self.submitted[-1][1]
+
+    def complete(self, i: int) -> None:
+        requests, future = self.submitted[i]
+        future.set_result(self.caption_batch(requests))
+
+
+def held_colour_captioner(options: dict) -> HeldColourCaptioner:
+    return HeldColourCaptioner()
 
 
 def make_folder(root, per_class: int = 3, corrupt: bool = True) -> str:
@@ -366,3 +450,74 @@ def test_gemini_backend_through_the_pipeline_against_a_fake_server(tmp_path, mon
     assert s["estimated_cost_usd"] > 0
     meta = validate(str(out / "captions"))[0]["meta"]
     assert meta["backend"] == "gemini" and "test-key" not in json.dumps(meta)  # never secrets in metadata
+
+
+def test_batches_overlap_when_the_captioner_can_submit_and_each_key_arrives_once(tmp_path):
+    """A backend with submit_batch gets several batches at once; outcomes and counters are unchanged."""
+    data = make_folder(tmp_path / "data", corrupt=True)
+    out = tmp_path / "out"
+    opts = {"stats": str(tmp_path), "max_in_flight": 2, "refuse": ["green/1"], "defer": ["blue/2"]}
+    s = run_caption(data, str(out), captioner="tests.test_caption_pipeline:pooled_colour_captioner",
+                    captioner_options=opts, batch_size=2, commit_every=3)
+    st = BATCH_STATS[str(tmp_path)]
+    assert st.max_running >= 2 and st.submitted == 5  # 9 decodable images in batches of 2, each sent once
+    assert (s["captioned"], s["deferred"], s["dead_letter"]) == (7, 1, 4)
+    assert s["dead_letter_by_reason"] == {"refusal": 1, "not_an_image": 1, "empty_file": 1, "truncated": 1}
+    assert (s["requests"], s["retries"], s["input_tokens"], s["output_tokens"]) == (9, 1, 800, 44)
+    caps = {r["key"]: r for r in read_table(out, CAPTIONS)}
+    assert caps["green/0"]["caption"] == "A green square." and "blue/2" not in caps
+    keys = [f"{c}/{i}" for c in COLOURS for i in range(3)] + ["red/notimage", "red/empty", "red/truncated"]
+    assert_each_key_once(out, [k for k in keys if k != "blue/2"])
+    # The deferred key is captioned by the next run.
+    s2 = run_caption(data, str(out), captioner=PLUGIN, batch_size=2)
+    assert (s2["to_caption"], s2["captioned"], s2["deferred"]) == (1, 1, 0)
+    assert_each_key_once(out, keys)
+
+
+def test_pending_batches_emit_as_they_finish_and_drain_in_finish_bundle():
+    """The DoFn alone: out-of-order completion, blocking at the limit, windows kept, drain, failure."""
+    from apache_beam.pvalue import TaggedOutput
+    from apache_beam.transforms.window import IntervalWindow
+    from apache_beam.utils.timestamp import Timestamp
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    from pipeline.sources import ImageRecord
+
+    assert pending_limit(None, 1) == 3 and pending_limit(32, 32) == 3 and pending_limit(32, 4) == 9
+
+    def batch(*keys):
+        return [(ImageRecord(key=k, split="train", source_uri=f"/{k}.png", class_name=k.split("/")[0]),
+                 Image.new("RGB", (4, 4), COLOURS[k.split("/")[0]])) for k in keys]
+
+    def flat(outputs):
+        rows = []
+        for o in outputs:
+            tag, wv = (o.tag, o.value) if isinstance(o, TaggedOutput) else (CAPTIONS, o)
+            assert isinstance(wv, WindowedValue)
+            rows.append((tag, wv.value["key"], wv.windows[0].start, wv.timestamp))
+        return sorted(rows)
+
+    fn = CaptionBatchFn("tests.test_caption_pipeline:held_colour_captioner", {}, max_words=20, batch_size=1)
+    fn.setup()
+    cap = fn._captioner
+    fn.start_bundle()
+    windows = [IntervalWindow(10 * i, 10 * i + 10) for i in range(3)]
+    call = lambda i, b: list(fn.process(b, window=windows[i], timestamp=Timestamp(10 * i + 1)))  # noqa: E731
+    assert call(0, batch("red/0", "red/1")) == []
+    assert call(1, batch("green/0", "green/1")) == []
+    cap.complete(1)
+    # Third pending batch reaches the limit (3): process waits for one, and batch 1 is done.
+    assert flat(call(2, batch("blue/0"))) == [(CAPTIONS, "green/1", 10, Timestamp(11))]  # green/0 deferred
+    cap.complete(2)
+    cap.complete(0)
+    assert flat(fn.finish_bundle()) == [(CAPTIONS, "blue/0", 20, Timestamp(21)), (CAPTIONS, "red/0", 0, Timestamp(1)),
+                                        (DEAD_LETTER, "red/1", 0, Timestamp(1))]
+    assert list(fn.finish_bundle()) == []
+    # A failed batch fails the bundle and cancels the batches still pending.
+    fn.start_bundle()
+    assert call(0, batch("red/2")) == [] and call(1, batch("blue/1")) == []
+    cap.submitted[3][1].set_exception(RuntimeError("bad API key"))
+    with pytest.raises(RuntimeError, match="bad API key"):
+        list(fn.finish_bundle())
+    assert cap.submitted[4][1].cancelled()
+    fn.teardown()

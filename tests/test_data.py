@@ -165,3 +165,22 @@ def test_split_filter_in_a_shards_dir(tmp_path):
     assert len(resolve_shards(str(tmp_path), "train")) == 2 and len(resolve_shards(str(tmp_path))) == 3
     with pytest.raises(FileNotFoundError, match="split 'test'.*'train', 'val'"):
         resolve_shards(str(tmp_path), "test")
+
+
+def test_corrupt_image_names_file_and_key(tmp_path):
+    path = write_shards(tmp_path, num_files=1, rows_per_file=3)[0]
+    table = pq.read_table(path)
+    images = table.column("image").to_pylist()
+    images[1] = b"not an image"
+    table = table.set_column(table.schema.get_field_index("image"), table.schema.field("image"),
+                             pa.array(images, pa.binary()))
+    write_table_atomic(table, path)
+    with pytest.raises(ValueError, match=r"train-00000-of-00001.parquet: row 'k00001': image does not decode"):
+        next(iter(ShardLoader(path, 32, batch_size=3, train=False)))
+
+
+def test_too_few_rows_for_the_streams_fails_instead_of_hanging(tmp_path):
+    files = write_shards(tmp_path, num_files=1, rows_per_file=2)
+    ds = ShardStream(files, 32, batch_size=1, max_tokens=8, rank=1, world_size=2, num_workers=2)
+    with pytest.raises(RuntimeError, match="got no rows"):
+        next(ds.batches(1))

@@ -173,6 +173,8 @@ def test_multiprocess_runner_gives_identical_shards(t5_dir, captions_dir, tmp_pa
 
 
 def test_bad_inputs_fail_clearly(t5_dir, captions_dir, tmp_path):
+    with pytest.raises(ValueError, match="not both"):
+        run_encode(captions_dir, str(tmp_path / "o"), encoder=t5_dir, rows_per_shard=4, shard_mb=1.0, device="cpu")
     with pytest.raises(ValueError, match="no captions of split 'test'"):
         run_encode(captions_dir, str(tmp_path / "o"), encoder=t5_dir, split="test", device="cpu")
     with pytest.raises(Exception, match="huggingface-cli download"):

@@ -108,8 +108,15 @@ def test_ema_update_swap_and_state():
         assert torch.allclose(lin.weight, torch.full((1, 2), 1.2))
     assert torch.allclose(lin.weight, torch.full((1, 2), 3.0))
     other = EMA(lin, decay=0.9)
-    other.load_state_dict(ema.state_dict())
-    assert torch.equal(other.shadow["weight"], ema.shadow["weight"])
+    other.load_state_dict(ema.state_dict(), num_updates=1)
+    assert torch.equal(other.shadow["weight"], ema.shadow["weight"]) and other.num_updates == 1
+    # warm-up: decay min(0.9, (1+t)/(10+t)) -> 0.1, 2/11, 3/12, ... then 0.9
+    warm = EMA(lin, decay=0.9, warmup=True)
+    decays = []
+    for t in (0, 1, 2, 80, 1000):
+        warm.num_updates = t
+        decays.append(round(warm.current_decay(), 4))
+    assert decays == [0.1, 0.1818, 0.25, 0.9, 0.9]
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):

@@ -102,10 +102,9 @@ def test_train_with_auto_perceptual_uses_packaged_inception(shards, tmp_path):
     assert rows[0]["perceptual"] > 0 and os.path.isdir(out)
 
 
-def test_torchrun_two_gloo_processes(shards, tmp_path):
-    cfg = tiny(shards, tmp_path / "ddp", steps=2, save_every=2)
-    cfg_file = tmp_path / "cfg.json"
-    cfg_file.write_text(json.dumps({k: v for k, v in cfg.__dict__.items()}))
+def _torchrun(cfg, tmp_path, name):
+    cfg_file = tmp_path / f"{name}.json"
+    cfg_file.write_text(json.dumps(dict(cfg.__dict__)))
     with socket.socket() as sock:  # a free loopback port (torchrun's --master_port 0 hangs here)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -114,9 +113,26 @@ def test_torchrun_two_gloo_processes(shards, tmp_path):
            "--master_port", str(port), "-m", "trainer.cli_tokenizer", "train-tokenizer", "--config", str(cfg_file)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    state = torch.load(tmp_path / "ddp" / "checkpoints" / "step-000002" / "state.pt", weights_only=True)
+
+
+def test_torchrun_two_gloo_processes_train_and_resume_exactly(shards, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    kw = dict(steps=4, save_every=2, disc_start=1)
+    _torchrun(tiny(shards, full, **kw), tmp_path, "full")
+    state = torch.load(full / "checkpoints" / "step-000002" / "state.pt", weights_only=True)
     assert len(state["rng"]) == 2 and state["loader"]["world_size"] == 2 and state["loader"]["batch_size"] == 2
-    assert (tmp_path / "ddp" / "tokenizer" / "model.safetensors").is_file()
+    assert (full / "tokenizer" / "model.safetensors").is_file()
+    # resume both ranks from step 2: per-rank RNG, loader positions and the synced LeCAM means
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-000002", part / "checkpoints" / "step-000002")
+    (part / "checkpoints" / "latest").write_text("step-000002")
+    shutil.copy(full / "config.json", part / "config.json")
+    _torchrun(tiny(shards, part, resume=True, **kw), tmp_path, "part")
+    a, b = read_metrics(str(full / "metrics.jsonl"))[2:], read_metrics(str(part / "metrics.jsonl"))
+    assert [r["step"] for r in b] == [3, 4]
+    for ra, rb in zip(a, b):
+        for k in ("total", "l2", "gan", "d_total", "lecam", "grad_norm"):
+            assert ra[k] == rb[k], (ra["step"], k, ra[k], rb[k])
 
 
 def test_eval_tokenizer_writes_json_and_grid(shards, tmp_path):

@@ -115,13 +115,14 @@ def plan_units(files: Sequence[str], num_streams: int) -> list[Unit]:
     return [Unit(f, rg, k, cuts) for f, rg in groups for k in range(cuts)]
 
 
-def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generator, key: str) -> torch.Tensor:
+def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generator, where: str) -> torch.Tensor:
     """Encoded bytes -> [3,S,S] float32 in [-1,1]: resize the short side to S, crop (random or centre), flip."""
     try:
         img = Image.open(io.BytesIO(data))
         img = img.convert("RGB")
     except Exception as e:  # PIL raises many types on corrupt data
-        raise ValueError(f"shard row {key!r}: image does not decode ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{where}: image does not decode ({type(e).__name__}: {e}); the encode stage should have "
+                         f"dead-lettered it -- re-run `textok encode` or drop the shard") from e
     w, h = img.size
     scale = image_size / min(w, h)
     if scale != 1.0:
@@ -185,7 +186,9 @@ class ShardStream(IterableDataset):
                                    f"{len(self.units)} slices for {self.world_size * self.num_workers} streams")
             rng = np.random.default_rng([self.seed, epoch, self.stream_index(worker), 1])
             buf: list = []
+            rows_seen = 0
             for row in self._rows(units):
+                rows_seen += 1
                 if self.shuffle_buffer <= 1:
                     yield epoch, row
                     continue
@@ -199,6 +202,10 @@ class ShardStream(IterableDataset):
                 yield epoch, buf[j]
             if not self.train:
                 return
+            if rows_seen == 0:  # an infinite stream with no rows would hang the rank
+                raise RuntimeError(f"loader stream rank={self.rank} worker={worker} got no rows in epoch {epoch}: "
+                                   f"too few rows for {self.world_size * self.num_workers} streams; use fewer "
+                                   f"--num-workers or processes, or more data")
             epoch += 1
 
     def _collate(self, rows: list, epoch: int, rng: np.random.Generator) -> dict:
@@ -213,7 +220,7 @@ class ShardStream(IterableDataset):
                 raise SchemaError(f"{path}: row {key!r} text_emb has D={emb.shape[1]}, other rows D={dim}")
             text[i, :len(emb)].numpy()[:] = emb  # copy out of the read-only Arrow view
             mask[i, :len(emb)] = True
-            images.append(load_image(image, self.image_size, self.train, rng, key))
+            images.append(load_image(image, self.image_size, self.train, rng, f"{path}: row {key!r}"))
         return {
             "images": torch.stack(images),
             "text_emb": text,

@@ -1,15 +1,20 @@
 """Training-loop machinery shared by the tokenizer and DiT trainers (no model math here).
 
-    dist = init_distributed()                       # torchrun env -> nccl/gloo; else single process
+    dist = init_distributed()                       # torchrun env -> nccl (GPU) / gloo (CPU); else one process
     seed_everything(cfg.seed, dist.rank)
     model = build(...).to(dist.device); ema = EMA(model, decay=0.999)
     ddp_model = wrap_ddp(model, dist)
     opt = build_optimizer(model, lr=1e-4); sched = warmup_cosine(opt, warmup=1000, total=steps)
     ckpt = Checkpointer(out_dir, keep_last=3, is_main=dist.is_main)
-    step = ckpt.resume({"model": model, ...}, ema={...}, optimizers=..., loader=loader) if resume else 0
+    if resume and ckpt.latest():
+        weights, state = Checkpointer.load(ckpt.latest())   # {"model": sd, "ema": sd, ...}, {"step": ...}
     with autocast(dist.device): loss = ...
-    check_finite(loss, step, ckpt)                  # NaN/inf -> NonFiniteLossError naming the last good ckpt
-    clip_grad(model, 1.0); opt.step(); ema.update(model)
+    check_finite({"loss": loss.item()}, step, ckpt)  # NaN/inf -> NonFiniteLossError naming the last good ckpt
+    clip_grad(model.parameters(), 1.0); opt.step(); sched.step(); ema.update(model)
+    ckpt.save(step, {"model": model.state_dict(), "ema": ema.state_dict()},
+              {"opt": opt.state_dict(), "rng": rng_state(), "loader": loader.state_dict()})
+
+trainer/train_tokenizer.py is the worked example (DDP, a second optimiser, per-rank RNG).
 
 Checkpoint layout (atomic: written to a hidden temp dir, then renamed; `latest` is a text
 file holding the directory name, replaced atomically):
@@ -62,6 +67,9 @@ class Dist:
 def init_distributed(device: str | None = None) -> Dist:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK), else run alone."""
     want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
+    if want_cuda:  # TF32 matmuls outside autocast regions (as DiT's train.py); bf16 autocast does the rest
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         dev = torch.device("cuda" if want_cuda else "cpu") if device in (None, "auto") else torch.device(device)
         return Dist(device=dev)
@@ -211,17 +219,30 @@ def autocast(device: torch.device):
 
 
 class EMA:
-    """Exponential moving average of a model's parameters (buffers copied as they are)."""
+    """Exponential moving average of a model's parameters (integer buffers copied as they are).
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    With `warmup`, update t uses decay min(decay, (1 + t) / (10 + t)) (TensorFlow's
+    ExponentialMovingAverage with num_updates): early averages are not dominated by the random
+    init, so short runs (demo, CPU) export a usable EMA model, while long runs get `decay`.
+    A resume must then restore `num_updates` too (load_state_dict(..., num_updates=step)).
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup, self.num_updates = decay, warmup, 0
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        self.num_updates += 1
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+                self.shadow[k].lerp_(v.float(), 1 - decay)
             else:
                 self.shadow[k].copy_(v)
 
@@ -236,14 +257,17 @@ class EMA:
             model.load_state_dict(live)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights (saved as safetensors); `num_updates` travels in state.pt."""
         return self.shadow
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor], num_updates: int | None = None) -> None:
         missing = set(self.shadow) ^ set(state)
         if missing:
             raise KeyError(f"EMA state does not match the model: differing keys {sorted(missing)[:5]}")
         for k in self.shadow:
             self.shadow[k].copy_(state[k])
+        if num_updates is not None:
+            self.num_updates = int(num_updates)
 
 
 class NonFiniteLossError(RuntimeError):

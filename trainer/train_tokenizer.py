@@ -52,6 +52,7 @@ class TrainTokenizerConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     ema: float = 0.999
+    ema_warmup: bool = True  # decay min(ema, (1+t)/(10+t)): short runs export a usable EMA model
     disc_start: int = 80_000
     perceptual: str = "auto"
     lpips_weights: str | None = None
@@ -192,7 +193,7 @@ def save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, load
     # the loss's state: the discriminator and the LeCAM running means
     weights = {"model": model.state_dict(), "ema": ema.state_dict(), "discriminator": loss_fn.state_dict()}
     state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sched_g": sched_g.state_dict(),
-             "rng": rngs, "loader": loader.state_dict()}
+             "ema_updates": ema.num_updates, "rng": rngs, "loader": loader.state_dict()}
     return ckpt.save(step, weights, state)
 
 
@@ -209,7 +210,7 @@ def gather_rng(dist: Dist) -> list[dict]:
 def load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist) -> int:
     weights, state = Checkpointer.load(path, map_location="cpu")
     model.load_state_dict(weights["model"])
-    ema.load_state_dict(weights["ema"])
+    ema.load_state_dict(weights["ema"], state["ema_updates"])
     loss_fn.load_state_dict(weights["discriminator"])
     opt_g.load_state_dict(state["opt_g"])
     opt_d.load_state_dict(state["opt_d"])
@@ -240,7 +241,7 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
     model.to(dist.device)
     loss_fn.to(dist.device)
     broadcast_params(loss_fn.discriminator, dist)  # DDP syncs the tokenizer; D is synced by hand
-    ema = EMA(model, cfg.ema)
+    ema = EMA(model, cfg.ema, warmup=cfg.ema_warmup)
     ddp_model = wrap_ddp(model, dist)
     opt_g = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
     opt_d = build_optimizer(loss_fn.discriminator, cfg.disc_lr or cfg.lr, cfg.weight_decay, cfg.betas)
