@@ -135,7 +135,7 @@ class CaptionBatchFn(beam.DoFn):
         self._counters = {n: _counter(n) for n in ("captioned", "deferred", "requests", "retries",
                                                    "input_tokens", "output_tokens")}
         submit = getattr(self._captioner, "submit_batch", None)
-        self._submit = None
+        self._submit = submit if callable(submit) else None
         self._limit = pending_limit(getattr(self._captioner, "max_in_flight", None), self.batch_size)
         self._pending: list[_Pending] = []
 

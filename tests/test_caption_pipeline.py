@@ -459,7 +459,8 @@ def test_batches_overlap_when_the_captioner_can_submit_and_each_key_arrives_once
     opts = {"stats": str(tmp_path), "max_in_flight": 2, "refuse": ["green/1"], "defer": ["blue/2"]}
     s = run_caption(data, str(out), captioner="tests.test_caption_pipeline:pooled_colour_captioner",
                     captioner_options=opts, batch_size=2, commit_every=3)
-    st = BATCH_STATS[str(tmp_path)]
+    st = BATCH_STATS.get(str(tmp_path))
+    assert st is not None, "the DoFn never called submit_batch"
     assert st.max_running >= 2 and st.submitted == 5  # 9 decodable images in batches of 2, each sent once
     assert (s["captioned"], s["deferred"], s["dead_letter"]) == (7, 1, 4)
     assert s["dead_letter_by_reason"] == {"refusal": 1, "not_an_image": 1, "empty_file": 1, "truncated": 1}

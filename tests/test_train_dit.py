@@ -100,9 +100,10 @@ def test_cli_and_torchrun_two_gloo_processes(lat, tmp_path):
                                     "steps": 2, "batch_size": 4, "save_every": 2, "log_every": 1, "num_workers": 0,
                                     "shuffle_buffer": 4, "device": "cpu"}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", "0", "-m", "trainer.cli_dit", "train-dit", "--config", str(cfg_file)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # --standalone: a local rendezvous on a free port (`--master_port 0` hangs in rendezvous on torch 2.13)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "trainer.cli_dit", "train-dit", "--config", str(cfg_file)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "step-000002" / "state.pt", weights_only=True)
     assert len(state["rng"]) == 2 and state["loader"]["world_size"] == 2 and state["loader"]["batch_size"] == 2

@@ -177,3 +177,18 @@ def test_compare_table_has_gain_vs_no_text_baseline(tmp_path):
     assert "tok32 | both | 256 | 32 | 2.400 | -36.8 % |" in lines[3]
     assert "tok64 | both | 256 | 64 | 1.530 | -25.0 % |" in lines[5]
     assert "base32 | none | 256 | 32 | 3.800 | — |" in lines[2]
+
+
+def test_config_file_yaml_and_json_overrides_and_unknown_key(tmp_path):
+    (tmp_path / "c.yaml").write_text("shards: s\noutput: o\nsteps: 10\npreset: tiny\nlr: 0.001\n"
+                                     "model: {dropout: 0.1}\nbetas: [0.9, 0.95]\n")
+    cfg = load_config(str(tmp_path / "c.yaml"), lr=None, steps=20)  # None = flag not given
+    assert (cfg.lr, cfg.steps, cfg.betas, cfg.model) == (0.001, 20, (0.9, 0.95), {"dropout": 0.1})
+    assert (cfg.image_size, cfg.patch_size, cfg.num_tokens) == (32, 4, 16)  # the tiny preset's own values
+    b = load_config(None, shards="s", output="o", steps=1)
+    assert (b.preset, b.image_size, b.patch_size, b.num_tokens, b.ema, b.disc_start) == ("B", 256, 8, 128, 0.999, 80_000)
+    (tmp_path / "bad.json").write_text(json.dumps({"shards": "s", "output": "o", "steps": 1, "learning_rate": 1}))
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_config(str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="--steps"):
+        load_config(None, shards="s", output="o")

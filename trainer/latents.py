@@ -222,8 +222,9 @@ class LatentStream(ShardStream):
         return batch
 
 
-class LatentLoader(ShardLoader):
-    """ShardLoader's batch counting and exact resume over a latent set (`meta` holds mean/std)."""
+class LatentLoader:
+    """Batches of a latent set for a trainer: counts consumed batches for an exact resume (the
+    position format of trainer.data.ShardLoader); `meta` holds the set's metadata + mean/std."""
 
     def __init__(self, latents: str, batch_size: int, with_text: bool = False, train: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, shuffle_buffer: int = 1000,
@@ -238,7 +239,22 @@ class LatentLoader(ShardLoader):
                            seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
                            shuffle_buffer=shuffle_buffer, drop_last=drop_last)
         self.num_workers = num_workers
-        self.batches = 0
+        self.batches = self.epoch = 0
+
+    def layout(self) -> dict:
+        k = self.kwargs
+        return {"seed": k["seed"], "world_size": k["world_size"], "num_workers": max(1, k["num_workers"]),
+                "batch_size": k["batch_size"], "shuffle_buffer": k["shuffle_buffer"], "files": len(self.files)}
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "epoch": self.epoch, **self.layout()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in self.layout().items():
+            if state.get(k) != v:
+                raise ValueError(f"cannot resume the data position exactly: checkpoint has {k}={state.get(k)!r}, "
+                                 f"this run has {k}={v!r}; resume with the same {k}")
+        self.batches, self.epoch = int(state["batches"]), int(state.get("epoch", 0))
 
     def __iter__(self):
         dataset = LatentStream(self.files, skip_batches=self.batches, **self.kwargs)
@@ -246,10 +262,11 @@ class LatentLoader(ShardLoader):
         # torch RNG, and a resumed run (which starts iterating after restoring the RNG) would
         # then see different diffusion noise from the uninterrupted one.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
-                            prefetch_factor=2 if self.num_workers else None,
+                            prefetch_factor=2 if self.num_workers else None, pin_memory=torch.cuda.is_available(),
                             generator=torch.Generator().manual_seed(self.kwargs["seed"]))
         for batch in loader:
             self.batches += 1
+            self.epoch = batch["epoch"]
             yield batch
 
 
