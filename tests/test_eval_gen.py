@@ -91,8 +91,9 @@ def test_clip_score_matches_clip_logits(tmp_path):
     model, proc = CLIPModel.from_pretrained(path).eval(), CLIPProcessor.from_pretrained(path)
     with torch.no_grad():
         out = model(**proc(text=captions, images=list(images), return_tensors="pt", padding=True))
-    cos = out.logits_per_image.diagonal() / model.logit_scale.exp()
-    assert got == pytest.approx(float((100 * cos).clamp(min=0).mean()), abs=1e-4)
+        cos = out.logits_per_image.diagonal() / model.logit_scale.exp()
+    assert (cos < 0).any() and (cos > 0).any()  # the clamp at 0 is exercised on both sides
+    assert got > 0 and got == pytest.approx(float((100 * cos).clamp(min=0).mean()), abs=1e-4)
     with pytest.raises(FileNotFoundError, match="--clip"):
         clip_score(str(tmp_path / "missing"), images, captions, "cpu")
 
