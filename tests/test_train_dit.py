@@ -66,13 +66,14 @@ def test_t2i_run(lat, tmp_path):
 
 def test_resume_continues_exactly(lat, tmp_path):
     full = tmp_path / "full"
-    train(tiny(lat, full, steps=6, save_every=3))
+    # with --tokenizer: building and running the preview must not disturb the run's RNG
+    train(tiny(lat, full, steps=6, save_every=3, tokenizer=lat["tok"]))
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step-000003", part / "checkpoints" / "step-000003")
     (part / "checkpoints" / "latest").write_text("step-000003")
     shutil.copy(full / "config.json", part / "config.json")
-    train(tiny(lat, part, steps=6, save_every=3, resume=True))
+    train(tiny(lat, part, steps=6, save_every=3, tokenizer=lat["tok"], resume=True))
     a = read_metrics(str(full / "metrics.jsonl"))[3:]
     b = read_metrics(str(part / "metrics.jsonl"))
     assert [r["step"] for r in b] == [4, 5, 6]
@@ -90,6 +91,8 @@ def test_resume_continues_exactly(lat, tmp_path):
 def test_config_errors(lat, tmp_path):
     with pytest.raises(ValueError, match="--steps"):
         tiny(lat, tmp_path, steps=0)
+    with pytest.raises(ValueError, match="label 2 >= --num-classes 2"):
+        train(tiny(lat, tmp_path / "nc", num_classes=2))
     with pytest.raises(ValueError, match="unknown train-dit setting"):
         load_config(None, latents="x", output="y", steps=1, stpes=2)
 

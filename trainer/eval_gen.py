@@ -113,7 +113,9 @@ def clip_score(path: str, images: np.ndarray, captions: list[str], device, batch
 
 
 def evaluate_generation(cfg: EvalGenConfig) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else torch.device(cfg.device)
+    from pipeline.text_encoder import resolve_device
+
+    device = torch.device(resolve_device(cfg.device))
     images, captions = load_npz_images(cfg.samples)
     if len(images) < 2:
         raise ValueError(f"{cfg.samples}: {len(images)} samples; gFID needs at least 2")

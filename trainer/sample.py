@@ -22,9 +22,10 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
-from schemas.common import SchemaError, list_parquet, validate
+from schemas.common import SchemaError, list_parquet, read_meta, validate
 from schemas.shards import text_emb_views
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,15 @@ def check_tokenizer(tokenizer, tok_dir: str, stats: dict) -> None:
 # ----------------------------------------------------------------------------- caption pools
 
 class CaptionPools:
-    """label -> rows (key, caption, text_emb view) of `textok pools` output; seeded draws."""
+    """label -> pooled captions of `textok pools` output; seeded draws.
+
+    Only key/caption are read up front; the embeddings of drawn rows are read per row group
+    when a batch needs them (a T5-XL pool of 1000 classes x 50 captions holds ~8 GB of them).
+    """
 
     def __init__(self, path: str):
         validate(path, expect_table="pools")
-        import pyarrow.parquet as pq
-        from schemas.common import read_meta
-
-        self.by_label: dict[int, list[tuple[str, str, np.ndarray]]] = {}
+        self.by_label: dict[int, list[tuple[str, str, tuple[str, int, int]]]] = {}
         self.meta = None
         for f in list_parquet(path):
             meta = read_meta(f)["meta"]
@@ -126,14 +128,16 @@ class CaptionPools:
                 raise SchemaError(f"{f}: pools of another text encoder than the other files "
                                   f"({same_encoder(self.meta, meta)})")
             self.meta = self.meta or meta
-            table = pq.read_table(f, columns=["label", "key", "caption", "text_emb"])
-            embs = text_emb_views(table.column("text_emb"))
-            for lab, key, cap, emb in zip(table.column("label").to_pylist(), table.column("key").to_pylist(),
-                                          table.column("caption").to_pylist(), embs):
-                self.by_label.setdefault(int(lab), []).append((key, cap, emb))
+            pf = pq.ParquetFile(f)
+            for rg in range(pf.num_row_groups):
+                t = pf.read_row_group(rg, columns=["label", "key", "caption"])
+                cols = (t.column(c).to_pylist() for c in ("label", "key", "caption"))
+                for i, (lab, key, cap) in enumerate(zip(*cols)):
+                    self.by_label.setdefault(int(lab), []).append((key, cap, (f, rg, i)))
         self.source = path
 
-    def draw(self, labels: list[int], rng: np.random.Generator) -> list[tuple[str, str, np.ndarray]]:
+    def draw(self, labels: list[int], rng: np.random.Generator) -> list[tuple[str, str, tuple[str, int, int]]]:
+        """One (key, caption, where) per label, uniformly from that class's pool."""
         out = []
         for lab in labels:
             pool = self.by_label.get(int(lab))
@@ -142,6 +146,16 @@ class CaptionPools:
                                f"(textok pools) or drop it from --classes")
             out.append(pool[int(rng.integers(len(pool)))])
         return out
+
+    @staticmethod
+    def embeddings(rows: list[tuple[str, str, tuple[str, int, int]]]) -> list[np.ndarray]:
+        """The float16 [text_len, D] embeddings of drawn rows (each needed row group read once)."""
+        groups: dict[tuple[str, int], list[np.ndarray]] = {}
+        for _, _, (f, rg, _) in rows:
+            if (f, rg) not in groups:
+                groups[(f, rg)] = text_emb_views(pq.ParquetFile(f).read_row_group(rg, columns=["text_emb"])
+                                                 .column("text_emb"))
+        return [groups[(f, rg)][i] for _, _, (f, rg, i) in rows]
 
 
 # ----------------------------------------------------------------------------- the command
@@ -180,13 +194,14 @@ def _encode_captions(captions: list[str], stats: dict, encoder: str | None, devi
 
 
 def run_sample(cfg: SampleConfig) -> dict:
+    from pipeline.text_encoder import resolve_device
     from trainer.grid import save_grid, to_uint8
     from trainer.latents import pad_text, tokenizer_dir
     from trainer.textok import TexTok
 
     if cfg.sampler not in ("ddpm", "ddim"):
         raise ValueError(f"--sampler must be ddpm or ddim, got {cfg.sampler!r}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else torch.device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     model, stats = load_dit(cfg.dit, device)
     tok_dir = tokenizer_dir(cfg.tokenizer)
     tokenizer = TexTok.from_pretrained(tok_dir).eval().to(device)
@@ -199,7 +214,7 @@ def run_sample(cfg: SampleConfig) -> dict:
         captions = [c for c in cfg.captions for _ in range(cfg.n)]
         embs = _encode_captions(list(dict.fromkeys(cfg.captions)), stats, cfg.encoder, str(device))
         by_caption = dict(zip(dict.fromkeys(cfg.captions), embs))
-        rows = [("", cap, by_caption[cap]) for cap in captions]
+        rows = [("", cap, None) for cap in captions]
         labels = [-1] * len(rows)
     else:
         if cfg.captions:
@@ -225,7 +240,8 @@ def run_sample(cfg: SampleConfig) -> dict:
     images = []
     for s in range(0, len(rows), cfg.batch_size):
         part = rows[s:s + cfg.batch_size]
-        text, mask = pad_text([r[2] for r in part], int(stats["max_tokens"]), [r[0] or r[1] for r in part])
+        embs = [by_caption[r[1]] for r in part] if model.cfg.t2i else CaptionPools.embeddings(part)
+        text, mask = pad_text(embs, int(stats["max_tokens"]), [r[0] or r[1] for r in part])
         if model.cfg.t2i:
             z = generate_latents(model, stats, len(part), cfg.cfg, cfg.steps, cfg.sampler, gen,
                                  text_emb=text, text_mask=mask)

@@ -117,9 +117,12 @@ def build_model(cfg: TrainDiTConfig, meta: dict, files: list[str]):
     cond: dict = {"t2i": True, "text_dim": int(meta["D"]), "max_text_tokens": int(meta["max_tokens"]),
                   "text_dropout": cfg.cfg_dropout} if cfg.t2i else {}
     if not cfg.t2i:
-        num_classes = cfg.num_classes or max_label(files) + 1
+        largest = max_label(files)  # also refuses unlabelled rows
+        num_classes = cfg.num_classes or largest + 1
         if num_classes < 1:
-            raise ValueError(f"{cfg.latents}: no labelled rows; train with --t2i or set --num-classes")
+            raise ValueError(f"{cfg.latents}: no labelled rows; train with --t2i")
+        if largest >= num_classes:  # label == num_classes would silently be the null (CFG) class
+            raise ValueError(f"{cfg.latents}: label {largest} >= --num-classes {num_classes}")
         cond = {"num_classes": num_classes, "class_dropout": cfg.cfg_dropout}
     return DiT(dit_config(cfg.preset, num_tokens=int(meta["num_tokens"]), token_dim=int(meta["token_dim"]),
                           **cond, **cfg.model))
@@ -225,7 +228,9 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
             json.dump(resolved, f, indent=2, default=str)
         log.info("DiT-%s %.1fM params on %d tokens x %d", cfg.preset, model.num_params() / 1e6,
                  model.cfg.num_tokens, model.cfg.token_dim)
-        preview = Preview.build(cfg, stats, dist.device) if cfg.tokenizer else None
+        if cfg.tokenizer:
+            with torch.random.fork_rng(devices=[]):  # building TexTok draws init weights: keep the run's RNG
+                preview = Preview.build(cfg, stats, dist.device)
     logger = MetricsLogger(cfg.output, cfg.steps, step, dist.is_main, desc="train-dit")
 
     model.train()
@@ -245,7 +250,7 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
             check_finite_weights(model, step, ckpt)
             save_checkpoint(ckpt, step, model, ema, opt, sched, loader, dist)
         if preview is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
-            with ema.swapped(model):
+            with ema.swapped(model), torch.random.fork_rng(devices=[]):
                 preview.save(model, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"))
     logger.close()
 
