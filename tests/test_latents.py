@@ -171,3 +171,14 @@ def test_cli_extract_latents(lat, tmp_path):
     out = json.loads(res.output)
     assert out["files_written"] == 2 and out["count"] == 24 * NUM_TOKENS
     assert "text_emb" not in pa.parquet.read_schema(validate(str(tmp_path / "l"))[0]["path"]).names
+
+
+def test_latents_open_in_duckdb_and_datasets(lat, tmp_path):
+    import datasets
+    import duckdb
+
+    pattern = os.path.join(lat["latents"], "*.parquet")
+    rows = duckdb.sql(f"select count(*), min(len(z)), max(len(z[1])) from read_parquet('{pattern}')").fetchall()
+    assert rows == [(24, NUM_TOKENS, 8)]
+    ds = datasets.load_dataset("parquet", data_files=pattern, split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == 24 and np.asarray(ds[0]["z"]).shape == (NUM_TOKENS, 8)
