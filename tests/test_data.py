@@ -127,6 +127,19 @@ def test_resume_position_reproduces_remaining_order(tmp_path):
         other.load_state_dict(state)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_iterating_leaves_the_global_torch_rng_alone(tmp_path, num_workers):
+    # A DataLoader iterator draws its base seed from the global RNG unless given a generator; a
+    # resumed run creates its iterator after restoring the RNG, so such a draw would shift every
+    # later dropout/noise draw against the uninterrupted run.
+    files = write_shards(tmp_path, num_files=2, rows_per_file=6)
+    loader = ShardLoader(files, 32, batch_size=3, seed=3, rank=1, world_size=2, num_workers=num_workers)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert len(_first_batches(loader, 2)) == 2
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_padding_mask_and_image_range(tmp_path):
     files = write_shards(tmp_path, num_files=1, rows_per_file=5, dim=16, max_tokens=8)
     batch = next(iter(ShardLoader(files, 32, batch_size=5, train=False)))

@@ -132,6 +132,25 @@ def test_wrong_text_dim_refused(lat, tmp_path):
         extract_latents(ExtractConfig(tokenizer=tok, shards=lat["shards"], output=str(tmp_path / "out"), device="cpu"))
 
 
+def test_shards_of_another_text_encoder_refused(lat, tmp_path):
+    from trainer.latents import check_text_encoder
+    from trainer.train_tokenizer import write_text_encoder
+
+    tok = make_tokenizer(tmp_path / "tok_other")
+    write_text_encoder({"encoder": "google/t5-v1_1-xl", "D": TEXT_DIM, "max_tokens": MAX_TOKENS}, tok)
+    with pytest.raises(SchemaError, match="encoder='tiny-t5'.*encoder='google/t5-v1_1-xl'.*text_encoder.json"):
+        extract_latents(ExtractConfig(tokenizer=tok, shards=lat["shards"], output=str(tmp_path / "out"),
+                                      device="cpu", num_workers=0))
+    assert not os.path.exists(tmp_path / "out")
+    # same encoder id: the weights' hash is compared when both sides record one
+    write_text_encoder({"encoder": "tiny-t5", "encoder_hash": "sha256:aaa"}, tok)
+    check_text_encoder(tok, {"encoder": "tiny-t5"}, "shards")
+    check_text_encoder(tok, {"encoder": "tiny-t5", "encoder_hash": "sha256:aaa"}, "shards")
+    with pytest.raises(SchemaError, match="encoder_hash='sha256:bbb'.*encoder_hash='sha256:aaa'"):
+        check_text_encoder(tok, {"encoder": "tiny-t5", "encoder_hash": "sha256:bbb"}, "shards")
+    check_text_encoder(lat["tok"], {"encoder": "other"}, "shards")  # a tokenizer without a record: unchecked
+
+
 def test_loader_batches_resume_and_text(lat):
     loader = LatentLoader(lat["latents"], 5, with_text=True, seed=3, shuffle_buffer=6)
     it = iter(loader)

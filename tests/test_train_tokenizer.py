@@ -56,6 +56,9 @@ def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items() if k in ema)
     assert (tmp_path / "run" / "samples" / "step-000004.png").is_file()
     assert (tmp_path / "run" / "loss.png").is_file()
+    # the shards' text encoder travels with the tokenizer (extract-latents checks it)
+    for d in (tmp_path / "run", tmp_path / "run" / "tokenizer"):
+        assert json.load(open(d / "text_encoder.json")) == {"encoder": "tiny-t5", "D": 16, "max_tokens": 8}
 
 
 def test_resume_continues_exactly(shards, tmp_path):

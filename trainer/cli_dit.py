@@ -15,6 +15,8 @@ import json
 
 import click
 
+from trainer.cli_tokenizer import apply_options, run_logged, torchrun_entry, training_options  # shared by both CLIs
+
 
 @click.command("extract-latents")
 @click.option("--tokenizer", required=True, help="Tokenizer dir (train-tokenizer's tokenizer/, EMA) or its run dir.")
@@ -33,32 +35,18 @@ def extract_latents_cmd(**kw):
 
 
 def _train_options(f):
-    opts = [
+    f = training_options("TrainDiTConfig", batch_size=256, lr="1e-4, constant", ema=0.9999, save_every=10_000,
+                         sample_every=10_000, log_every=100, num_workers=2)(f)
+    return apply_options([
         click.option("--latents", help="Latent dir (extract-latents output)."),
         click.option("--output", help="Run dir (checkpoints, config.json, samples, dit/)."),
-        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-                     help="JSON/YAML file of TrainDiTConfig overrides."),
         click.option("--t2i", is_flag=True, default=None, help="Text-to-image DiT (cross-attention on the captions)."),
         click.option("--preset", type=click.Choice(["tiny", "S", "B", "L", "XL"]), help="DiT size (default XL)."),
-        click.option("--steps", type=int, help="Training steps (required unless in --config)."),
-        click.option("--batch-size", type=int, help="Global batch size (default 256)."),
-        click.option("--lr", type=float, help="Learning rate (default 1e-4, constant)."),
-        click.option("--ema", type=float, help="EMA decay (default 0.9999)."),
         click.option("--cfg-dropout", type=float, help="Null-condition probability for CFG (default 0.1)."),
         click.option("--num-classes", type=int, help="Classes (default: largest label + 1)."),
         click.option("--tokenizer", help="Tokenizer dir: enables sample grids decoded through it."),
-        click.option("--save-every", type=int, help="Checkpoint every K steps (default 10000)."),
-        click.option("--sample-every", type=int, help="Sample grid every M steps (default 10000)."),
         click.option("--sample-steps", type=int, help="DDPM steps of the grid samples (default 50)."),
-        click.option("--log-every", type=int, help="Log every L steps (default 100)."),
-        click.option("--num-workers", type=int, help="DataLoader workers per rank (default 2)."),
-        click.option("--seed", type=int, help="Seed (default 0)."),
-        click.option("--device", help="auto | cpu | cuda (default auto)."),
-        click.option("--resume", is_flag=True, default=None, help="Continue from OUTPUT/checkpoints/latest."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    ], f)
 
 
 @click.command("train-dit")
@@ -160,15 +148,7 @@ def register(group: click.Group) -> None:
         group.add_command(cmd)
 
 
-@click.group()
-def _main() -> None:
-    """Entry for `torchrun -m trainer.cli_dit train-dit ...`."""
-
-
-register(_main)
+_main = torchrun_entry(register, "trainer.cli_dit")
 
 if __name__ == "__main__":
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _main()
+    run_logged(_main)

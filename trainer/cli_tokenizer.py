@@ -17,40 +17,58 @@ import os
 import click
 
 
+def apply_options(options: list, f):
+    for opt in reversed(options):  # listed top to bottom as --help shows them
+        f = opt(f)
+    return f
+
+
+def training_options(config_name: str, **defaults):
+    """The flags every trainer takes (train-tokenizer, train-dit), one per field of its config
+    dataclass `config_name`; a flag left out (None) falls back to --config, then to the field's
+    default. `defaults` are those fields' defaults, for --help only (the dataclass module imports
+    torch, which `textok --help` should not)."""
+    d = {"seed": 0, "device": "auto", **defaults}
+
+    def decorate(f):
+        return apply_options([
+            click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                         help=f"JSON/YAML file of {config_name} overrides."),
+            click.option("--steps", type=int, help="Training steps (required unless in --config)."),
+            click.option("--batch-size", type=int, help=f"Global batch size (default {d['batch_size']})."),
+            click.option("--lr", type=float, help=f"Peak learning rate (default {d['lr']})."),
+            click.option("--ema", type=float, help=f"EMA decay (default {d['ema']})."),
+            click.option("--save-every", type=int, help=f"Checkpoint every K steps (default {d['save_every']})."),
+            click.option("--sample-every", type=int, help=f"Preview grid every M steps (default {d['sample_every']})."),
+            click.option("--log-every", type=int, help=f"Log every L steps (default {d['log_every']})."),
+            click.option("--num-workers", type=int, help=f"DataLoader workers per rank (default {d['num_workers']})."),
+            click.option("--seed", type=int, help=f"Seed (default {d['seed']})."),
+            click.option("--device", help=f"auto | cpu | cuda (default {d['device']})."),
+            click.option("--resume", is_flag=True, default=None, help="Continue from OUTPUT/checkpoints/latest."),
+        ], f)
+    return decorate
+
+
 def _train_options(f):
-    opts = [
+    f = training_options("TrainTokenizerConfig", batch_size=256, lr="1e-4", ema=0.999, save_every=5000,
+                         sample_every=1000, log_every=50, num_workers=4)(f)
+    return apply_options([
         click.option("--shards", help="Shard dir, glob or file (textok encode output)."),
         click.option("--output", help="Run directory (checkpoints, config.json, samples, tokenizer/)."),
         click.option("--split", help="Split to read from a shards dir (default train)."),
-        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-                     help="JSON/YAML file of TrainTokenizerConfig overrides."),
         click.option("--preset", type=click.Choice(["tiny", "S", "B", "L"]), help="TexTok size (default B)."),
         click.option("--image-size", type=int, help="Training resolution (default: the preset's, 256 for S/B/L)."),
         click.option("--patch-size", type=int, help="ViT patch size (default: the preset's, 8; the paper uses 16 at 512 px)."),
         click.option("--num-tokens", type=int, help="N latent tokens (default: the preset's, 128)."),
         click.option("--text-mode", type=click.Choice(["both", "enc", "dec", "none"]),
                      help="Where the caption enters (default both; none = the no-text baseline)."),
-        click.option("--steps", type=int, help="Training steps (required unless in --config)."),
-        click.option("--batch-size", type=int, help="Global batch size (default 256)."),
-        click.option("--lr", type=float, help="Peak learning rate (default 1e-4)."),
         click.option("--warmup", type=int, help="Linear warmup steps (default 5000)."),
-        click.option("--ema", type=float, help="EMA decay (default 0.999)."),
         click.option("--disc-start", type=int, help="Step the discriminator starts (default 80000)."),
         click.option("--perceptual", type=click.Choice(["auto", "inception", "lpips", "none"]),
                      help="Perceptual loss (auto: LPIPS when weights are given, else the packaged Inception)."),
         click.option("--lpips-weights", help="LPIPS linear heads (lpips package vgg.pth)."),
         click.option("--vgg16-weights", help="torchvision vgg16-397923af.pth (LPIPS backbone)."),
-        click.option("--save-every", type=int, help="Checkpoint every K steps (default 5000)."),
-        click.option("--sample-every", type=int, help="Reconstruction grid every M steps (default 1000)."),
-        click.option("--log-every", type=int, help="Log every L steps (default 50)."),
-        click.option("--num-workers", type=int, help="DataLoader workers per rank (default 4)."),
-        click.option("--seed", type=int, help="Seed (default 0)."),
-        click.option("--device", help="auto | cpu | cuda (default auto)."),
-        click.option("--resume", is_flag=True, default=None, help="Continue from OUTPUT/checkpoints/latest."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    ], f)
 
 
 @click.command("train-tokenizer")
@@ -104,15 +122,22 @@ def register(group: click.Group) -> None:
     group.add_command(eval_tokenizer_cmd)
 
 
-@click.group()
-def _main() -> None:
-    """Entry for `torchrun -m trainer.cli_tokenizer train-tokenizer ...`."""
+def torchrun_entry(register_commands, module: str) -> click.Group:
+    """A group of the commands `register_commands` adds, for `torchrun -m MODULE CMD ...`, which
+    has no `textok` entry point (cli.py) to go through."""
+    group = click.Group(module, help=f"Entry for `torchrun -m {module} COMMAND ...`.")
+    register_commands(group)
+    return group
 
 
-register(_main)
-
-if __name__ == "__main__":
+def run_logged(group: click.Group) -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _main()
+    group()
+
+
+_main = torchrun_entry(register, "trainer.cli_tokenizer")
+
+if __name__ == "__main__":
+    run_logged(_main)

@@ -106,6 +106,11 @@ class Unit:
     offset: int = 0
     stride: int = 1
 
+    def read(self, columns: Sequence[str]):
+        """This slice's rows of `columns` as a pyarrow Table."""
+        table = pq.ParquetFile(self.path).read_row_group(self.row_group, columns=list(columns))
+        return table.take(np.arange(self.offset, table.num_rows, self.stride)) if self.stride > 1 else table
+
 
 def plan_units(files: Sequence[str], num_streams: int) -> list[Unit]:
     groups = [(f, rg) for f in files for rg in range(pq.ParquetFile(f).num_row_groups)]
@@ -139,6 +144,30 @@ def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generat
     return x.float().div_(127.5).sub_(1.0)
 
 
+def pad_text(embs: Sequence[np.ndarray], max_tokens: int, where: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpadded float16 [len_i, D] -> ([B,max_tokens,D] float16 zero-padded, [B,max_tokens] bool, True = real).
+
+    `where[i]` names row i in errors ("FILE: row KEY").
+    """
+    dim = embs[0].shape[1]
+    text = torch.zeros(len(embs), max_tokens, dim, dtype=torch.float16)
+    mask = torch.zeros(len(embs), max_tokens, dtype=torch.bool)
+    for i, e in enumerate(embs):
+        if len(e) > max_tokens:
+            raise SchemaError(f"{where[i]} has {len(e)} text tokens > max_tokens={max_tokens}")
+        if e.shape[1] != dim:
+            raise SchemaError(f"{where[i]} text_emb has D={e.shape[1]}, other rows D={dim}")
+        text[i, :len(e)].numpy()[:] = e  # copy out of the read-only Arrow view
+        mask[i, :len(e)] = True
+    return text, mask
+
+
+def row_fields(rows: list[tuple], epoch: int) -> dict:
+    """The batch entries every stream yields besides its tensors (rows are (key, label, caption, ...))."""
+    return {"label": torch.tensor([-1 if r[1] is None else r[1] for r in rows], dtype=torch.long),
+            "key": [r[0] for r in rows], "caption": [r[2] for r in rows], "epoch": epoch}
+
+
 class ShardStream(IterableDataset):
     """Yields whole batches (dicts of tensors); see the module docstring for the split and resume."""
 
@@ -165,9 +194,7 @@ class ShardStream(IterableDataset):
 
     def _rows(self, units: list[Unit]) -> Iterator[tuple]:
         for u in units:
-            table = pq.ParquetFile(u.path).read_row_group(u.row_group, columns=COLUMNS)
-            if u.stride > 1:
-                table = table.take(np.arange(u.offset, table.num_rows, u.stride))
+            table = u.read(COLUMNS)
             embs = text_emb_views(table.column("text_emb"))  # zero-copy float16 [len, D]
             cols = {c: table.column(c).to_pylist() for c in ("key", "label", "caption", "image", "text_len")}
             for i in range(table.num_rows):
@@ -209,26 +236,13 @@ class ShardStream(IterableDataset):
             epoch += 1
 
     def _collate(self, rows: list, epoch: int, rng: np.random.Generator) -> dict:
-        n, dim = len(rows), rows[0][4].shape[1]
-        text = torch.zeros(n, self.max_tokens, dim, dtype=torch.float16)
-        mask = torch.zeros(n, self.max_tokens, dtype=torch.bool)
-        images = []
-        for i, (key, _label, _cap, image, emb, path) in enumerate(rows):
-            if len(emb) > self.max_tokens:
-                raise SchemaError(f"{path}: row {key!r} has {len(emb)} text tokens > max_tokens={self.max_tokens}")
-            if emb.shape[1] != dim:
-                raise SchemaError(f"{path}: row {key!r} text_emb has D={emb.shape[1]}, other rows D={dim}")
-            text[i, :len(emb)].numpy()[:] = emb  # copy out of the read-only Arrow view
-            mask[i, :len(emb)] = True
-            images.append(load_image(image, self.image_size, self.train, rng, f"{path}: row {key!r}"))
+        text, mask = pad_text([r[4] for r in rows], self.max_tokens, [f"{r[5]}: row {r[0]!r}" for r in rows])
         return {
-            "images": torch.stack(images),
+            "images": torch.stack([load_image(r[3], self.image_size, self.train, rng, f"{r[5]}: row {r[0]!r}")
+                                   for r in rows]),
             "text_emb": text,
             "text_mask": mask,
-            "label": torch.tensor([-1 if r[1] is None else r[1] for r in rows], dtype=torch.long),
-            "key": [r[0] for r in rows],
-            "caption": [r[2] for r in rows],
-            "epoch": epoch,
+            **row_fields(rows, epoch),
         }
 
     def __iter__(self) -> Iterator[dict]:
@@ -263,21 +277,18 @@ class ShardStream(IterableDataset):
         return np.random.default_rng([self.seed, self.stream_index(worker), batch_index, 2])
 
 
-class ShardLoader:
-    """A DataLoader over a `ShardStream` that counts consumed batches for checkpoint/resume."""
+class ResumableLoader:
+    """A DataLoader over a `stream_cls` stream that counts consumed batches for checkpoint/resume.
 
-    def __init__(self, shards: str | Sequence[str], image_size: int, batch_size: int, text_dim: int | None = None,
-                 max_tokens: int | None = None, encoder: str | None = None, split: str | None = None,
-                 train: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0, shuffle_buffer: int = 1000,
-                 drop_last: bool | None = None):
-        self.files = resolve_shards(shards, split)
-        self.meta = check_shard_meta(self.files, text_dim, max_tokens, encoder)
-        self.text_dim, self.max_tokens = int(self.meta["D"]), int(self.meta["max_tokens"])
-        self.kwargs = dict(image_size=image_size, batch_size=batch_size, max_tokens=self.max_tokens, train=train,
-                           seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
-                           shuffle_buffer=shuffle_buffer, drop_last=drop_last)
-        self.num_workers = num_workers
+    Subclasses set `files`, `kwargs` (the stream's arguments: seed, rank, world_size, num_workers,
+    batch_size, shuffle_buffer, ...) and `num_workers`, then call `ResumableLoader.__init__`.
+    """
+    stream_cls: type[ShardStream] = ShardStream
+    files: list[str]
+    kwargs: dict
+    num_workers: int
+
+    def __init__(self) -> None:
         self.batches = self.epoch = 0
 
     def layout(self) -> dict:
@@ -298,10 +309,33 @@ class ShardLoader:
         self.epoch = int(state.get("epoch", 0))
 
     def __iter__(self) -> Iterator[dict]:
-        dataset = ShardStream(self.files, skip_batches=self.batches, **self.kwargs)
+        dataset = self.stream_cls(self.files, skip_batches=self.batches, **self.kwargs)
+        # Our own generator: a DataLoader iterator otherwise draws its base seed from the global
+        # torch RNG, and a resumed run (which starts iterating after restoring the RNG) would then
+        # see other dropout / diffusion noise than the uninterrupted one. Per rank, like the streams.
+        base_seed = int(np.random.SeedSequence([self.kwargs["seed"], self.kwargs["rank"]]).generate_state(1)[0])
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                            prefetch_factor=2 if self.num_workers else None, pin_memory=torch.cuda.is_available())
+                            prefetch_factor=2 if self.num_workers else None, pin_memory=torch.cuda.is_available(),
+                            generator=torch.Generator().manual_seed(base_seed))
         for batch in loader:
             self.batches += 1
             self.epoch = batch["epoch"]
             yield batch
+
+
+class ShardLoader(ResumableLoader):
+    """Batches of training shards (images decoded and augmented); see ResumableLoader for resume."""
+
+    def __init__(self, shards: str | Sequence[str], image_size: int, batch_size: int, text_dim: int | None = None,
+                 max_tokens: int | None = None, encoder: str | None = None, split: str | None = None,
+                 train: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, shuffle_buffer: int = 1000,
+                 drop_last: bool | None = None):
+        super().__init__()
+        self.files = resolve_shards(shards, split)
+        self.meta = check_shard_meta(self.files, text_dim, max_tokens, encoder)
+        self.text_dim, self.max_tokens = int(self.meta["D"]), int(self.meta["max_tokens"])
+        self.kwargs = dict(image_size=image_size, batch_size=batch_size, max_tokens=self.max_tokens, train=train,
+                           seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
+                           shuffle_buffer=shuffle_buffer, drop_last=drop_last)
+        self.num_workers = num_workers

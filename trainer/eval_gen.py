@@ -112,6 +112,30 @@ def clip_score(path: str, images: np.ndarray, captions: list[str], device, batch
     return float(torch.cat(scores).mean())
 
 
+def set_metrics(real: np.ndarray, fake: np.ndarray, probs: list[np.ndarray]) -> dict:
+    """Precision/recall of `fake` against `real` Inception features and the Inception Score of the
+    class probabilities, each None with the reason when it cannot be computed (shared with
+    eval_tokenizer, where `fake` are the reconstructions)."""
+    out: dict = {}
+    try:
+        out["precision"], out["recall"] = precision_recall(real, fake)
+    except ValueError as e:  # too few samples for the k-NN balls: reported, not hidden
+        out["precision"] = out["recall"] = None
+        out["precision_recall_error"] = str(e)
+    if probs:
+        out["inception_score"], out["inception_score_std"] = inception_score(np.concatenate(probs))
+    else:
+        out["inception_score"] = None
+        out["inception_score_note"] = "no --inception-classifier given (the packaged FID net has no head)"
+    return out
+
+
+def write_result(result: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+
 def evaluate_generation(cfg: EvalGenConfig) -> dict:
     from pipeline.text_encoder import resolve_device
 
@@ -133,16 +157,7 @@ def evaluate_generation(cfg: EvalGenConfig) -> dict:
     result: dict = {"samples": cfg.samples, "reference": cfg.reference, "num_samples": len(images),
                     "num_reference": n_ref, "image_size": int(images.shape[1]),
                     "gfid": frechet_distance(*feature_stats(real), *feature_stats(fake))}
-    try:
-        result["precision"], result["recall"] = precision_recall(real, fake)
-    except ValueError as e:  # too few samples for the k-NN balls: reported, not hidden
-        result["precision"] = result["recall"] = None
-        result["precision_recall_error"] = str(e)
-    if probs:
-        result["inception_score"], result["inception_score_std"] = inception_score(np.concatenate(probs))
-    else:
-        result["inception_score"] = None
-        result["inception_score_note"] = "no --inception-classifier given (the packaged FID net has no head)"
+    result.update(set_metrics(real, fake, probs))
     if cfg.clip:
         if captions is None:
             raise ValueError(f"--clip needs captions in {cfg.samples} (textok sample writes them)")
@@ -152,7 +167,5 @@ def evaluate_generation(cfg: EvalGenConfig) -> dict:
         result["clip_score_note"] = "no --clip weights given"
     result["config"] = asdict(cfg)
     if cfg.output:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-        with open(cfg.output, "w") as f:
-            json.dump(result, f, indent=2)
+        write_result(result, cfg.output)
     return result

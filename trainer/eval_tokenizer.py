@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from trainer.data import ShardLoader
+from trainer.eval_gen import set_metrics, write_result
 from trainer.grid import save_pairs
 from trainer.loop import autocast
-from trainer.metrics import InceptionFeatures, fid_from_features, inception_score, precision_recall, psnr, ssim
+from trainer.metrics import InceptionFeatures, fid_from_features, psnr, ssim
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +109,9 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
         "lpips": float(torch.cat(per_image["lpips"]).mean()) if per_image["lpips"] else None,
         "rfid": fid_from_features(real, fake),
     }
-    try:
-        result["precision"], result["recall"] = precision_recall(real, fake)
-    except ValueError as e:  # too few samples for k-NN: reported, not hidden
-        result["precision"] = result["recall"] = None
-        result["precision_recall_error"] = str(e)
-    if probs:
-        result["inception_score"], result["inception_score_std"] = inception_score(np.concatenate(probs))
-    else:
-        result["inception_score"] = None
-        result["inception_score_note"] = "no --inception-classifier given (the packaged FID net has no head)"
+    result.update(set_metrics(real, fake, probs))
     result["config"] = asdict(cfg)
-    os.makedirs(cfg.output, exist_ok=True)
-    with open(os.path.join(cfg.output, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, os.path.join(cfg.output, "eval.json"))
     return result
 
 

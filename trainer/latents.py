@@ -13,9 +13,10 @@ Extraction runs the tokenizer (the EMA weights train-tokenizer exports to tokeni
 shard image, centre-cropped and never flipped, with its own caption, and writes one latent
 file per shard file (same name) under --output. A latent file is written atomically, so an
 existing one is complete: a rerun validates it, checks it came from the same tokenizer, and
-skips it. Each file carries the per-channel moments of its z in its metadata; the set's
-mean/std (what the generator normalises with) are combined from them exactly, whatever the
-file split, and also written to OUTPUT/stats.json for people.
+skips it. Shards encoded by another text encoder than the tokenizer's training shards (its
+text_encoder.json, written by train-tokenizer) are refused. Each file carries the per-channel
+moments of its z in its metadata; the set's mean/std (what the generator normalises with) are
+combined from them exactly, whatever the file split, and also written to OUTPUT/stats.json.
 """
 from __future__ import annotations
 
@@ -31,13 +32,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader
 
 from schemas.common import SchemaError, validate_file, with_metadata, write_table_atomic
 from schemas.latents import latents_schema, moments, read_latent_meta, z_column, z_view
 from schemas.shards import text_emb_views
-from trainer.data import ShardLoader, ShardStream, check_shard_meta, resolve_shards
+# pad_text and tokenizer_dir are also imported from here by trainer/sample.py
+from trainer.data import (ResumableLoader, ShardLoader, ShardStream, check_shard_meta, pad_text, resolve_shards,
+                          row_fields)
 from trainer.eval_tokenizer import tokenizer_dir  # a TexTok dir, or a run dir holding tokenizer/
+from trainer.train_tokenizer import TEXT_ENCODER_FILE, read_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,21 @@ class ExtractConfig:
     device: str = "auto"
     with_text: bool = True  # keep text_emb/text_len (DiT-T2I needs them; class-conditional does not)
     num_workers: int = 2
+
+
+def check_text_encoder(tok_path: str, shard_meta: dict, shards: str) -> None:
+    """Refuse shards encoded by another text encoder than the tokenizer was trained on (both
+    sides must record one: tokenizers saved before text_encoder.json existed are not checked)."""
+    recorded = read_text_encoder(tok_path)
+    if not recorded or not recorded.get("encoder") or not shard_meta.get("encoder"):
+        return
+    for key in ("encoder", "encoder_hash", "encoder_revision"):
+        theirs, ours = recorded.get(key), shard_meta.get(key)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise SchemaError(f"{shards}: the shards were encoded with text encoder {key}={ours!r}, but tokenizer "
+                              f"{tok_path} was trained on shards of {key}={theirs!r} (its {TEXT_ENCODER_FILE}); "
+                              f"encode the shards with {recorded['encoder']!r} or use a tokenizer trained on "
+                              f"{shard_meta['encoder']!r} embeddings")
 
 
 def _latent_meta(shard_meta: dict, tok_path: str, tok_sha: str, model, with_text: bool) -> dict:
@@ -123,17 +141,17 @@ def latent_table(source: pa.Table, z: np.ndarray, meta: dict, with_text: bool) -
 
 def extract_latents(cfg: ExtractConfig) -> dict:
     """Write OUTPUT/<shard name>.parquet per shard file (skipping done ones) + OUTPUT/stats.json."""
-    from trainer.loop import cleanup_distributed, init_distributed
+    from trainer.loop import distributed
     from trainer.textok import TexTok
 
     start = time.time()
-    dist = init_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as dist:
         tok_path = tokenizer_dir(cfg.tokenizer)
         tok_sha = file_sha256(os.path.join(tok_path, "model.safetensors"))
         model = TexTok.from_pretrained(tok_path).eval().to(dist.device)
         files = resolve_shards(cfg.shards)
         shard_meta = check_shard_meta(files, text_dim=model.cfg.text_dim)
+        check_text_encoder(tok_path, shard_meta, cfg.shards)
         names = [os.path.basename(f) for f in files]
         if len(set(names)) != len(names):
             raise ValueError(f"{cfg.shards}: shard file names repeat across folders; latent files are named after "
@@ -170,24 +188,9 @@ def extract_latents(cfg: ExtractConfig) -> dict:
             with open(os.path.join(cfg.output, "stats.json"), "w") as f:
                 json.dump({k: v for k, v in stats.items() if k != "moments"}, f, indent=2, default=str)
         return summary
-    finally:
-        cleanup_distributed()
 
 
 # ----------------------------------------------------------------------------- loading
-
-def pad_text(embs: list[np.ndarray], max_tokens: int, where: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unpadded float16 [len_i, D] -> ([B,max_tokens,D] float16, [B,max_tokens] bool, True = real)."""
-    dim = embs[0].shape[1]
-    text = torch.zeros(len(embs), max_tokens, dim, dtype=torch.float16)
-    mask = torch.zeros(len(embs), max_tokens, dtype=torch.bool)
-    for i, e in enumerate(embs):
-        if len(e) > max_tokens or e.shape[1] != dim:
-            raise SchemaError(f"{where[i]}: text_emb of shape {e.shape} does not fit [<= {max_tokens}, {dim}]")
-        text[i, :len(e)].numpy()[:] = e
-        mask[i, :len(e)] = True
-    return text, mask
-
 
 class LatentStream(ShardStream):
     """ShardStream's split / shuffle / resume over latent files; rows carry z instead of an image."""
@@ -199,9 +202,7 @@ class LatentStream(ShardStream):
     def _rows(self, units):
         columns = ["key", "label", "caption", "z"] + (["text_emb", "text_len"] if self.with_text else [])
         for u in units:
-            table = pq.ParquetFile(u.path).read_row_group(u.row_group, columns=columns)
-            if u.stride > 1:
-                table = table.take(np.arange(u.offset, table.num_rows, u.stride))
+            table = u.read(columns)
             z = z_view(table.column("z"))
             embs = text_emb_views(table.column("text_emb")) if self.with_text else [None] * table.num_rows
             keys, labels, caps = (table.column(c).to_pylist() for c in ("key", "label", "caption"))
@@ -211,10 +212,7 @@ class LatentStream(ShardStream):
     def _collate(self, rows: list, epoch: int, rng) -> dict:
         batch = {
             "z": torch.from_numpy(np.stack([r[3] for r in rows]).astype(np.float32)),
-            "label": torch.tensor([-1 if r[1] is None else r[1] for r in rows], dtype=torch.long),
-            "key": [r[0] for r in rows],
-            "caption": [r[2] for r in rows],
-            "epoch": epoch,
+            **row_fields(rows, epoch),
         }
         if self.with_text:
             batch["text_emb"], batch["text_mask"] = pad_text([r[4] for r in rows], self.max_tokens,
@@ -222,13 +220,15 @@ class LatentStream(ShardStream):
         return batch
 
 
-class LatentLoader:
+class LatentLoader(ResumableLoader):
     """Batches of a latent set for a trainer: counts consumed batches for an exact resume (the
     position format of trainer.data.ShardLoader); `meta` holds the set's metadata + mean/std."""
+    stream_cls = LatentStream
 
     def __init__(self, latents: str, batch_size: int, with_text: bool = False, train: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, shuffle_buffer: int = 1000,
                  drop_last: bool | None = None):
+        super().__init__()
         self.files = resolve_shards(latents)
         self.meta = read_latent_meta(self.files)
         if with_text and not self.meta["has_text"]:
@@ -239,35 +239,6 @@ class LatentLoader:
                            seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
                            shuffle_buffer=shuffle_buffer, drop_last=drop_last)
         self.num_workers = num_workers
-        self.batches = self.epoch = 0
-
-    def layout(self) -> dict:
-        k = self.kwargs
-        return {"seed": k["seed"], "world_size": k["world_size"], "num_workers": max(1, k["num_workers"]),
-                "batch_size": k["batch_size"], "shuffle_buffer": k["shuffle_buffer"], "files": len(self.files)}
-
-    def state_dict(self) -> dict:
-        return {"batches": self.batches, "epoch": self.epoch, **self.layout()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in self.layout().items():
-            if state.get(k) != v:
-                raise ValueError(f"cannot resume the data position exactly: checkpoint has {k}={state.get(k)!r}, "
-                                 f"this run has {k}={v!r}; resume with the same {k}")
-        self.batches, self.epoch = int(state["batches"]), int(state.get("epoch", 0))
-
-    def __iter__(self):
-        dataset = LatentStream(self.files, skip_batches=self.batches, **self.kwargs)
-        # Our own generator: a DataLoader iterator otherwise draws its base seed from the global
-        # torch RNG, and a resumed run (which starts iterating after restoring the RNG) would
-        # then see different diffusion noise from the uninterrupted one.
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
-                            prefetch_factor=2 if self.num_workers else None, pin_memory=torch.cuda.is_available(),
-                            generator=torch.Generator().manual_seed(self.kwargs["seed"]))
-        for batch in loader:
-            self.batches += 1
-            self.epoch = batch["epoch"]
-            yield batch
 
 
 def max_label(files: list[str]) -> int:

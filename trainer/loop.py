@@ -14,7 +14,10 @@
     ckpt.save(step, {"model": model.state_dict(), "ema": ema.state_dict()},
               {"opt": opt.state_dict(), "rng": rng_state(), "loader": loader.state_dict()})
 
-trainer/train_tokenizer.py is the worked example (DDP, a second optimiser, per-rank RNG).
+trainer/train_tokenizer.py is the worked example (DDP, a second optimiser, per-rank RNG);
+trainer/train_dit.py the plain one. Both resolve their config with `load_config` (dataclass
+defaults <- JSON/YAML file <- CLI flags), start with `start_or_resume` and save/restore through
+`save_run_checkpoint` / `load_run_checkpoint` (every rank's RNG state travels in the checkpoint).
 
 Checkpoint layout (atomic: written to a hidden temp dir, then renamed; `latest` is a text
 file holding the directory name, replaced atomically):
@@ -35,8 +38,8 @@ import random
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -87,6 +90,23 @@ def init_distributed(device: str | None = None) -> Dist:
 def cleanup_distributed() -> None:
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed(device: str | None = None):
+    """`with distributed(cfg.device) as dist:` -- init_distributed, and always leave the group."""
+    dist = init_distributed(device)
+    try:
+        yield dist
+    finally:
+        cleanup_distributed()
+
+
+def local_batch(global_batch: int, dist: Dist) -> int:
+    """--batch-size is global: this rank's share."""
+    if global_batch % dist.world_size:
+        raise ValueError(f"--batch-size {global_batch} does not split over {dist.world_size} ranks")
+    return global_batch // dist.world_size
 
 
 def wrap_ddp(model: nn.Module, dist: Dist) -> nn.Module:
@@ -172,6 +192,16 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def gather_rng(dist: Dist) -> list[dict]:
+    """Every rank's RNG state (dropout and augmentation differ per rank), collected on all ranks."""
+    mine = rng_state()
+    if not dist.enabled:
+        return [mine]
+    out: list = [None] * dist.world_size
+    tdist.all_gather_object(out, mine)
+    return out
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -283,6 +313,15 @@ def check_finite(losses: dict[str, torch.Tensor | float], step: int, ckpt: "Chec
                                  f"check the data, then resume with --resume")
 
 
+def reduce_and_check(logs: dict[str, torch.Tensor | float], step: int, ckpt: "Checkpointer",
+                     dist: Dist) -> dict[str, float]:
+    """A step's logged scalars averaged over ranks, after a NaN/inf check (the learning rate is
+    not checked). Reduced first, so every rank sees a NaN on any rank and they stop together."""
+    logs = reduce_mean({k: float(v) for k, v in logs.items()}, dist)
+    check_finite({k: v for k, v in logs.items() if k != "lr"}, step, ckpt)
+    return logs
+
+
 def check_finite_weights(model: nn.Module, step: int, ckpt: "Checkpointer") -> None:
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
@@ -366,6 +405,98 @@ class Checkpointer:
                    for f in sorted(os.listdir(path)) if f.endswith(".safetensors")}
         state = torch.load(state_file, map_location=map_location, weights_only=True)
         return weights, state
+
+
+def save_run_checkpoint(ckpt: Checkpointer, step: int, weights: dict[str, dict[str, torch.Tensor]],
+                        state: dict[str, Any], dist: Dist) -> str | None:
+    """Every rank calls this (the RNG gather is a collective); rank 0 writes weights + state + RNGs."""
+    rngs = gather_rng(dist)
+    return ckpt.save(step, weights, {**state, "rng": rngs}) if dist.is_main else None
+
+
+def load_run_checkpoint(path: str, dist: Dist) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Load a checkpoint on CPU and restore this rank's RNG state; -> (weights, state) for the rest."""
+    weights, state = Checkpointer.load(path, map_location="cpu")
+    if len(state["rng"]) != dist.world_size:
+        raise ValueError(f"{path}: saved with {len(state['rng'])} ranks, resumed with {dist.world_size}; "
+                         f"resume with the same number of processes")
+    set_rng_state(state["rng"][dist.rank])
+    return weights, state
+
+
+# ----------------------------------------------------------------------------- run config, resume
+
+Config = TypeVar("Config")
+
+
+def load_config(cls: type[Config], path: str | None, overrides: dict, command: str,
+                required: tuple[str, ...] = ()) -> Config:
+    """Dataclass defaults <- JSON/YAML file <- explicit overrides (None values are 'not given').
+
+    `required` fields must end up non-empty and `steps` positive; lists become tuples where the
+    default is a tuple (YAML/JSON have no tuples: betas).
+    """
+    values: dict = {}
+    if path:
+        with open(path) as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                values = yaml.safe_load(f) or {}
+            else:
+                values = json.load(f)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{path or 'overrides'}: unknown {command} setting(s) {unknown}; known: {sorted(known)}")
+    cfg = cls(**values)
+    for name, f in known.items():
+        if isinstance(f.default, tuple) and isinstance(getattr(cfg, name), list):
+            setattr(cfg, name, tuple(getattr(cfg, name)))
+    for name in required:
+        if not getattr(cfg, name):
+            raise ValueError(f"{command}: --{name.replace('_', '-')} is required")
+    if "steps" in known and cfg.steps <= 0:
+        raise ValueError(f"{command}: --steps must be positive, got {cfg.steps}")
+    return cfg
+
+
+def check_same_run(path: str, resolved: dict) -> None:
+    """A resume must rebuild the same model and loss; anything else would not continue the run."""
+    with open(path) as f:
+        saved = json.load(f)
+    for part in ("model", "loss"):
+        old, new = saved.get(part, {}), json.loads(json.dumps(resolved[part]))
+        diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        if diff:
+            raise ValueError(f"{path}: --resume with a different {part} config {diff} (saved, now); "
+                             f"use the saved settings or a new --output")
+
+
+def start_or_resume(output: str, resolved: dict, resume: bool, ckpt: Checkpointer,
+                    restore: Callable[[str], int], dist: Dist) -> int:
+    """With `resume`, continue from the latest checkpoint (`restore(path)` -> its step) after checking
+    OUTPUT/config.json describes the same model and loss; then (rank 0) write `resolved` there.
+    Returns the step to start from."""
+    config_path = os.path.join(output, "config.json")
+    step, latest = 0, ckpt.latest() if resume else None
+    if latest:
+        check_same_run(config_path, resolved)
+        step = restore(latest)
+        log.info("resumed from %s at step %d", latest, step)
+    elif resume:
+        log.warning("--resume: no checkpoint under %s yet; starting from step 0", ckpt.root)
+    if dist.is_main:
+        os.makedirs(output, exist_ok=True)
+        with open(config_path, "w") as f:
+            json.dump(resolved, f, indent=2, default=str)
+    return step
+
+
+def due(step: int, every: int, total: int) -> bool:
+    """Periodic work (logging, checkpoints, grids) runs every `every` steps and at the last step."""
+    return step % every == 0 or step == total
 
 
 # ----------------------------------------------------------------------------- logging

@@ -21,17 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 
+from trainer import loop
 from trainer.grid import plot_metrics, save_pairs
 from trainer.latents import LatentLoader, max_label
-from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, autocast, build_optimizer, check_finite,
-                          check_finite_weights, cleanup_distributed, clip_grad, init_distributed, reduce_mean,
-                          seed_everything, set_rng_state, warmup_cosine, wrap_ddp)
+from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, autocast, build_optimizer, check_finite_weights,
+                          clip_grad, distributed, due, load_run_checkpoint, local_batch, reduce_and_check,
+                          save_run_checkpoint, seed_everything, start_or_resume, warmup_cosine, wrap_ddp)
 from trainer.sample import STATS_NAME, decode_latents, generate_latents
-from trainer.train_tokenizer import check_same_run, gather_rng
 
 log = logging.getLogger(__name__)
 
@@ -75,27 +75,7 @@ class TrainDiTConfig:
 
 def load_config(path: str | None, **overrides) -> TrainDiTConfig:
     """Defaults <- JSON/YAML file <- explicit overrides (None values are 'not given')."""
-    values: dict = {}
-    if path:
-        with open(path) as f:
-            if path.endswith((".yaml", ".yml")):
-                import yaml
-
-                values = yaml.safe_load(f) or {}
-            else:
-                values = json.load(f)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(TrainDiTConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{path or 'overrides'}: unknown train-dit setting(s) {unknown}; known: {sorted(known)}")
-    cfg = TrainDiTConfig(**values)
-    cfg.betas = tuple(cfg.betas)
-    for name in ("latents", "output"):
-        if not getattr(cfg, name):
-            raise ValueError(f"train-dit: --{name} is required")
-    if cfg.steps <= 0:
-        raise ValueError(f"train-dit: --steps must be positive, got {cfg.steps}")
+    cfg = loop.load_config(TrainDiTConfig, path, overrides, "train-dit", required=("latents", "output"))
     if not 0.0 <= cfg.cfg_dropout < 1.0:
         raise ValueError(f"train-dit: --cfg-dropout must be in [0, 1), got {cfg.cfg_dropout}")
     return cfg
@@ -104,9 +84,7 @@ def load_config(path: str | None, **overrides) -> TrainDiTConfig:
 # ----------------------------------------------------------------------------- builders
 
 def build_loader(cfg: TrainDiTConfig, dist: Dist) -> LatentLoader:
-    if cfg.batch_size % dist.world_size:
-        raise ValueError(f"--batch-size {cfg.batch_size} does not split over {dist.world_size} ranks")
-    return LatentLoader(cfg.latents, cfg.batch_size // dist.world_size, with_text=cfg.t2i, train=True,
+    return LatentLoader(cfg.latents, local_batch(cfg.batch_size, dist), with_text=cfg.t2i, train=True,
                         seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, num_workers=cfg.num_workers,
                         shuffle_buffer=cfg.shuffle_buffer)
 
@@ -163,24 +141,18 @@ def train_step(batch, ddp_model, model, diffusion, norm, opt, sched, cfg, dist) 
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(ckpt, step, model, ema, opt, sched, loader, dist) -> str | None:
-    rngs = gather_rng(dist)
-    if not dist.is_main:
-        return None
-    return ckpt.save(step, {"model": model.state_dict(), "ema": ema.state_dict()},
-                     {"opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rngs, "loader": loader.state_dict()})
+    return save_run_checkpoint(ckpt, step, {"model": model.state_dict(), "ema": ema.state_dict()},
+                               {"opt": opt.state_dict(), "sched": sched.state_dict(), "loader": loader.state_dict()},
+                               dist)
 
 
 def load_checkpoint(path, model, ema, opt, sched, loader, dist) -> int:
-    weights, state = Checkpointer.load(path, map_location="cpu")
+    weights, state = load_run_checkpoint(path, dist)
     model.load_state_dict(weights["model"])
     ema.load_state_dict(weights["ema"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     loader.load_state_dict(state["loader"])
-    if len(state["rng"]) != dist.world_size:
-        raise ValueError(f"{path}: saved with {len(state['rng'])} ranks, resumed with {dist.world_size}; "
-                         f"resume with the same number of processes")
-    set_rng_state(state["rng"][dist.rank])
     return int(state["step"])
 
 
@@ -188,11 +160,8 @@ def load_checkpoint(path, model, ema, opt, sched, loader, dist) -> int:
 
 def train(cfg: TrainDiTConfig) -> str:
     """Run (or resume) training; returns the exported dit/ directory."""
-    dist = init_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as dist:
         return _train(cfg, dist)
-    finally:
-        cleanup_distributed()
 
 
 def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
@@ -213,19 +182,11 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
     resolved = {"train": asdict(cfg), "model": asdict(model.cfg),
                 "loss": {"diffusion_steps": cfg.diffusion_steps, "latent_mean": stats["mean"],
                          "latent_std": stats["std"], "tokenizer_sha256": stats["tokenizer_sha256"]}}
-    config_path = os.path.join(cfg.output, "config.json")
-    step, latest = 0, ckpt.latest() if cfg.resume else None
-    if latest:
-        check_same_run(config_path, resolved)  # same model and same latent set
-        step = load_checkpoint(latest, model, ema, opt, sched, loader, dist)
-        log.info("resumed from %s at step %d", latest, step)
-    elif cfg.resume:
-        log.warning("--resume: no checkpoint under %s yet; starting from step 0", ckpt.root)
+    # a resume must rebuild the same model on the same latent set ("loss" holds its statistics)
+    step = start_or_resume(cfg.output, resolved, cfg.resume, ckpt,
+                           lambda path: load_checkpoint(path, model, ema, opt, sched, loader, dist), dist)
     preview = None
     if dist.is_main:
-        os.makedirs(cfg.output, exist_ok=True)
-        with open(config_path, "w") as f:
-            json.dump(resolved, f, indent=2, default=str)
         log.info("DiT-%s %.1fM params on %d tokens x %d", cfg.preset, model.num_params() / 1e6,
                  model.cfg.num_tokens, model.cfg.token_dim)
         if cfg.tokenizer:
@@ -239,17 +200,15 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
             break
         logs = train_step(batch, ddp_model, model, diffusion, norm, opt, sched, cfg, dist)
         ema.update(model)
-        # reduced first, so every rank sees a NaN on any rank and they stop together
-        logs = reduce_mean({k: float(v) for k, v in logs.items()}, dist)
-        check_finite({k: v for k, v in logs.items() if k != "lr"}, step + 1, ckpt)
+        logs = reduce_and_check(logs, step + 1, ckpt, dist)
         step += 1
         logger.advance()
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if due(step, cfg.log_every, cfg.steps):
             logger.log(step, logs | {"epoch": batch["epoch"]})
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if due(step, cfg.save_every, cfg.steps):
             check_finite_weights(model, step, ckpt)
             save_checkpoint(ckpt, step, model, ema, opt, sched, loader, dist)
-        if preview is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+        if preview is not None and due(step, cfg.sample_every, cfg.steps):
             with ema.swapped(model), torch.random.fork_rng(devices=[]):
                 preview.save(model, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"))
     logger.close()

@@ -4,9 +4,10 @@
     torchrun --nproc_per_node 8 -m trainer.cli_tokenizer train --shards ... --output ...   # multi-GPU
     textok train-tokenizer ... --resume        # continues exactly from runs/tok/checkpoints/latest
 
-Writes into --output: config.json (the resolved run config), metrics.jsonl, checkpoints/step-*/,
+Writes into --output: config.json (the resolved run config), text_encoder.json (the shards'
+encoder, encoder_hash/revision, D, max_tokens), metrics.jsonl, checkpoints/step-*/,
 samples/step-*.png (originals | EMA reconstructions), loss.png and, at the end, tokenizer/
-(EMA weights via TexTok.save_pretrained: what `extract-latents` loads).
+(EMA weights via TexTok.save_pretrained + text_encoder.json: what `extract-latents` loads).
 Defaults follow the paper (lr 1e-4, EMA 0.999, L2 1.0 / perceptual 0.1 / GAN 0.1 / LeCAM 1e-4,
 discriminator from step 80k, patch 8 at 256 px, d = 8); --batch-size is the global batch.
 """
@@ -16,16 +17,17 @@ import dataclasses
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 
+from trainer import loop
 from trainer.data import ShardLoader
 from trainer.grid import plot_metrics, save_pairs
 from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, all_reduce_grads, autocast, average_buffers,
-                          broadcast_params, build_optimizer, check_finite, check_finite_weights, cleanup_distributed,
-                          clip_grad, init_distributed, reduce_mean, rng_state, seed_everything, set_rng_state,
-                          warmup_cosine, wrap_ddp)
+                          broadcast_params, build_optimizer, check_finite_weights, clip_grad, distributed,
+                          due, load_run_checkpoint, local_batch, reduce_and_check, save_run_checkpoint, seed_everything,
+                          start_or_resume, warmup_cosine, wrap_ddp)
 
 log = logging.getLogger(__name__)
 
@@ -72,46 +74,51 @@ class TrainTokenizerConfig:
 
 
 def load_config(path: str | None, **overrides) -> TrainTokenizerConfig:
-    """Defaults <- JSON/YAML file <- explicit overrides (None values are 'not given')."""
-    values: dict = {}
-    if path:
-        with open(path) as f:
-            if path.endswith((".yaml", ".yml")):
-                import yaml
-
-                values = yaml.safe_load(f) or {}
-            else:
-                values = json.load(f)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(TrainTokenizerConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{path or 'overrides'}: unknown train-tokenizer setting(s) {unknown}; known: {sorted(known)}")
-    cfg = TrainTokenizerConfig(**values)
-    cfg.betas = tuple(cfg.betas)
+    """Defaults <- JSON/YAML file <- explicit overrides (None values are 'not given'); unset sizes
+    take the preset's values."""
     from trainer.textok import textok_config
 
+    cfg = loop.load_config(TrainTokenizerConfig, path, overrides, "train-tokenizer", required=("shards", "output"))
     preset = textok_config(cfg.preset)
     for name in ("image_size", "patch_size", "num_tokens", "token_dim"):
         if getattr(cfg, name) is None:
             setattr(cfg, name, getattr(preset, name))
-    for name in ("shards", "output"):
-        if not getattr(cfg, name):
-            raise ValueError(f"train-tokenizer: --{name} is required")
-    if cfg.steps <= 0:
-        raise ValueError(f"train-tokenizer: --steps must be positive, got {cfg.steps}")
     return cfg
+
+
+# ----------------------------------------------------------------------------- text-encoder record
+
+TEXT_ENCODER_FILE = "text_encoder.json"
+TEXT_ENCODER_KEYS = ("encoder", "encoder_hash", "encoder_revision", "D", "max_tokens")
+
+
+def write_text_encoder(shard_meta: dict, *dirs: str) -> dict:
+    """Record which text encoder the training shards came from (TEXT_ENCODER_FILE in each dir):
+    the tokenizer only understands embeddings of that encoder, so extract-latents checks it."""
+    record = {k: shard_meta[k] for k in TEXT_ENCODER_KEYS if shard_meta.get(k) is not None}
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, TEXT_ENCODER_FILE), "w") as f:
+            json.dump(record, f, indent=2)
+    return record
+
+
+def read_text_encoder(tok_dir: str) -> dict | None:
+    """The record write_text_encoder left in a tokenizer dir; None for a tokenizer saved without one."""
+    path = os.path.join(tok_dir, TEXT_ENCODER_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 # ----------------------------------------------------------------------------- builders
 
 def build_loader(cfg: TrainTokenizerConfig, dist: Dist, text_dim: int | None = None,
                  max_tokens: int | None = None) -> ShardLoader:
-    if cfg.batch_size % dist.world_size:
-        raise ValueError(f"--batch-size {cfg.batch_size} does not split over {dist.world_size} ranks")
-    return ShardLoader(cfg.shards, cfg.image_size, cfg.batch_size // dist.world_size, text_dim=text_dim,
-                       max_tokens=max_tokens, split=cfg.split, train=True, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
-                       num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
+    return ShardLoader(cfg.shards, cfg.image_size, local_batch(cfg.batch_size, dist), text_dim=text_dim,
+                       max_tokens=max_tokens, split=cfg.split, train=True, seed=cfg.seed, rank=dist.rank,
+                       world_size=dist.world_size, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
 
 
 def build_model(cfg: TrainTokenizerConfig, text_dim: int, max_tokens: int):
@@ -134,18 +141,6 @@ def build_model(cfg: TrainTokenizerConfig, text_dim: int, max_tokens: int):
 def resolved_config(cfg: TrainTokenizerConfig, model, loss_fn) -> dict:
     return {"train": asdict(cfg), "model": asdict(model.cfg),
             "loss": asdict(loss_fn.cfg) if dataclasses.is_dataclass(getattr(loss_fn, "cfg", None)) else {}}
-
-
-def check_same_run(path: str, resolved: dict) -> None:
-    """A resume must rebuild the same model and loss; anything else would not continue the run."""
-    with open(path) as f:
-        saved = json.load(f)
-    for part in ("model", "loss"):
-        old, new = saved.get(part, {}), json.loads(json.dumps(resolved[part]))
-        diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
-        if diff:
-            raise ValueError(f"{path}: --resume with a different {part} config {diff} (saved, now); "
-                             f"use the saved settings or a new --output")
 
 
 # ----------------------------------------------------------------------------- one step
@@ -187,28 +182,15 @@ def train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cf
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist) -> str | None:
-    rngs = gather_rng(dist)
-    if not dist.is_main:
-        return None
     # the loss's state: the discriminator and the LeCAM running means
     weights = {"model": model.state_dict(), "ema": ema.state_dict(), "discriminator": loss_fn.state_dict()}
     state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sched_g": sched_g.state_dict(),
-             "ema_updates": ema.num_updates, "rng": rngs, "loader": loader.state_dict()}
-    return ckpt.save(step, weights, state)
-
-
-def gather_rng(dist: Dist) -> list[dict]:
-    """Every rank's RNG state (dropout and augmentation differ per rank), collected on all ranks."""
-    mine = rng_state()
-    if not dist.enabled:
-        return [mine]
-    out: list = [None] * dist.world_size
-    torch.distributed.all_gather_object(out, mine)
-    return out
+             "ema_updates": ema.num_updates, "loader": loader.state_dict()}
+    return save_run_checkpoint(ckpt, step, weights, state, dist)
 
 
 def load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist) -> int:
-    weights, state = Checkpointer.load(path, map_location="cpu")
+    weights, state = load_run_checkpoint(path, dist)
     model.load_state_dict(weights["model"])
     ema.load_state_dict(weights["ema"], state["ema_updates"])
     loss_fn.load_state_dict(weights["discriminator"])
@@ -216,10 +198,6 @@ def load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, di
     opt_d.load_state_dict(state["opt_d"])
     sched_g.load_state_dict(state["sched_g"])
     loader.load_state_dict(state["loader"])
-    if len(state["rng"]) != dist.world_size:
-        raise ValueError(f"{path}: saved with {len(state['rng'])} ranks, resumed with {dist.world_size}; "
-                         f"resume with the same number of processes")
-    set_rng_state(state["rng"][dist.rank])
     return int(state["step"])
 
 
@@ -227,11 +205,8 @@ def load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, di
 
 def train(cfg: TrainTokenizerConfig) -> str:
     """Run (or resume) training; returns the exported tokenizer directory."""
-    dist = init_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as dist:
         return _train(cfg, dist)
-    finally:
-        cleanup_distributed()
 
 
 def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
@@ -248,19 +223,11 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
     sched_g = warmup_cosine(opt_g, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     ckpt = Checkpointer(cfg.output, cfg.keep_last, dist.is_main)
 
-    resolved = resolved_config(cfg, model, loss_fn)
-    config_path = os.path.join(cfg.output, "config.json")
-    step, latest = 0, ckpt.latest() if cfg.resume else None
-    if latest:
-        check_same_run(config_path, resolved)
-        step = load_checkpoint(latest, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist)
-        log.info("resumed from %s at step %d", latest, step)
-    elif cfg.resume:
-        log.warning("--resume: no checkpoint under %s yet; starting from step 0", ckpt.root)
+    step = start_or_resume(cfg.output, resolved_config(cfg, model, loss_fn), cfg.resume, ckpt,
+                           lambda path: load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist),
+                           dist)
     if dist.is_main:
-        os.makedirs(cfg.output, exist_ok=True)
-        with open(config_path, "w") as f:
-            json.dump(resolved, f, indent=2, default=str)
+        write_text_encoder(loader.meta, cfg.output)
         log.info("TexTok %.1fM params, discriminator %.1fM", sum(p.numel() for p in model.parameters()) / 1e6,
                  sum(p.numel() for p in loss_fn.discriminator.parameters()) / 1e6)
     preview = next(iter(ShardLoader(loader.files, cfg.image_size, 8, train=False))) if dist.is_main else None
@@ -272,17 +239,15 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
             break
         logs = train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cfg, dist)
         ema.update(model)
-        # reduced first, so every rank sees a NaN on any rank and they stop together
-        logs = reduce_mean({k: float(v) for k, v in logs.items()}, dist)
-        check_finite({k: v for k, v in logs.items() if k != "lr"}, step + 1, ckpt)
+        logs = reduce_and_check(logs, step + 1, ckpt, dist)
         step += 1
         logger.advance()
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if due(step, cfg.log_every, cfg.steps):
             logger.log(step, logs | {"epoch": batch["epoch"]})
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if due(step, cfg.save_every, cfg.steps):
             check_finite_weights(model, step, ckpt)  # never let a "last good" checkpoint hold NaNs
             save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist)
-        if dist.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+        if dist.is_main and due(step, cfg.sample_every, cfg.steps):
             save_samples(model, ema, preview, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"), dist)
     logger.close()
 
@@ -290,6 +255,7 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
     if dist.is_main:
         with ema.swapped(model):
             model.save_pretrained(out)
+        write_text_encoder(loader.meta, out)
         plot_metrics(logger.path, os.path.join(cfg.output, "loss.png"))
     return out
 
