@@ -151,3 +151,11 @@ def test_check_finite_names_step_and_last_checkpoint(tmp_path):
     ck.save(5, {"model": {"w": torch.zeros(1)}}, {})
     with pytest.raises(NonFiniteLossError, match=r"step 7.*'l2': nan.*step-000005"):
         check_finite({"l2": float("nan"), "gan": 1.0}, 7, ck)
+
+
+def test_checkpointer_keeps_the_newest_past_a_million_steps(tmp_path):
+    # step-1000000 sorts before step-999998 as text: pruning must order by step number
+    ck = Checkpointer(str(tmp_path), keep_last=2)
+    for step in (999_998, 999_999, 1_000_000, 1_000_001):
+        ck.save(step, {"model": {"w": torch.zeros(1)}}, {})
+    assert sorted(os.listdir(ck.root)) == ["latest", "step-1000000", "step-1000001"]

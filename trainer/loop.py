@@ -388,7 +388,8 @@ class Checkpointer:
         return final
 
     def _prune(self, keep: str) -> None:
-        steps = sorted(d for d in os.listdir(self.root) if d.startswith("step-"))
+        # by step number, not by name: "step-1000000" sorts before "step-999999" as text
+        steps = sorted((d for d in os.listdir(self.root) if d.startswith("step-")), key=lambda d: int(d[5:]))
         for d in steps[:-self.keep_last] if self.keep_last > 0 else []:
             if d != keep:
                 shutil.rmtree(os.path.join(self.root, d))
