@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainer.loop import Dist, build_optimizer, warmup_cosine  # noqa: E402
-from trainer.train_tokenizer import TrainTokenizerConfig, build_model, train_step  # noqa: E402
+from trainer.train_tokenizer import build_model, load_config, train_step  # noqa: E402
 
 # Dense bf16 peak (no sparsity), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -52,9 +52,10 @@ def bench(preset: str, batch: int, steps: int, device: torch.device, with_disc: 
           image_size: int = 256, text_dim: int = 2048, max_tokens: int = 128) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = TrainTokenizerConfig(shards="-", output="-", preset=preset, image_size=image_size, patch_size=8,
-                               steps=10_000, batch_size=batch, warmup=0, perceptual=perceptual,
-                               disc_start=0 if with_disc else 10**9)
+    # load_config fills the sizes left unset (num_tokens, token_dim) from the preset, as the trainer does
+    cfg = load_config(None, shards="-", output="-", preset=preset, image_size=image_size, patch_size=8,
+                      steps=10_000, batch_size=batch, warmup=0, perceptual=perceptual,
+                      disc_start=0 if with_disc else 10**9)
     model, loss_fn = build_model(cfg, text_dim, max_tokens)
     model.to(device).train()
     loss_fn.to(device)

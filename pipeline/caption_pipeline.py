@@ -39,8 +39,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.caption_rules import DEFAULT_MAX_WORDS, clean_caption, count_words
-from pipeline.caption_store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, compact, done_keys,
-                                    has_parts, list_table_files, open_parquet, write_json_atomic)
+from pipeline.caption_store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, compact,
+                                    has_parts, list_table_files, open_parquet, read_key_splits,
+                                    write_json_atomic)
 from pipeline.captioners import build_captioner
 from pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
 from pipeline.images import ImageDecodeError, decode_image
@@ -320,16 +321,25 @@ class CaptionPlan:
 
 def plan_caption_run(records: Sequence[ImageRecord], output_dir: str,
                      retry_dead_letters: bool = False) -> CaptionPlan:
-    """Drop records whose key is already captioned (or dead-lettered, unless retried)."""
-    captioned, dead = done_keys(output_dir)
+    """Drop records whose key is already captioned (or dead-lettered, unless retried).
+
+    Keys are unique per output folder, not per split (compaction keeps one row per key), and
+    folder keys are relative to the split folder: a key already on disk under another split
+    is a different image, so it fails here instead of being skipped as done."""
+    captioned, dead = read_key_splits(output_dir, CAPTIONS), read_key_splits(output_dir, DEAD_LETTER)
     todo, skipped, retried = [], 0, 0
     for r in records:
+        on_disk = captioned.get(r.key, dead.get(r.key))
+        if on_disk is not None and on_disk != r.split:
+            raise ValueError(f"{output_dir}: key {r.key!r} of split {r.split!r} is already there as split "
+                             f"{on_disk!r} (keys must be unique per output folder); caption each split into "
+                             f"its own --output, as `textok prepare` does")
         if r.key in captioned or (r.key in dead and not retry_dead_letters):
             skipped += 1
         else:
             retried += r.key in dead
             todo.append(r)
-    return CaptionPlan(todo, captioned, dead, skipped, retried)
+    return CaptionPlan(todo, set(captioned), set(dead), skipped, retried)
 
 
 def caption_meta(captioner: Captioner, max_words: int) -> dict[str, Any]:

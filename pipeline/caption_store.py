@@ -58,10 +58,12 @@ def table_dir(output_dir: str, table: str) -> str:
 
 
 def list_table_files(output_dir: str, table: str) -> list[str]:
-    """Parquet files of one table (parts and compacted), sorted by name, temp files skipped."""
+    """Parquet files of one table (parts and compacted), sorted by name. Temp files and files of
+    other stages (`textok encode --output` this folder writes dead_letter/encode-*.parquet) are
+    skipped: only `part-*` and `{table}-*` files belong to the caption stage."""
     pattern = FileSystems.join(table_dir(output_dir, table), "*.parquet")
     found = FileSystems.match([pattern])[0].metadata_list
-    return sorted(m.path for m in found if not os.path.basename(m.path).startswith("."))
+    return sorted(m.path for m in found if os.path.basename(m.path).startswith((PART_PREFIX, f"{table}-")))
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
@@ -75,11 +77,17 @@ def open_parquet(path: str) -> pq.ParquetFile:
                           "move it aside and rerun to caption its keys again") from e
 
 
-def read_keys(output_dir: str, table: str) -> set[str]:
-    keys: set[str] = set()
+def read_key_splits(output_dir: str, table: str) -> dict[str, str | None]:
+    """key -> split of every row of one table under DIR (parts included)."""
+    out: dict[str, str | None] = {}
     for path in list_table_files(output_dir, table):
-        keys.update(open_parquet(path).read(columns=["key"]).column("key").to_pylist())
-    return keys
+        t = open_parquet(path).read(columns=["key", "split"])
+        out.update(zip(t.column("key").to_pylist(), t.column("split").to_pylist()))
+    return out
+
+
+def read_keys(output_dir: str, table: str) -> set[str]:
+    return set(read_key_splits(output_dir, table))
 
 
 def done_keys(output_dir: str) -> tuple[set[str], set[str]]:

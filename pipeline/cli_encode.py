@@ -141,14 +141,15 @@ def register(group: click.Group) -> None:
             --encoder re-encodes without re-captioning anything).
             """
             from pipeline.caption_pipeline import run_caption
-            from pipeline.encode_pipeline import run_encode
+            from pipeline.encode_pipeline import require_local, run_encode
             from pipeline.pools import run_pools
             from pipeline.text_encoder import describe_encoder
 
             beam_args = tuple(ctx.args)
             enc = dict(encoder=encoder, max_tokens=max_tokens, revision=revision, batch_size=encoder_batch_size,
                        dtype=encoder_dtype, device=encoder_device)
-            # fail on a missing encoder before paying for any caption
+            # fail on a remote output or a missing encoder before paying for any caption
+            _fail_clearly(require_local, output=output_dir)
             _fail_clearly(describe_encoder, encoder, max_tokens=max_tokens, device=encoder_device,
                           dtype=encoder_dtype, revision=revision, fingerprint=False)
             splits = [train_split] + ([] if no_pools or pool_holdout_fraction else [pool_split])

@@ -53,6 +53,15 @@ def in_holdout(key: str, fraction: float, seed: int = 0) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
 
 
+def require_local(**paths: str) -> None:
+    """encode/pools do local file I/O (skip-if-exists, the shard plan, summaries, pool parts), so a
+    remote path must fail before any work (it would read as "no such file", or write a local "gs:")."""
+    for flag, path in paths.items():
+        if "://" in str(path):
+            raise ValueError(f"--{flag.replace('_', '-')} {path}: textok encode/pools read and write local (or "
+                             f"mounted, e.g. gcsfuse) paths only; `textok caption` is the stage that takes gs:// / s3://")
+
+
 def caption_files(captions: str) -> list[str]:
     """The captions Parquet files of `DIR/captions/` (or of a file/folder given directly), checked to be captions."""
     folder = os.path.join(captions, "captions")
@@ -273,9 +282,11 @@ class WriteShardFn(beam.DoFn):
     def process(self, element):
         task, rows, dead = element
         meta = dict(self.meta, split=task.split, shard_index=task.index, num_shards=task.count, num_rows=len(rows))
+        path = os.path.join(self.output_dir, "dead_letter", f"encode-{task.name}.parquet")
         if dead:
-            path = os.path.join(self.output_dir, "dead_letter", f"encode-{task.name}.parquet")
             write_table_atomic(dead_letter_table(dead, meta), path)
+        elif os.path.exists(path):  # left by a killed attempt whose failed reads now succeed
+            os.remove(path)
         write_table_atomic(shards_table(rows, meta), _ShardPath(self.output_dir)(task), row_group_size=ROW_GROUP_SIZE)
         yield {"shard": task.name, "rows": len(rows), "dead_letter": len(dead)}
 
@@ -308,6 +319,19 @@ def _estimate_rows_per_shard(files: list[str], keys: list[str], split: str, shar
     return max(1, int(shard_mb * 2 ** 20 / (image_bytes + tokens * dim * 2 + 200)))
 
 
+def _check_against_pools(output_dir: str, split: str, fraction: float, seed: int) -> None:
+    """Pools drawn from a hold-out of this split (built before the shards) must stay out of its shards."""
+    path = os.path.join(output_dir, "pools", f"{split}.parquet")
+    if not os.path.exists(path):
+        return
+    meta = read_meta(path)["meta"]
+    held = (meta.get("pool_holdout_fraction", 0.0), meta.get("seed", 0))
+    if held[0] and held != (fraction, seed):  # pools of a whole split (val) hold out nothing here
+        raise ValueError(f"{path}: these pools hold out a slice of {split!r} with hold-out fraction {held[0]} and seed "
+                         f"{held[1]}, but the shards are asked with --pool-holdout-fraction {fraction} --seed {seed}: "
+                         f"the tokenizer would train on pool images. Use the same values for `textok encode`.")
+
+
 def _check_plan(output_dir: str, split: str, keys: list[str], plan: list[ShardTask], settings: dict) -> None:
     """Save the shard plan on first run; refuse to resume against a different one."""
     record = dict(settings, num_shards=len(plan), keys_sha256=hashlib.sha256("\n".join(keys).encode()).hexdigest())
@@ -337,8 +361,10 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     from pipeline.text_encoder import describe_encoder
 
     start = time.time()
+    require_local(captions=captions, output=output_dir)
     if not 0.0 <= pool_holdout_fraction < 1.0:
         raise ValueError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
+    _check_against_pools(output_dir, split, pool_holdout_fraction, seed)
     if rows_per_shard is not None and shard_mb is not None:
         raise ValueError("give --rows-per-shard or --shard-mb, not both")
     meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
-                                      read_captions)
+                                      read_captions, require_local)
 from schemas.common import read_meta, with_metadata, write_table_atomic
 from schemas.pools import pools_schema
 
@@ -158,6 +158,7 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     from pipeline.text_encoder import describe_encoder
 
     start = time.time()
+    require_local(captions=captions, output=output_dir)
     if per_class <= 0:
         raise ValueError(f"--per-class must be positive, got {per_class}")
     if pool_holdout_fraction:

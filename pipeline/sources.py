@@ -203,6 +203,20 @@ def __dir__() -> list[str]:
 
 
 # ---------------------------------------------------------------- class folders
+def _sibling_split_classes(split_root: str) -> set[str]:
+    """Class folders of the split folders beside `split_root` when it is one itself (ROOT/val given
+    directly): the labels must not depend on whether ROOT or ROOT/val was passed."""
+    base = posixpath.basename(split_root.rstrip("/")) if _is_remote(split_root) else os.path.basename(split_root)
+    if base not in SPLIT_DIR_NAMES:
+        return set()
+    classes: set[str] = set()
+    for name in sorted(SPLIT_DIR_NAMES - {base}):
+        sibling = _join(_dirname(split_root), name)
+        if os.path.isdir(sibling) or (_is_remote(sibling) and _exists(sibling)):
+            classes |= {r.split("/")[0] for r in list_files(sibling) if "/" in r and is_image_path(r)}
+    return classes
+
+
 def _folder_records(root: str, split: str, class_names: list[str] | None) -> list[ImageRecord]:
     all_rels = list_files(root)
     split_root, rels = _split_subtree(root, all_rels, split, "class-folder")
@@ -220,7 +234,7 @@ def _folder_records(root: str, split: str, class_names: list[str] | None) -> lis
         # Classes from every split folder, so a split missing a class keeps the same labels.
         in_split = split_root != root
         classes = sorted({r.split("/")[1] for r in all_rels if in_split and r.count("/") >= 2 and is_image_path(r)}
-                         | {r.split("/")[0] for r in rels})
+                         | {r.split("/")[0] for r in rels} | (set() if in_split else _sibling_split_classes(root)))
         index = {c: i for i, c in enumerate(classes)}
     else:
         index = {c: i for i, c in enumerate(class_names)}

@@ -7,7 +7,7 @@ the training shards exclude). Columns: label, class_name, key, caption, text_emb
 zero-copy with `schemas.shards.text_emb_views`.
 
 Metadata (`textok.meta`): the shards' encoder keys (encoder, D, max_tokens, compute_dtype,
-storage_dtype, ...) + per_class (K), seed, source_split, pool_holdout_fraction, num_classes.
+storage_dtype, ...) + per_class (K), seed, source_split, pool_holdout_fraction, captions (the source folder).
 """
 from __future__ import annotations
 

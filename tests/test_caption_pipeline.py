@@ -522,3 +522,36 @@ def test_pending_batches_emit_as_they_finish_and_drain_in_finish_bundle():
         list(fn.finish_bundle())
     assert cap.submitted[4][1].cancelled()
     fn.teardown()
+
+
+def test_rerun_refuses_a_split_whose_keys_another_split_already_holds(tmp_path):
+    """Folder keys are relative to the split folder (train/cat/1.png and val/cat/1.png are both
+    "cat/1"): a second split captioned into the same output must not be skipped as "done"."""
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            os.makedirs(tmp_path / "data" / split / cls)
+            Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "data" / split / cls / "1.png")
+    out = str(tmp_path / "out")
+    run_caption(str(tmp_path / "data"), out, split="train", captioner="template")
+    with pytest.raises(ValueError, match=r"'cat/1'.*split 'val'.*split 'train'.*--output"):
+        run_caption(str(tmp_path / "data"), out, split="val", captioner="template")
+    assert run_caption(str(tmp_path / "data"), out, split="train", captioner="template")["skipped_existing"] == 2
+
+
+def test_caption_store_ignores_encode_dead_letters_in_the_same_folder(tmp_path):
+    """`textok encode --output` = the caption folder puts encode-*.parquet in dead_letter/: the
+    caption stage must neither count them as its own nor merge them away in compaction."""
+    from pipeline.encode_pipeline import dead_letter_table
+
+    data = make_folder(tmp_path / "data", per_class=1, corrupt=False)
+    out = str(tmp_path / "out")
+    run_caption(data, out, captioner="template")
+    enc = os.path.join(out, DEAD_LETTER, "encode-train-00000-of-00001.parquet")
+    row = {"key": "red/0", "split": "train", "stage": "encode", "source_uri": "x", "error_type": "truncated",
+           "message": "m", "attempts": 1, "timestamp": dt.datetime.now(dt.timezone.utc)}
+    os.makedirs(os.path.dirname(enc))
+    pq.write_table(dead_letter_table([row], {}), enc)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(os.path.join(data, "train", "red", "new.png"))
+    s = run_caption(data, out, captioner="template", retry_dead_letters=True)
+    assert s["captioned"] == 1 and s["on_disk"] == {CAPTIONS: 4, DEAD_LETTER: 0}
+    assert os.path.exists(enc)

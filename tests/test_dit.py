@@ -176,3 +176,14 @@ def test_text_dropout_in_training_uses_learned_null_text():
     torch.testing.assert_close(model(x, t, text_emb=text), null_out)
     model.eval()
     assert not torch.allclose(model(x, t, text_emb=text), null_out)
+
+
+@pytest.mark.parametrize("t2i", [False, True])
+def test_every_parameter_gets_a_gradient_without_cfg_dropout(t2i):
+    # DDP (find_unused_parameters=False) fails at the next step if a parameter gets no gradient:
+    # with --cfg-dropout 0 the null text must still sit in the graph (with zero gradient)
+    model = randomize(tiny(t2i=t2i, text_dropout=0.0, class_dropout=0.0)).train()
+    x, t, y, text = inputs()
+    out = model(x, t, text_emb=text) if t2i else model(x, t, y=y)
+    out.square().mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []

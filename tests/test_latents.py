@@ -201,3 +201,18 @@ def test_latents_open_in_duckdb_and_datasets(lat, tmp_path):
     assert rows == [(24, NUM_TOKENS, 8)]
     ds = datasets.load_dataset("parquet", data_files=pattern, split="train", cache_dir=str(tmp_path / "cache"))
     assert len(ds) == 24 and np.asarray(ds[0]["z"]).shape == (NUM_TOKENS, 8)
+
+
+def test_a_shards_dir_holding_two_splits_extracts_only_the_asked_split(tmp_path):
+    # a shards/ dir holds train-* and val-*: val latents must not end up in the DiT's training set
+    shards = str(tmp_path / "shards")
+    for split in ("train", "val"):
+        write_shards(shards, num_files=1, rows_per_file=4, dim=TEXT_DIM, max_tokens=MAX_TOKENS, image_size=32,
+                     split=split)
+    tok = make_tokenizer(tmp_path / "tok")
+    extract_latents(ExtractConfig(tokenizer=tok, shards=shards, output=str(tmp_path / "lat"), device="cpu",
+                                  num_workers=0))
+    assert sorted(os.listdir(tmp_path / "lat")) == ["stats.json", "train-00000-of-00001.parquet"]
+    extract_latents(ExtractConfig(tokenizer=tok, shards=shards, output=str(tmp_path / "lat_val"), split="val",
+                                  device="cpu", num_workers=0))
+    assert sorted(os.listdir(tmp_path / "lat_val")) == ["stats.json", "val-00000-of-00001.parquet"]

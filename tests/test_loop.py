@@ -12,8 +12,9 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.loop import (EMA, Checkpointer, Dist, NonFiniteLossError, all_reduce_grads, build_optimizer,
-                          check_finite, init_distributed, rng_state, set_rng_state, warmup_cosine, wrap_ddp)
+from trainer.checkpoint import Checkpointer, rng_state, set_rng_state
+from trainer.loop import (EMA, Dist, NonFiniteLossError, all_reduce_grads, build_optimizer, check_finite,
+                          init_distributed, warmup_cosine, wrap_ddp)
 
 
 def _tiny_model_and_batch():

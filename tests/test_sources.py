@@ -164,6 +164,15 @@ def test_class_folders(folder):
         list_records(str(folder), split="test")
 
 
+def test_split_folder_given_directly_keeps_the_labels_of_the_whole_tree(folder):
+    """pets/val lacks two classes: given alone it must still label zebra 2, as pets/ does (and as
+    the train shards do), or the val pools would file zebra captions under another class."""
+    val = list_records(str(folder / "val"), split="val")
+    assert [(r.key, r.label) for r in val] == [("zebra/v", 2)]
+    train = list_records(str(folder / "train"), split="train")
+    assert [r.label for r in train] == [r.label for r in list_records(str(folder), split="train")]
+
+
 def test_flat_folder_is_unlabelled_and_mixed_is_an_error(tmp_path):
     _img(str(tmp_path / "flat" / "one.png"))
     _img(str(tmp_path / "flat" / "two.jpg"), fmt="JPEG")

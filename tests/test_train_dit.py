@@ -111,3 +111,14 @@ def test_cli_and_torchrun_two_gloo_processes(lat, tmp_path):
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "step-000002" / "state.pt", weights_only=True)
     assert len(state["rng"]) == 2 and state["loader"]["world_size"] == 2 and state["loader"]["batch_size"] == 2
     assert (tmp_path / "ddp" / "dit" / "model.safetensors").is_file()
+
+
+def test_short_run_exports_an_ema_that_followed_training(lat, tmp_path):
+    # EMA 0.9999 from step 0 would export ~the init after a short (demo) run; with the warmup the
+    # average follows early training. final.linear starts at zero (adaLN-Zero), so its norm is the
+    # distance travelled.
+    train(tiny(lat, tmp_path / "run", steps=6, save_every=6, lr=1e-2))
+    ck = tmp_path / "run" / "checkpoints" / "step-000006"
+    live, ema = load_file(str(ck / "model.safetensors")), load_file(str(ck / "ema.safetensors"))
+    moved = live["final.linear.weight"].norm()
+    assert moved > 0 and ema["final.linear.weight"].norm() > 0.5 * moved

@@ -195,3 +195,40 @@ def test_config_file_yaml_and_json_overrides_and_unknown_key(tmp_path):
         load_config(str(tmp_path / "bad.json"))
     with pytest.raises(ValueError, match="--steps"):
         load_config(None, shards="s", output="o")
+
+
+def test_eval_tokenizer_refuses_shards_of_another_text_encoder(shards, tmp_path):
+    # same D and max_tokens, other encoder: the embeddings mean something else to the model
+    from schemas.common import SchemaError
+    from trainer.eval_tokenizer import EvalTokenizerConfig, evaluate
+
+    train(tiny(shards, tmp_path / "run", steps=1))
+    other = tmp_path / "other"
+    other.mkdir()
+    write_shards(str(other), num_files=1, rows_per_file=4, dim=16, max_tokens=8, image_size=32, encoder="other-t5")
+    with pytest.raises(SchemaError, match="other-t5"):
+        evaluate(EvalTokenizerConfig(ckpt=str(tmp_path / "run"), shards=str(other), output=str(tmp_path / "eval"),
+                                     split="train", num_workers=0, device="cpu"))
+
+
+def test_resume_on_shards_of_another_text_encoder_fails(shards, tmp_path):
+    from schemas.common import SchemaError
+
+    train(tiny(shards, tmp_path / "run", steps=2))
+    other = tmp_path / "other"
+    other.mkdir()
+    write_shards(str(other), num_files=2, rows_per_file=12, dim=16, max_tokens=8, image_size=32, encoder="other-t5")
+    with pytest.raises(SchemaError, match="other-t5"):
+        train(tiny(str(other), tmp_path / "run", steps=4, resume=True))
+
+
+def test_train_step_benchmark_runs_on_a_tiny_preset():
+    # bench/train_step.py times the real train_step; it must build the model the trainer builds
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train_step", os.path.join(ROOT, "bench", "train_step.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.bench("tiny", 2, 1, torch.device("cpu"), with_disc=True, perceptual="none", image_size=32,
+                    text_dim=16, max_tokens=8)
+    assert r["num_tokens"] == 16 and r["flops_per_step"] > 0 and r["images_per_second"] > 0

@@ -21,6 +21,7 @@ from trainer.cli_tokenizer import apply_options, run_logged, torchrun_entry, tra
 @click.command("extract-latents")
 @click.option("--tokenizer", required=True, help="Tokenizer dir (train-tokenizer's tokenizer/, EMA) or its run dir.")
 @click.option("--shards", required=True, help="Shard dir, glob or file (one split).")
+@click.option("--split", default="train", show_default=True, help="Split to read from a shards dir.")
 @click.option("--output", required=True, help="Latent dir: one latent file per shard file + stats.json.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")

@@ -227,8 +227,10 @@ class DiT(nn.Module):
         """Which samples use the null condition: given explicitly, or random in training."""
         if drop is not None:
             return drop.to(device=device, dtype=torch.bool)
-        if self.training and p > 0:
-            return torch.rand(B, device=device) < p
+        if self.training:
+            # an all-False mask rather than None when p = 0: the null condition then stays in the
+            # graph (zero gradient), as DDP needs every parameter to get a gradient each step
+            return torch.rand(B, device=device) < p if p > 0 else torch.zeros(B, dtype=torch.bool, device=device)
         return None
 
     def embed_class(self, y: torch.Tensor | None, B: int, device, drop: torch.Tensor | None) -> torch.Tensor:

@@ -65,6 +65,9 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     mc = model.cfg
     loader = ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,
                          max_tokens=mc.max_text_tokens, split=cfg.split, train=False, num_workers=cfg.num_workers)
+    from trainer.train_tokenizer import check_text_encoder
+
+    check_text_encoder(path, loader.meta, cfg.shards)  # same D, other encoder: captions would mean noise
     lpips = None
     if cfg.lpips_weights or cfg.vgg16_weights:
         from trainer.perceptual import build_perceptual

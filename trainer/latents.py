@@ -1,6 +1,7 @@
 """Latent extraction (`textok extract-latents`) and the latent-shard loader the DiT trains on.
 
-    textok extract-latents --tokenizer runs/tok/tokenizer --shards out/shards --output out/latents
+    textok extract-latents --tokenizer runs/tok/tokenizer --shards out/shards --output out/latents   # train split
+    textok extract-latents ... --split val --output out/latents_val
     torchrun --nproc_per_node 8 -m trainer.cli_dit extract-latents ...     # shard files split by rank
 
     from trainer.latents import LatentLoader
@@ -40,7 +41,7 @@ from schemas.shards import text_emb_views
 from trainer.data import (ResumableLoader, ShardLoader, ShardStream, check_shard_meta, pad_text, resolve_shards,
                           row_fields)
 from trainer.eval_tokenizer import tokenizer_dir  # a TexTok dir, or a run dir holding tokenizer/
-from trainer.train_tokenizer import TEXT_ENCODER_FILE, read_text_encoder
+from trainer.train_tokenizer import check_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +66,11 @@ class ExtractConfig:
     tokenizer: str
     shards: str
     output: str
+    split: str | None = "train"  # in a shards dir, only {split}-*.parquet (as train-tokenizer reads)
     batch_size: int = 64
     device: str = "auto"
     with_text: bool = True  # keep text_emb/text_len (DiT-T2I needs them; class-conditional does not)
     num_workers: int = 2
-
-
-def check_text_encoder(tok_path: str, shard_meta: dict, shards: str) -> None:
-    """Refuse shards encoded by another text encoder than the tokenizer was trained on (both
-    sides must record one: tokenizers saved before text_encoder.json existed are not checked)."""
-    recorded = read_text_encoder(tok_path)
-    if not recorded or not recorded.get("encoder") or not shard_meta.get("encoder"):
-        return
-    for key in ("encoder", "encoder_hash", "encoder_revision"):
-        theirs, ours = recorded.get(key), shard_meta.get(key)
-        if theirs is not None and ours is not None and theirs != ours:
-            raise SchemaError(f"{shards}: the shards were encoded with text encoder {key}={ours!r}, but tokenizer "
-                              f"{tok_path} was trained on shards of {key}={theirs!r} (its {TEXT_ENCODER_FILE}); "
-                              f"encode the shards with {recorded['encoder']!r} or use a tokenizer trained on "
-                              f"{shard_meta['encoder']!r} embeddings")
 
 
 def _latent_meta(shard_meta: dict, tok_path: str, tok_sha: str, model, with_text: bool) -> dict:
@@ -149,7 +136,7 @@ def extract_latents(cfg: ExtractConfig) -> dict:
         tok_path = tokenizer_dir(cfg.tokenizer)
         tok_sha = file_sha256(os.path.join(tok_path, "model.safetensors"))
         model = TexTok.from_pretrained(tok_path).eval().to(dist.device)
-        files = resolve_shards(cfg.shards)
+        files = resolve_shards(cfg.shards, cfg.split)
         shard_meta = check_shard_meta(files, text_dim=model.cfg.text_dim)
         check_text_encoder(tok_path, shard_meta, cfg.shards)
         names = [os.path.basename(f) for f in files]

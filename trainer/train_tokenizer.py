@@ -21,13 +21,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from schemas.common import SchemaError
 from trainer import loop
 from trainer.data import ShardLoader
 from trainer.grid import plot_metrics, save_pairs
-from trainer.loop import (EMA, Checkpointer, Dist, MetricsLogger, all_reduce_grads, autocast, average_buffers,
-                          broadcast_params, build_optimizer, check_finite_weights, clip_grad, distributed,
-                          due, load_run_checkpoint, local_batch, reduce_and_check, save_run_checkpoint, seed_everything,
-                          start_or_resume, warmup_cosine, wrap_ddp)
+from trainer.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
+from trainer.loop import (EMA, Dist, MetricsLogger, all_reduce_grads, autocast, average_buffers, broadcast_params,
+                          build_optimizer, check_finite_weights, clip_grad, distributed, due, local_batch,
+                          reduce_and_check, seed_everything, warmup_cosine, wrap_ddp)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,21 @@ def read_text_encoder(tok_dir: str) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def check_text_encoder(tok_path: str, shard_meta: dict, shards: str) -> None:
+    """Refuse shards encoded by another text encoder than the tokenizer was trained on (both
+    sides must record one: tokenizers saved before text_encoder.json existed are not checked)."""
+    recorded = read_text_encoder(tok_path)
+    if not recorded or not recorded.get("encoder") or not shard_meta.get("encoder"):
+        return
+    for key in ("encoder", "encoder_hash", "encoder_revision"):
+        theirs, ours = recorded.get(key), shard_meta.get(key)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise SchemaError(f"{shards}: the shards were encoded with text encoder {key}={ours!r}, but tokenizer "
+                              f"{tok_path} was trained on shards of {key}={theirs!r} (its {TEXT_ENCODER_FILE}); "
+                              f"encode the shards with {recorded['encoder']!r} or use a tokenizer trained on "
+                              f"{shard_meta['encoder']!r} embeddings")
 
 
 # ----------------------------------------------------------------------------- builders
@@ -222,6 +238,8 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
     opt_d = build_optimizer(loss_fn.discriminator, cfg.disc_lr or cfg.lr, cfg.weight_decay, cfg.betas)
     sched_g = warmup_cosine(opt_g, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     ckpt = Checkpointer(cfg.output, cfg.keep_last, dist.is_main)
+    if cfg.resume and ckpt.latest():  # the run's text_encoder.json is about to be rewritten
+        check_text_encoder(cfg.output, loader.meta, cfg.shards)
 
     step = start_or_resume(cfg.output, resolved_config(cfg, model, loss_fn), cfg.resume, ckpt,
                            lambda path: load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist),
