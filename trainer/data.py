@@ -122,11 +122,14 @@ def plan_units(files: Sequence[str], num_streams: int) -> list[Unit]:
 
 def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generator, where: str) -> torch.Tensor:
     """Encoded bytes -> [3,S,S] float32 in [-1,1]: resize the short side to S, crop (random or centre), flip."""
+    # The same decode as the pipeline (EXIF orientation, alpha on white, 16-bit scaling), so the
+    # pixels trained on match the width/height recorded in the shards.
+    from pipeline.images import ImageDecodeError, decode_image
+
     try:
-        img = Image.open(io.BytesIO(data))
-        img = img.convert("RGB")
-    except Exception as e:  # PIL raises many types on corrupt data
-        raise ValueError(f"{where}: image does not decode ({type(e).__name__}: {e}); the encode stage should have "
+        img = decode_image(data, uri=where)
+    except ImageDecodeError as e:
+        raise ValueError(f"{where}: image does not decode ({e.error_type}: {e.message}); the encode stage should have "
                          f"dead-lettered it -- re-run `textok encode` or drop the shard") from e
     w, h = img.size
     scale = image_size / min(w, h)
