@@ -25,7 +25,6 @@ and skips, without decoding images, the samples it had already produced.
 from __future__ import annotations
 
 import glob
-import io
 import math
 import os
 from dataclasses import dataclass
