@@ -170,3 +170,23 @@ def test_gpu_default_is_bf16(tiny_blip):
     assert cap.settings()["device"].startswith("cuda") and cap.settings()["dtype"] == "bfloat16"
     res = cap.caption_batch(_requests(3))
     assert [r.key for r in res] == ["img0", "img1", "img2"] and all(r.ok for r in res)
+
+
+def test_instances_in_one_process_share_one_model_copy(tiny_blip):
+    """Beam runs several DoFn instances per worker process; they must not each load the model."""
+    import threading
+
+    a = LocalVLMCaptioner(tiny_blip, task_prompt="a picture of", max_new_tokens=4, device="cpu")
+    b = LocalVLMCaptioner(tiny_blip, task_prompt="a picture of", max_new_tokens=4, device="cpu")
+    a.setup()
+    b.setup()
+    assert a._model is b._model and a._lock is b._lock
+    reqs = _requests(3)
+    out: dict[str, list] = {}
+    threads = [threading.Thread(target=lambda c=c, n=n: out.__setitem__(n, c.caption_batch(reqs)))
+               for c, n in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.text for r in out["a"]] == [r.text for r in out["b"]]

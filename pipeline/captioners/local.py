@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any, Optional
 
 from pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
+
+
+# One copy of each model per worker process: Beam runs several DoFn instances (threads) per
+# process, and each would otherwise load its own copy onto the same GPU. Generation on a
+# shared model is serialised by its lock (one batched generate saturates the device anyway).
+_SHARED: dict[tuple, tuple[Any, Any, threading.Lock]] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class LocalVLMConfigError(RuntimeError):
@@ -72,12 +80,13 @@ class LocalVLMCaptioner(Captioner):
             self.prompt_text = task_prompt
         self._model = None
         self._processor = None
+        self._lock = None
         self._device = None
         self._dtype = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_model=None, _processor=None, _device=None, _dtype=None)
+        state.update(_model=None, _processor=None, _device=None, _dtype=None, _lock=None)
         return state
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -85,22 +94,12 @@ class LocalVLMCaptioner(Captioner):
         if self._model is not None:
             return
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self._device = torch.device(self._resolve_device(torch))
         self._dtype = getattr(torch, _DTYPES.get(self.dtype_setting) or
                               ("bfloat16" if self._device.type == "cuda" else "float32"))
         self._check_weights_present()
-        try:
-            self._processor = AutoProcessor.from_pretrained(self.model_id)
-            self._model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=self._dtype)
-        except OSError as e:  # not on disk, not in the cache, and offline / not on the Hub
-            raise _missing_weights(self.model_id, f"{type(e).__name__}: {e}") from e
-        except ValueError as e:  # a model type AutoModelForImageTextToText does not map
-            raise LocalVLMConfigError(
-                f"{self.model_id!r} is not an image-text-to-text model transformers can load with "
-                f"AutoModelForImageTextToText ({e})") from e
-        self._model.to(self._device).eval()
+        self._processor, self._model, self._lock = self._load_shared()
         tok = getattr(self._processor, "tokenizer", None)
         if tok is None:
             raise LocalVLMConfigError(f"{self.model_id!r}: its processor has no tokenizer to decode answers")
@@ -111,6 +110,25 @@ class LocalVLMCaptioner(Captioner):
                 f"{self.model_id!r} has no chat template, so it cannot take our instruction prompt; pass "
                 f"--task-prompt (e.g. \"a picture of\" or \"\" for BLIP, \"<MORE_DETAILED_CAPTION>\" for Florence-2)")
         log.info("local captioner %s on %s (%s)", self.model_id, self._device, self._dtype)
+
+    def _load_shared(self):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        key = (self.model_id, str(self._device), str(self._dtype))
+        with _SHARED_LOCK:
+            if key not in _SHARED:
+                try:
+                    processor = AutoProcessor.from_pretrained(self.model_id)
+                    model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=self._dtype)
+                except OSError as e:  # not on disk, not in the cache, and offline / not on the Hub
+                    raise _missing_weights(self.model_id, f"{type(e).__name__}: {e}") from e
+                except ValueError as e:  # a model type AutoModelForImageTextToText does not map
+                    raise LocalVLMConfigError(
+                        f"{self.model_id!r} is not an image-text-to-text model transformers can load with "
+                        f"AutoModelForImageTextToText ({e})") from e
+                model.to(self._device).eval()
+                _SHARED[key] = (processor, model, threading.Lock())
+            return _SHARED[key]
 
     def teardown(self) -> None:
         self._model = None
@@ -186,7 +204,7 @@ class LocalVLMCaptioner(Captioner):
         for k, v in inputs.items():  # pixel tensors follow the model dtype; ids stay integer
             if torch.is_floating_point(v):
                 inputs[k] = v.to(self._dtype)
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             out = self._model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         prompt_ids = inputs.get("input_ids")
         if prompt_ids is not None and out.shape[1] >= prompt_ids.shape[1] and \
