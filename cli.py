@@ -4,8 +4,8 @@
     textok caption --input DIR --output OUT --captioner template
     textok train-tokenizer --shards OUT/shards --output runs/tok --preset tiny
 
-Commands live beside the code they drive (pipeline/cli_*.py, trainer/cli_*.py); each such
-module has `register(group)`. Heavy imports (torch, beam, transformers) happen inside the
+Commands live beside the code they drive (textok.pipeline.cli_<command>, textok.trainer.cli_<command>); each
+such module defines one click command. Heavy imports (torch, beam, transformers) happen inside the
 commands so `textok --help` stays fast.
 """
 from __future__ import annotations
@@ -15,11 +15,22 @@ import logging
 
 import click
 
-COMMAND_MODULES = (
-    "pipeline.cli_caption",
-    "pipeline.cli_encode",
-    "trainer.cli_tokenizer",
-    "trainer.cli_dit",
+# (module, click command object) -- one module per command, named after it.
+COMMANDS = (
+    ("textok.pipeline.cli_make_demo_data", "make_demo_data_cmd"),
+    ("textok.pipeline.cli_caption", "caption_cmd"),
+    ("textok.pipeline.cli_compact", "compact_cmd"),
+    ("textok.pipeline.cli_encode", "encode_cmd"),
+    ("textok.pipeline.cli_pools", "pools_cmd"),
+    ("textok.pipeline.cli_prepare", "prepare_cmd"),
+    ("textok.pipeline.cli_inspect", "inspect_cmd"),
+    ("textok.trainer.cli_train_tokenizer", "train_tokenizer_cmd"),
+    ("textok.trainer.cli_eval_tokenizer", "eval_tokenizer_cmd"),
+    ("textok.trainer.cli_extract_latents", "extract_latents_cmd"),
+    ("textok.trainer.cli_train_dit", "train_dit_cmd"),
+    ("textok.trainer.cli_sample", "sample_cmd"),
+    ("textok.trainer.cli_eval_gen", "eval_gen_cmd"),
+    ("textok.trainer.cli_efficiency", "efficiency_cmd"),
 )
 
 
@@ -31,12 +42,8 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _mod in COMMAND_MODULES:
-    try:
-        importlib.import_module(_mod).register(main)
-    except ModuleNotFoundError as _e:  # a command module not written yet
-        if _e.name != _mod:
-            raise
+for _mod, _name in COMMANDS:
+    main.add_command(getattr(importlib.import_module(_mod), _name))
 
 if __name__ == "__main__":
     main()

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from PIL import Image  # noqa: E402
 
-from tests.fake_gemini import FakeGemini, ok  # noqa: E402
+from fake_gemini import FakeGemini, ok  # noqa: E402
 
 FAKE_KEY = "bench-fake-key"
 MODEL = "gemini-2.5-flash"
@@ -57,8 +57,8 @@ def server_rate(fake: FakeGemini) -> float:
 
 
 def bench_ours_direct(images, rpm: float, latency: float, max_in_flight: int) -> dict:
-    from pipeline.captioners.base import CaptionRequest
-    from pipeline.captioners.gemini import GeminiCaptioner, reset_process_state
+    from textok.pipeline.captioners.base import CaptionRequest
+    from textok.pipeline.captioners.gemini import GeminiCaptioner, reset_process_state
 
     reset_process_state()
     with FakeGemini(default=ok(latency_s=latency)) as fake:
@@ -76,8 +76,8 @@ def bench_ours_direct(images, rpm: float, latency: float, max_in_flight: int) ->
 
 def bench_ours_pipeline(folder: str, n: int, rpm: float, latency: float, max_in_flight: int,
                         batch_size: int) -> dict:
-    from pipeline.caption_pipeline import run_caption
-    from pipeline.captioners.gemini import reset_process_state
+    from textok.pipeline.caption_pipeline import run_caption
+    from textok.pipeline.captioners.gemini import reset_process_state
 
     reset_process_state()
     with FakeGemini(default=ok(latency_s=latency)) as fake, tempfile.TemporaryDirectory() as out:
@@ -97,9 +97,9 @@ def bench_beam_stock(images, latency: float) -> dict:
                                                            generate_image_from_strings_and_images)
     from google.genai import types
 
-    from pipeline.beam_utils import make_pipeline
-    from pipeline.captioners.prompt import build_prompt
-    from pipeline.images import downscale_max_side, encode_image
+    from textok.pipeline.beam_utils import make_pipeline
+    from textok.pipeline.captioners.prompt import build_prompt
+    from textok.pipeline.images import downscale_max_side, encode_image
 
     prompt = build_prompt()
     # The same payload our backend sends: <=384 px JPEG + the v1 prompt.

@@ -5,10 +5,10 @@
 TexTok's claim (Fig. 4): a DiT-XL on N = 32 TexTok tokens needs far less compute than
 DiT-XL/2 on a 512 px SD-VAE latent (1024 tokens).
 1. GFLOPs per sample (DiT convention, 1 multiply-add = 1 FLOP; 250 steps, CFG) of DiT-XL on
-   N tokens vs DiT-XL/2 at 512 px, from trainer.efficiency. Goal: >= 35x fewer.
+   N tokens vs DiT-XL/2 at 512 px, from trainer.evaluation.efficiency. Goal: >= 35x fewer.
 2. Measured CPU time of one forward at batch 1 (fastest of a few after one warm-up) of the
    same two models, and its ratio; the 1-minute load average is recorded because on a
-   shared machine it dominates the noise. Decoders are excluded from both (see trainer/efficiency.py).
+   shared machine it dominates the noise. Decoders are excluded from both (see trainer/evaluation/efficiency.py).
 With --out DIR, also writes DIR/efficiency.json and the full Fig. 4 style report/plot at
 N = 32, 64, 128, 256 (FLOPs only) to DIR/efficiency_report.{json,png}.
 """
@@ -37,9 +37,9 @@ def main() -> dict:
 
     import torch
 
-    from trainer.efficiency import (baseline_config, efficiency_report, time_forward, write_efficiency_json,
+    from textok.trainer.evaluation.efficiency import (baseline_config, efficiency_report, time_forward, write_efficiency_json,
                                     write_efficiency_plot)
-    from trainer.dit import dit_config
+    from textok.trainer.models.dit import dit_config
 
     start = time.perf_counter()
     report = efficiency_report("XL", [args.tokens], image_size=args.image_size, measure_time=False)

@@ -55,8 +55,8 @@ def make_captions_dir(root: str, captions: list[str], size: int) -> str:
     import pyarrow as pa
     from PIL import Image
 
-    from schemas.captions import CAPTIONS_SCHEMA
-    from schemas.common import with_metadata, write_table_atomic
+    from textok.schemas.captions import CAPTIONS_SCHEMA
+    from textok.schemas.common import with_metadata, write_table_atomic
 
     rng = np.random.default_rng(1)
     rows = []
@@ -86,8 +86,8 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from pipeline.encode_pipeline import run_encode
-    from pipeline.text_encoder import TextEncoder, make_random_t5
+    from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.text_encoder import TextEncoder, make_random_t5
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     captions = make_captions(a.n)

@@ -4,7 +4,7 @@
     python bench/train_step.py --out bench/results/train_step.json
     python bench/train_step.py --presets B --batch-size 32 --steps 10     # on a GPU: bf16, MFU
 
-What is timed is the real `trainer.train_tokenizer.train_step` (tokenizer forward + losses +
+What is timed is the real `trainer.training.train_tokenizer.train_step` (tokenizer forward + losses +
 backward + AdamW, and the discriminator step when --with-disc). FLOPs come from
 torch.utils.flop_counter.FlopCounterMode over one such step (matmuls/convs/attention; it does
 not count elementwise ops, so MFU is slightly understated). On CPU the default measures the
@@ -25,8 +25,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainer.loop import Dist, build_optimizer, warmup_cosine  # noqa: E402
-from trainer.train_tokenizer import build_model, load_config, train_step  # noqa: E402
+from textok.trainer.training.distributed import Dist
+from textok.trainer.training.optim import build_optimizer, warmup_cosine
+from textok.trainer.training.train_tokenizer import build_model, load_config, train_step  # noqa: E402
 
 # Dense bf16 peak (no sparsity), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}

@@ -38,14 +38,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline.caption_rules import DEFAULT_MAX_WORDS, clean_caption, count_words
-from pipeline.caption_store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, compact,
+from textok.pipeline.caption_rules import DEFAULT_MAX_WORDS, clean_caption, count_words
+from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, compact,
                                     has_parts, list_table_files, open_parquet, read_key_splits,
                                     write_json_atomic)
-from pipeline.captioners import build_captioner
-from pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
-from pipeline.images import ImageDecodeError, decode_image
-from pipeline.sources import ImageRecord, list_records, read_image_bytes
+from textok.pipeline.captioners import build_captioner
+from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from textok.pipeline.images import ImageDecodeError, decode_image
+from textok.pipeline.sources import ImageRecord, list_records, read_image_bytes
 
 log = logging.getLogger("textok.caption")
 
@@ -368,7 +368,7 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
                 commit_seconds: float = 60.0, batch_size: int | None = None, beam_args: Sequence[str] = (),
                 source_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Caption one split of a source into output_dir; resumable; returns the run summary."""
-    from pipeline.beam_utils import make_pipeline
+    from textok.pipeline.beam_utils import make_pipeline
 
     t0 = time.monotonic()
     if "://" not in output_dir:  # workers (other processes, other cwd) get the same absolute paths

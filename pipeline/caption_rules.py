@@ -3,7 +3,7 @@
 TexTok feeds a caption of at most 75 words (128 T5 tokens) to the tokenizer, so every
 backend's answer goes through the same pure function before it is stored:
 
-    from pipeline.caption_rules import clean_caption
+    from textok.pipeline.caption_rules import clean_caption
     clean_caption('**Caption:** "The image shows a red fox in snow."')
     # -> ('A red fox in snow.', None, '')
     clean_caption("I'm sorry, but I can't help with that.")

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from schemas.captions import CAPTIONS_SCHEMA, DEAD_LETTER_SCHEMA
-from schemas.common import KEY_META, SchemaError, with_metadata, write_table_atomic
+from textok.schemas.captions import CAPTIONS_SCHEMA, DEAD_LETTER_SCHEMA
+from textok.schemas.common import KEY_META, SchemaError, with_metadata, write_table_atomic
 
 log = logging.getLogger("textok.caption")
 

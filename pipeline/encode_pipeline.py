@@ -4,7 +4,7 @@
     textok encode --captions runs/cap --output runs/data --encoder /models/t5-xl --image-size 256 \
         --direct_running_mode multi_processing --direct_num_workers 4
 
-    from pipeline.encode_pipeline import run_encode
+    from textok.pipeline.encode_pipeline import run_encode
     run_encode("runs/cap", "runs/data", encoder="/models/t5-xl", split="train")
 
 How resume works: the launcher sorts the split's caption keys and chunks them into shards of
@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.captions import DEAD_LETTER_SCHEMA
-from schemas.common import SchemaError, list_parquet, read_meta, with_metadata, write_table_atomic
-from schemas.shards import shards_schema, text_emb_column
+from textok.schemas.captions import DEAD_LETTER_SCHEMA
+from textok.schemas.common import SchemaError, list_parquet, read_meta, with_metadata, write_table_atomic
+from textok.schemas.shards import shards_schema, text_emb_column
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def prepare_image(data: bytes, uri: str, image_size: int | None) -> tuple[bytes,
     """(bytes, format, width, height) to store. The image is always fully decoded, so a broken
     file is caught here and dead-lettered. With `image_size`: shorter side -> S, centre crop,
     re-encoded as JPEG q95 (PNG sources stay PNG, so lossless data stays lossless)."""
-    from pipeline.images import decode_image, encode_image, image_format, resize_center_crop
+    from textok.pipeline.images import decode_image, encode_image, image_format, resize_center_crop
 
     fmt = image_format(data)
     img = decode_image(data, uri=uri)
@@ -207,7 +207,7 @@ class EncodeBatchFn(beam.DoFn):
         self.skipped = beam.metrics.Metrics.counter("textok", "encode_skipped_done")
 
     def setup(self):
-        from pipeline.text_encoder import TextEncoder
+        from textok.pipeline.text_encoder import TextEncoder
 
         opts = self.encoder_options
         tag = json.dumps(opts, sort_keys=True)
@@ -215,8 +215,8 @@ class EncodeBatchFn(beam.DoFn):
                                                    tag=tag).encoder
 
     def process(self, element):
-        from pipeline.images import ImageDecodeError
-        from pipeline.sources import read_image_bytes
+        from textok.pipeline.images import ImageDecodeError
+        from textok.pipeline.sources import read_image_bytes
 
         tag, rows = element
         if self.skip_if_exists is not None and os.path.exists(self.skip_if_exists(tag)):
@@ -303,8 +303,8 @@ def _estimate_rows_per_shard(files: list[str], keys: list[str], split: str, shar
                              max_tokens: int, image_size: int | None) -> int:
     """Rows that fill about `shard_mb` MiB, from 32 evenly spaced rows: their stored image bytes,
     and text ~ 1.4 tokens per word (T5 SentencePiece on English) + EOS, capped at max_tokens."""
-    from pipeline.images import ImageDecodeError
-    from pipeline.sources import read_image_bytes
+    from textok.pipeline.images import ImageDecodeError
+    from textok.pipeline.sources import read_image_bytes
 
     sample = keys[:: max(1, len(keys) // 32)][:32]
     rows = read_captions(files, split, filters=[("key", "in", sample)]).to_pylist()
@@ -357,8 +357,8 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
                revision: str | None = None, pool_holdout_fraction: float = 0.0, seed: int = 0,
                beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Encode one split's captions into shards under `output_dir/shards/`. Returns the summary."""
-    from pipeline.beam_utils import make_pipeline
-    from pipeline.text_encoder import describe_encoder
+    from textok.pipeline.beam_utils import make_pipeline
+    from textok.pipeline.text_encoder import describe_encoder
 
     start = time.time()
     require_local(captions=captions, output=output_dir)

@@ -20,7 +20,7 @@ import posixpath
 import re
 from functools import lru_cache
 
-from pipeline.sources import (
+from textok.pipeline.sources import (
     WNID_RE,
     ImageRecord,
     _dirname,

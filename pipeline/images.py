@@ -5,7 +5,7 @@ file becomes an `ImageDecodeError` with a machine-readable `error_type` that the
 stages route to the dead letter. There is no placeholder image on failure (Beam's own
 captioning example swaps in a black image; that silently poisons training data).
 
-    from pipeline.images import decode_image, resize_center_crop, encode_image
+    from textok.pipeline.images import decode_image, resize_center_crop, encode_image
     img = decode_image(open("cat.jpg", "rb").read(), uri="cat.jpg")
     png = encode_image(resize_center_crop(img, 256), "png")
 

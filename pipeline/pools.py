@@ -30,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
+from textok.pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
                                       read_captions, require_local)
-from schemas.common import read_meta, with_metadata, write_table_atomic
-from schemas.pools import pools_schema
+from textok.schemas.common import read_meta, with_metadata, write_table_atomic
+from textok.schemas.pools import pools_schema
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
               max_tokens: int = 128, dtype: str | None = None, device: str | None = None,
               revision: str | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Build `output_dir/pools/{split}.parquet` (+ `_summary.json`). Returns the summary."""
-    from pipeline.beam_utils import make_pipeline
-    from pipeline.text_encoder import describe_encoder
+    from textok.pipeline.beam_utils import make_pipeline
+    from textok.pipeline.text_encoder import describe_encoder
 
     start = time.time()
     require_local(captions=captions, output=output_dir)

@@ -5,7 +5,7 @@ class name, provided caption); the pixels are read later, per record, by `read_i
 inside the Beam workers. Paths go through Beam's `FileSystems`, so gs:// and s3:// inputs
 work once their Beam filesystem is installed; local trees are walked with os.walk (faster).
 
-    from pipeline.sources import list_records, read_image_bytes
+    from textok.pipeline.sources import list_records, read_image_bytes
     recs = list_records("/data/imagenet", split="val", val_labels="/data/LOC_val_solution.csv")
     data = read_image_bytes(recs[0].source_uri)
 
@@ -33,7 +33,7 @@ from functools import lru_cache
 
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
-from pipeline.images import ImageDecodeError
+from textok.pipeline.images import ImageDecodeError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
@@ -192,7 +192,7 @@ _IMAGENET_NAMES = frozenset({
 
 def __getattr__(name: str):
     if name in _IMAGENET_NAMES:
-        from pipeline import imagenet
+        from textok.pipeline import imagenet
 
         return getattr(imagenet, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -434,7 +434,7 @@ def list_records(input_path: str, source: str = "auto", split: str = "train", *,
     if source == "auto":
         source = detect_source(input_path)
     if source == "imagenet":
-        from pipeline.imagenet import _imagenet_records
+        from textok.pipeline.imagenet import _imagenet_records
 
         records = _imagenet_records(input_path, split, val_labels)
     elif source == "folder":

@@ -4,7 +4,7 @@ TexTok feeds the tokenizer and detokenizer the *token-level* outputs of a frozen
 (T5-XL, d_model 2048, at 256 px; T5-XXL, 4096, at 512 px; the v1.1 checkpoints), captions cut
 at 128 tokens. We store only the `text_len` real tokens of each caption as float16.
 
-    from pipeline.text_encoder import TextEncoder
+    from textok.pipeline.text_encoder import TextEncoder
     enc = TextEncoder("google/t5-v1_1-xl").load()          # or a local folder
     embs = enc.encode(["a red circle on a blue background", ...])   # list of [text_len, D] float16
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from schemas.common import TableSpec, register_table
+from textok.schemas.common import TableSpec, register_table
 
 CAPTIONS_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.common import SchemaError, TableSpec, read_meta, register_table
-from schemas.shards import TEXT_META_KEYS, text_emb_type
+from textok.schemas.common import SchemaError, TableSpec, read_meta, register_table
+from textok.schemas.shards import TEXT_META_KEYS, text_emb_type
 
 LATENT_META_KEYS = ("tokenizer", "tokenizer_sha256", "num_tokens", "token_dim", "image_size", "text_mode",
                     "has_text", "moments") + TEXT_META_KEYS

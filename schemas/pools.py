@@ -14,8 +14,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.common import SchemaError, TableSpec, register_table
-from schemas.shards import TEXT_META_KEYS, check_text_columns, text_emb_type
+from textok.schemas.common import SchemaError, TableSpec, register_table
+from textok.schemas.shards import TEXT_META_KEYS, check_text_columns, text_emb_type
 
 POOL_META_KEYS = TEXT_META_KEYS + ("per_class", "seed", "source_split")
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.common import SchemaError, TableSpec, register_table
+from textok.schemas.common import SchemaError, TableSpec, register_table
 
 TEXT_META_KEYS = ("encoder", "D", "max_tokens", "compute_dtype", "storage_dtype")
 

@@ -22,17 +22,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.beam_utils import make_pipeline
-from pipeline.caption_pipeline import (TODO_PREFIX, CaptionBatchFn, CaptionImages, pending_limit,
+from textok.pipeline.beam_utils import make_pipeline
+from textok.pipeline.caption_pipeline import (TODO_PREFIX, CaptionBatchFn, CaptionImages, pending_limit,
                                        plan_caption_run, run_caption)
-from pipeline.caption_store import (CAPTIONS, DEAD_LETTER, PART_PREFIX, WritePartsFn, compact, done_keys,
+from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, PART_PREFIX, WritePartsFn, compact, done_keys,
                                     list_table_files)
-from pipeline.captioners import build_captioner
-from pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
-from schemas.common import validate
+from textok.pipeline.captioners import build_captioner
+from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from textok.schemas.common import validate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLUGIN = "tests.test_caption_pipeline:colour_captioner"
+TESTS = os.path.dirname(os.path.abspath(__file__))  # plugins (test_x:factory) import from here
+REPO = os.path.dirname(TESTS)
+_pythonpath = lambda: os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))  # noqa: E731
+PLUGIN = "test_caption_pipeline:colour_captioner"
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
@@ -337,9 +339,9 @@ def _wait_for_parts(out, proc, timeout_s=120.0):
 def test_sigkill_keeps_committed_parts_and_rerun_completes_each_key_once(tmp_path):
     data = make_folder(tmp_path / "data", per_class=8, corrupt=False)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cli", "caption", "--input", data, "--output", str(out), "--captioner", PLUGIN,
+    cmd = [sys.executable, "-m", "textok", "caption", "--input", data, "--output", str(out), "--captioner", PLUGIN,
            "--captioner-opt", "delay_s=0.25", "--batch-size", "2", "--commit-every", "2", "--commit-seconds", "600"]
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=_pythonpath(), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_parts(out, proc)
@@ -359,8 +361,8 @@ def test_sigkill_keeps_committed_parts_and_rerun_completes_each_key_once(tmp_pat
 
 
 def test_multi_processing_runner_gives_the_same_rows(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # worker processes import the plugin module from the repo root
-    monkeypatch.setenv("PYTHONPATH", REPO)
+    monkeypatch.chdir(TESTS)  # worker processes import the plugin module from tests/
+    monkeypatch.setenv("PYTHONPATH", _pythonpath())
     data = make_folder(tmp_path / "data", corrupt=True)
     drop = lambda rows: [{k: v for k, v in r.items() if k != "timestamp"} for r in rows]  # noqa: E731
     results = []
@@ -379,7 +381,7 @@ def test_plan_and_transform_compose_in_a_caller_pipeline(tmp_path):
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipeline.sources import list_records
+    from textok.pipeline.sources import list_records
 
     data = make_folder(tmp_path / "data", per_class=1, corrupt=False)
     plan = plan_caption_run(list_records(data), str(tmp_path / "none"))
@@ -396,7 +398,7 @@ def test_writer_commits_on_time_inside_one_long_bundle(tmp_path, monkeypatch):
     """FnApiRunner may run the whole input as one bundle: the time check must commit mid-bundle."""
     import types
 
-    from pipeline import caption_store
+    from textok.pipeline import caption_store
 
     now = [1000.0]  # a scripted clock: the test never depends on real timing
     monkeypatch.setattr(caption_store, "time", types.SimpleNamespace(monotonic=lambda: now[0],
@@ -426,7 +428,7 @@ def test_gemini_backend_through_the_pipeline_against_a_fake_server(tmp_path, mon
     """The registry's gemini path, the caption rules and the usage counters on real HTTP (loopback)."""
     import io
 
-    from tests.fake_gemini import FakeGemini, long_answer, ok, safety
+    from fake_gemini import FakeGemini, long_answer, ok, safety
 
     def behaviour(req):
         r, g, b = np.asarray(Image.open(io.BytesIO(req.image_bytes)).convert("RGB"), np.float32).reshape(-1, 3).mean(0)
@@ -457,7 +459,7 @@ def test_batches_overlap_when_the_captioner_can_submit_and_each_key_arrives_once
     data = make_folder(tmp_path / "data", corrupt=True)
     out = tmp_path / "out"
     opts = {"stats": str(tmp_path), "max_in_flight": 2, "refuse": ["green/1"], "defer": ["blue/2"]}
-    s = run_caption(data, str(out), captioner="tests.test_caption_pipeline:pooled_colour_captioner",
+    s = run_caption(data, str(out), captioner="test_caption_pipeline:pooled_colour_captioner",
                     captioner_options=opts, batch_size=2, commit_every=3)
     st = BATCH_STATS.get(str(tmp_path))
     assert st is not None, "the DoFn never called submit_batch"
@@ -482,7 +484,7 @@ def test_pending_batches_emit_as_they_finish_and_drain_in_finish_bundle():
     from apache_beam.utils.timestamp import Timestamp
     from apache_beam.utils.windowed_value import WindowedValue
 
-    from pipeline.sources import ImageRecord
+    from textok.pipeline.sources import ImageRecord
 
     assert pending_limit(None, 1) == 3 and pending_limit(32, 32) == 3 and pending_limit(32, 4) == 9
 
@@ -498,7 +500,7 @@ def test_pending_batches_emit_as_they_finish_and_drain_in_finish_bundle():
             rows.append((tag, wv.value["key"], wv.windows[0].start, wv.timestamp))
         return sorted(rows)
 
-    fn = CaptionBatchFn("tests.test_caption_pipeline:held_colour_captioner", {}, max_words=20, batch_size=1)
+    fn = CaptionBatchFn("test_caption_pipeline:held_colour_captioner", {}, max_words=20, batch_size=1)
     fn.setup()
     cap = fn._captioner
     fn.start_bundle()
@@ -541,7 +543,7 @@ def test_rerun_refuses_a_split_whose_keys_another_split_already_holds(tmp_path):
 def test_caption_store_ignores_encode_dead_letters_in_the_same_folder(tmp_path):
     """`textok encode --output` = the caption folder puts encode-*.parquet in dead_letter/: the
     caption stage must neither count them as its own nor merge them away in compaction."""
-    from pipeline.encode_pipeline import dead_letter_table
+    from textok.pipeline.encode_pipeline import dead_letter_table
 
     data = make_folder(tmp_path / "data", per_class=1, corrupt=False)
     out = str(tmp_path / "out")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.caption_rules import clean_caption, count_words
+from textok.pipeline.caption_rules import clean_caption, count_words
 
 
 def test_count_words_splits_on_any_whitespace():

@@ -7,10 +7,10 @@ import os
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from cli import main
-from pipeline.caption_store import CAPTIONS, DEAD_LETTER, PART_PREFIX, list_table_files
-from pipeline.cli_caption import captioner_options
-from tests.test_caption_pipeline import PLUGIN, make_folder
+from textok.cli import main
+from textok.pipeline.caption_store import CAPTIONS, DEAD_LETTER, PART_PREFIX, list_table_files
+from textok.pipeline.cli_options import captioner_options
+from test_caption_pipeline import PLUGIN, make_folder
 
 
 def invoke(*args):
@@ -71,10 +71,10 @@ def test_compact_command_merges_parts(tmp_path):
     out = tmp_path / "out"
     import apache_beam as beam
 
-    from pipeline.beam_utils import make_pipeline
-    from pipeline.caption_pipeline import CaptionImages, WriteCaptionParts, caption_meta
-    from pipeline.captioners import build_captioner
-    from pipeline.sources import list_records
+    from textok.pipeline.beam_utils import make_pipeline
+    from textok.pipeline.caption_pipeline import CaptionImages, WriteCaptionParts, caption_meta
+    from textok.pipeline.captioners import build_captioner
+    from textok.pipeline.sources import list_records
 
     # A caller's pipeline (as `textok prepare` builds one) leaves part files behind.
     with make_pipeline() as p:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from schemas.common import SchemaError, with_metadata, write_table_atomic
-from schemas.shards import shards_schema, text_emb_column
-from trainer.data import ShardLoader, ShardStream, resolve_shards
+from textok.schemas.common import SchemaError, with_metadata, write_table_atomic
+from textok.schemas.shards import shards_schema, text_emb_column
+from textok.trainer.data.loader import ShardLoader, ShardStream, resolve_shards
 
 
 def write_shards(out_dir, num_files=3, rows_per_file=10, dim=16, max_tokens=8, image_size=40, row_group_size=None,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.demo_data import (PALETTE, SHAPES, SIZES, make_demo_data, render_scene, sample_scene,
+from textok.pipeline.demo_data import (PALETTE, SHAPES, SIZES, make_demo_data, render_scene, sample_scene,
                                 shape_geometry)
-from pipeline.sources import list_records
+from textok.pipeline.sources import list_records
 
 
 def _files(root: str) -> dict[str, bytes]:

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from trainer.diffusion import GaussianDiffusion, linear_betas, sample
-from trainer.dit import DiT, dit_config
+from textok.trainer.models.diffusion import GaussianDiffusion, linear_betas, sample
+from textok.trainer.models.dit import DiT, dit_config
 
 N, D = 8, 8
 

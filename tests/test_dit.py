@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from trainer.dit import DIT_PRESETS, DiT, DiTConfig, dit_config
+from textok.trainer.models.dit import DIT_PRESETS, DiT, DiTConfig, dit_config
 
 N, D, TEXT_DIM = 8, 8, 16
 

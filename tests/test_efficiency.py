@@ -6,8 +6,8 @@ import json
 import pytest
 from PIL import Image
 
-from trainer.dit import dit_config
-from trainer.efficiency import (DIT_PAPER_XL2_256PX_GFLOPS, baseline_config, count_forward_flops,
+from textok.trainer.models.dit import dit_config
+from textok.trainer.evaluation.efficiency import (DIT_PAPER_XL2_256PX_GFLOPS, baseline_config, count_forward_flops,
                                 efficiency_report, write_efficiency_json, write_efficiency_plot)
 
 

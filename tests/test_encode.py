@@ -12,13 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.encode_pipeline import in_holdout, read_captions, run_encode
-from schemas.captions import CAPTIONS_SCHEMA
-from schemas.common import read_meta, validate, with_metadata, write_table_atomic
-from schemas.shards import text_emb_views
-from tests.test_text_encoder import build_tiny_t5, caption_set
+from textok.pipeline.encode_pipeline import in_holdout, read_captions, run_encode
+from textok.schemas.captions import CAPTIONS_SCHEMA
+from textok.schemas.common import read_meta, validate, with_metadata, write_table_atomic
+from textok.schemas.shards import text_emb_views
+from test_text_encoder import build_tiny_t5, caption_set
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+_pythonpath = lambda: os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))  # noqa: E731
 CLASSES = ["circle", "square", "star"]
 
 
@@ -78,7 +80,7 @@ def test_encode_shards_contents_and_interop(t5_dir, captions_dir, tmp_path):
     table = _all_rows(out)
     assert table["key"].to_pylist() == sorted(table["key"].to_pylist())
     # embeddings == the encoder run directly, lengths right, zero-copy views
-    from pipeline.text_encoder import TextEncoder
+    from textok.pipeline.text_encoder import TextEncoder
 
     enc = TextEncoder(t5_dir, device="cpu").load()
     views = text_emb_views(table["text_emb"])
@@ -134,7 +136,7 @@ def test_image_size_and_holdout(t5_dir, captions_dir, tmp_path):
 
 _CRASH_SCRIPT = """
 import sys
-import pipeline.encode_pipeline as ep
+import textok.pipeline.encode_pipeline as ep
 real = ep.shards_table
 calls = []
 def crashing(rows, meta):
@@ -149,7 +151,7 @@ ep.run_encode(sys.argv[1], sys.argv[2], encoder=sys.argv[3], rows_per_shard=4, d
 
 def test_resume_after_crash_keeps_done_shards(t5_dir, captions_dir, tmp_path):
     out = str(tmp_path / "data")
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=_pythonpath(), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, captions_dir, out, t5_dir], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "simulated crash" in proc.stderr
@@ -198,7 +200,7 @@ def test_encode_captions_transform_in_testpipeline(t5_dir, captions_dir):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that
 
-    from pipeline.encode_pipeline import EncodeCaptions
+    from textok.pipeline.encode_pipeline import EncodeCaptions
 
     rows = [r for r in read_captions(captions_dir, "train").to_pylist() if r["key"].startswith("star/")][:4]
     assert "star/train_0005" in [r["key"] for r in rows]  # the corrupt image
@@ -221,7 +223,7 @@ def test_encode_captions_transform_in_testpipeline(t5_dir, captions_dir):
 def test_remote_paths_refused_up_front(t5_dir, captions_dir, tmp_path, monkeypatch):
     """encode/pools use local file I/O (skip-if-exists, plan, summary): a gs:// path must fail
     clearly before any work, not as 'no such file' or a local folder named 'gs:'."""
-    from pipeline.pools import run_pools
+    from textok.pipeline.pools import run_pools
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"--output gs://b/data: .*local"):
@@ -236,7 +238,7 @@ def test_remote_paths_refused_up_front(t5_dir, captions_dir, tmp_path, monkeypat
 def test_rerun_drops_a_stale_dead_letter_file_of_a_shard_that_now_encodes_cleanly(t5_dir, captions_dir, tmp_path):
     """A run killed between a shard's dead letters and the shard itself, then a rerun where the
     image reads fine (fixed, or the read error was transient): the key must end in the shard only."""
-    from pipeline.encode_pipeline import dead_letter_row, dead_letter_table
+    from textok.pipeline.encode_pipeline import dead_letter_row, dead_letter_table
 
     out = str(tmp_path / "data")
     first = read_captions(captions_dir, "val").to_pylist()[0]

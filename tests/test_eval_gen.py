@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_data import write_shards
-from trainer.eval_gen import EvalGenConfig, clip_score, evaluate_generation
+from test_data import write_shards
+from textok.trainer.evaluation.eval_gen import EvalGenConfig, clip_score, evaluate_generation
 
 N_IMAGES = 5  # > k = 3 nearest neighbours, so precision/recall are defined
 
@@ -17,8 +17,8 @@ N_IMAGES = 5  # > k = 3 nearest neighbours, so precision/recall are defined
 @pytest.fixture(scope="module")
 def shard_images(tmp_path_factory):
     """A 5-image shard and its images as the sampler would store them (uint8, centre crop 32)."""
-    from trainer.data import ShardLoader
-    from trainer.grid import to_uint8
+    from textok.trainer.data.loader import ShardLoader
+    from textok.trainer.evaluation.grid import to_uint8
 
     d = tmp_path_factory.mktemp("ref")
     write_shards(str(d / "shards"), num_files=1, rows_per_file=N_IMAGES, dim=8, max_tokens=4, image_size=32)
@@ -101,7 +101,7 @@ def test_clip_score_matches_clip_logits(tmp_path):
 def test_cli_efficiency(tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from textok.cli import main
 
     res = CliRunner().invoke(main, ["efficiency", "--preset", "tiny", "--tokens", "4", "8", "--no-time",
                                     "--output", str(tmp_path)])

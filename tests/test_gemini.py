@@ -15,12 +15,12 @@ import time
 import pytest
 from PIL import Image
 
-from pipeline.captioners import gemini
-from pipeline.captioners.base import CaptionRequest
-from pipeline.captioners.gemini import GeminiCaptioner, GeminiConfigError, from_options
-from pipeline.captioners.prompt import PROMPT_VERSION, build_prompt
-from pipeline.captioners.ratelimit import CostBudget, RateLimiter, backoff_s, retry_hint_s
-from tests.fake_gemini import (FakeGemini, empty, error, hang, long_answer, malformed, mean_rgb, ok,
+from textok.pipeline.captioners import gemini
+from textok.pipeline.captioners.base import CaptionRequest
+from textok.pipeline.captioners.gemini import GeminiCaptioner, GeminiConfigError, from_options
+from textok.pipeline.captioners.prompt import PROMPT_VERSION, build_prompt
+from textok.pipeline.captioners.ratelimit import CostBudget, RateLimiter, backoff_s, retry_hint_s
+from fake_gemini import (FakeGemini, empty, error, hang, long_answer, malformed, mean_rgb, ok,
                                prompt_blocked, safety)
 
 FAKE_KEY = "AIzaFAKE-k3y-7f3a9c51-do-not-leak"
@@ -318,8 +318,8 @@ def test_pipeline_defers_quota_failures_and_a_rerun_finishes_each_key_once(serve
     captions or the dead letter, and a rerun against a healthy server completes the set."""
     import pyarrow.parquet as pq
 
-    from pipeline.caption_pipeline import run_caption
-    from pipeline.caption_store import CAPTIONS, DEAD_LETTER, list_table_files
+    from textok.pipeline.caption_pipeline import run_caption
+    from textok.pipeline.caption_store import CAPTIONS, DEAD_LETTER, list_table_files
 
     data = tmp_path / "data"
     keys = []

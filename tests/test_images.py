@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import (ImageDecodeError, decode_image, downscale_max_side, encode_image, image_format,
+from textok.pipeline.images import (ImageDecodeError, decode_image, downscale_max_side, encode_image, image_format,
                              resize_center_crop, to_rgb)
 
 

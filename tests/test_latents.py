@@ -9,16 +9,16 @@ import pyarrow as pa
 import pytest
 import torch
 
-from schemas.common import SchemaError, validate
-from schemas.latents import combine_moments, moments, read_latent_meta, z_column, z_view
-from tests.test_data import write_shards
-from trainer.latents import ExtractConfig, LatentLoader, extract_latents
+from textok.schemas.common import SchemaError, validate
+from textok.schemas.latents import combine_moments, moments, read_latent_meta, z_column, z_view
+from test_data import write_shards
+from textok.trainer.data.latents import ExtractConfig, LatentLoader, extract_latents
 
 TEXT_DIM, MAX_TOKENS, NUM_TOKENS = 16, 8, 8
 
 
 def make_tokenizer(path, seed: int = 0, text_dim: int = TEXT_DIM) -> str:
-    from trainer.textok import TexTok, textok_config
+    from textok.trainer.models.textok import TexTok, textok_config
 
     torch.manual_seed(seed)
     TexTok(textok_config("tiny", text_dim=text_dim, max_text_tokens=MAX_TOKENS, num_tokens=NUM_TOKENS)) \
@@ -46,8 +46,8 @@ def lat(tmp_path_factory):
 
 
 def test_latents_validate_and_match_the_tokenizer(lat):
-    from trainer.data import ShardLoader
-    from trainer.textok import TexTok
+    from textok.trainer.data.loader import ShardLoader
+    from textok.trainer.models.textok import TexTok
 
     infos = validate(lat["latents"], expect_table="latents")
     assert [os.path.basename(i["path"]) for i in infos] == sorted(os.listdir(lat["shards"]))
@@ -133,8 +133,8 @@ def test_wrong_text_dim_refused(lat, tmp_path):
 
 
 def test_shards_of_another_text_encoder_refused(lat, tmp_path):
-    from trainer.latents import check_text_encoder
-    from trainer.train_tokenizer import write_text_encoder
+    from textok.trainer.data.latents import check_text_encoder
+    from textok.trainer.training.train_tokenizer import write_text_encoder
 
     tok = make_tokenizer(tmp_path / "tok_other")
     write_text_encoder({"encoder": "google/t5-v1_1-xl", "D": TEXT_DIM, "max_tokens": MAX_TOKENS}, tok)
@@ -181,7 +181,7 @@ def test_latents_without_text_refused_for_text(tmp_path):
 def test_cli_extract_latents(lat, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from textok.cli import main
 
     res = CliRunner().invoke(main, ["extract-latents", "--tokenizer", lat["tok"], "--shards", lat["shards"],
                                     "--output", str(tmp_path / "l"), "--device", "cpu", "--num-workers", "0",

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.captioners.base import CaptionRequest
-from pipeline.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, from_options
+from textok.pipeline.captioners.base import CaptionRequest
+from textok.pipeline.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, from_options
 
 WORDS = ["a", "picture", "of", "red", "green", "blue", "square", "circle", "cat", "dog", "on", "the", "grass",
          "small", "large", "white", "background", "sky", "tree", "car"]

@@ -12,13 +12,14 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.checkpoint import Checkpointer, rng_state, set_rng_state
-from trainer.loop import (EMA, Dist, NonFiniteLossError, all_reduce_grads, build_optimizer, check_finite,
-                          init_distributed, warmup_cosine, wrap_ddp)
+from textok.trainer.training.checkpoint import Checkpointer, rng_state, set_rng_state
+from textok.trainer.training.optim import EMA, build_optimizer, warmup_cosine
+from textok.trainer.training.distributed import Dist, all_reduce_grads, init_distributed, wrap_ddp
+from textok.trainer.training.guards import NonFiniteLossError, check_finite
 
 
 def _tiny_model_and_batch():
-    from trainer.textok import TexTok, textok_config
+    from textok.trainer.models.textok import TexTok, textok_config
 
     torch.manual_seed(0)
     model = TexTok(textok_config("tiny", text_dim=8, max_text_tokens=4, num_tokens=4))

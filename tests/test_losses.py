@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.discriminator import DiscriminatorConfig, StyleGANDiscriminator, minibatch_stddev
-from trainer.losses import LossConfig, TexTokLoss, hinge_d_loss, lecam_regulariser
-from trainer.perceptual import LPIPSVGG16, InceptionPerceptual, build_perceptual
+from textok.trainer.models.discriminator import DiscriminatorConfig, StyleGANDiscriminator, minibatch_stddev
+from textok.trainer.training.losses import LossConfig, TexTokLoss, hinge_d_loss, lecam_regulariser
+from textok.trainer.training.perceptual import LPIPSVGG16, InceptionPerceptual, build_perceptual
 
 TINY_D = DiscriminatorConfig(image_size=32, channel_base=512, channel_max=64)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.metrics import (InceptionFeatures, feature_stats, fid_from_features, frechet_distance, inception_score,
+from textok.trainer.evaluation.metrics import (InceptionFeatures, feature_stats, fid_from_features, frechet_distance, inception_score,
                              precision_recall, psnr, ssim)
 
 

@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from tests.conftest import NetworkAccessError
+from conftest import NetworkAccessError
 
 
 def test_non_loopback_connection_is_refused():

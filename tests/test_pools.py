@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.encode_pipeline import in_holdout, read_captions, run_encode
-from pipeline.pools import run_pools, select_pool
-from schemas.common import validate
-from schemas.shards import text_emb_views
-from tests.test_encode import make_captions_dir
-from tests.test_text_encoder import build_tiny_t5
+from textok.pipeline.encode_pipeline import in_holdout, read_captions, run_encode
+from textok.pipeline.pools import run_pools, select_pool
+from textok.schemas.common import validate
+from textok.schemas.shards import text_emb_views
+from test_encode import make_captions_dir
+from test_text_encoder import build_tiny_t5
 
 
 @pytest.fixture(scope="module")

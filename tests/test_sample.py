@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.pools import pools_table
-from schemas.common import write_table_atomic
-from tests.test_latents import MAX_TOKENS, TEXT_DIM, make_latents, make_tokenizer
-from trainer.sample import SampleConfig, run_sample
-from trainer.train_dit import load_config, train
+from textok.pipeline.pools import pools_table
+from textok.schemas.common import write_table_atomic
+from test_latents import MAX_TOKENS, TEXT_DIM, make_latents, make_tokenizer
+from textok.trainer.evaluation.sample import SampleConfig, run_sample
+from textok.trainer.training.train_dit import load_config, train
 
 
 def write_pools(path, encoder="tiny-t5", dim=TEXT_DIM, classes=(0, 1, 2), per_class=4, seed=0) -> str:
@@ -82,7 +82,7 @@ def test_all_classes_and_refusals(run, tmp_path):
 def test_cli_sample(run, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from textok.cli import main
 
     res = CliRunner().invoke(main, ["sample", "--dit", os.path.dirname(run["dit"]), "--tokenizer", run["tok"],
                                     "--pools", run["pools"], "--classes", "1,2", "--n", "2", "--steps", "3",
@@ -92,7 +92,7 @@ def test_cli_sample(run, tmp_path):
 
 
 def test_text_to_image_with_the_shards_encoder(tmp_path):
-    from tests.test_text_encoder import build_tiny_t5
+    from test_text_encoder import build_tiny_t5
 
     t5 = build_tiny_t5(str(tmp_path / "t5"), d_model=TEXT_DIM)
     lat = make_latents(str(tmp_path), encoder=t5, rows_per_file=6)

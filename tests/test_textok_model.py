@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from trainer.textok import TEXTOK_PRESETS, TexTok, TexTokConfig, textok_config
+from textok.trainer.models.textok import TEXTOK_PRESETS, TexTok, TexTokConfig, textok_config
 
 TEXT_DIM = 24
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_latents import make_latents
-from trainer.loop import read_metrics
-from trainer.train_dit import load_config, train
+from test_latents import make_latents
+from textok.trainer.training.metrics_log import read_metrics
+from textok.trainer.training.train_dit import load_config, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+_pythonpath = lambda: os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))  # noqa: E731
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,8 @@ def tiny(lat, output, **kw):
 
 
 def test_class_conditional_run_outputs(lat, tmp_path):
-    from trainer.dit import DiT
-    from trainer.sample import load_dit
+    from textok.trainer.models.dit import DiT
+    from textok.trainer.evaluation.sample import load_dit
 
     out = train(tiny(lat, tmp_path / "run", tokenizer=lat["tok"]))
     model, stats = load_dit(out)
@@ -55,7 +57,7 @@ def test_class_conditional_run_outputs(lat, tmp_path):
 
 
 def test_t2i_run(lat, tmp_path):
-    from trainer.sample import load_dit
+    from textok.trainer.evaluation.sample import load_dit
 
     out = train(tiny(lat, tmp_path / "t2i", t2i=True, steps=3, tokenizer=lat["tok"]))
     model, _ = load_dit(out)
@@ -102,10 +104,10 @@ def test_cli_and_torchrun_two_gloo_processes(lat, tmp_path):
     cfg_file.write_text(json.dumps({"latents": lat["latents"], "output": str(tmp_path / "ddp"), "preset": "tiny",
                                     "steps": 2, "batch_size": 4, "save_every": 2, "log_every": 1, "num_workers": 0,
                                     "shuffle_buffer": 4, "device": "cpu"}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath()}
     # --standalone: a local rendezvous on a free port (`--master_port 0` hangs in rendezvous on torch 2.13)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "trainer.cli_dit", "train-dit", "--config", str(cfg_file)]
+           "-m", "textok", "train-dit", "--config", str(cfg_file)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "step-000002" / "state.pt", weights_only=True)

@@ -12,11 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_data import write_shards
-from trainer.loop import NonFiniteLossError, read_metrics
-from trainer.train_tokenizer import load_config, train
+from test_data import write_shards
+from textok.trainer.training.guards import NonFiniteLossError
+from textok.trainer.training.metrics_log import read_metrics
+from textok.trainer.training.train_tokenizer import load_config, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+_pythonpath = lambda: os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))  # noqa: E731
 SMALL_DISC = {"disc": {"channel_base": 512, "channel_max": 32}}
 
 
@@ -35,7 +38,7 @@ def tiny(shards, output, **kw):
 
 
 def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path):
-    from trainer.textok import TexTok
+    from textok.trainer.models.textok import TexTok
 
     out = train(tiny(shards, tmp_path / "run"))
     model = TexTok.from_pretrained(out)
@@ -111,9 +114,9 @@ def _torchrun(cfg, tmp_path, name):
     with socket.socket() as sock:  # a free loopback port (torchrun's --master_port 0 hangs here)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "trainer.cli_tokenizer", "train-tokenizer", "--config", str(cfg_file)]
+           "--master_port", str(port), "-m", "textok", "train-tokenizer", "--config", str(cfg_file)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -141,7 +144,7 @@ def test_torchrun_two_gloo_processes_train_and_resume_exactly(shards, tmp_path):
 def test_eval_tokenizer_writes_json_and_grid(shards, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from textok.cli import main
 
     train(tiny(shards, tmp_path / "run", steps=2))
     res = CliRunner().invoke(main, ["eval-tokenizer", "--ckpt", str(tmp_path / "run"), "--shards", shards,
@@ -162,7 +165,7 @@ def test_eval_tokenizer_writes_json_and_grid(shards, tmp_path):
 def test_compare_table_has_gain_vs_no_text_baseline(tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from textok.cli import main
 
     def fake_eval(name, mode, n, rfid):
         (tmp_path / name).mkdir()
@@ -199,8 +202,8 @@ def test_config_file_yaml_and_json_overrides_and_unknown_key(tmp_path):
 
 def test_eval_tokenizer_refuses_shards_of_another_text_encoder(shards, tmp_path):
     # same D and max_tokens, other encoder: the embeddings mean something else to the model
-    from schemas.common import SchemaError
-    from trainer.eval_tokenizer import EvalTokenizerConfig, evaluate
+    from textok.schemas.common import SchemaError
+    from textok.trainer.evaluation.eval_tokenizer import EvalTokenizerConfig, evaluate
 
     train(tiny(shards, tmp_path / "run", steps=1))
     other = tmp_path / "other"
@@ -212,7 +215,7 @@ def test_eval_tokenizer_refuses_shards_of_another_text_encoder(shards, tmp_path)
 
 
 def test_resume_on_shards_of_another_text_encoder_fails(shards, tmp_path):
-    from schemas.common import SchemaError
+    from textok.schemas.common import SchemaError
 
     train(tiny(shards, tmp_path / "run", steps=2))
     other = tmp_path / "other"

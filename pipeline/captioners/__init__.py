@@ -1,6 +1,6 @@
 """Captioner registry: a backend name (or a `module:factory` plugin) -> a Captioner.
 
-    from pipeline.captioners import build_captioner
+    from textok.pipeline.captioners import build_captioner
     cap = build_captioner("template", {"template": "a photo of a {class_name}"})
     cap = build_captioner("gemini", {"model_id": "gemini-2.5-flash-lite", "rpm": 1000})
     cap = build_captioner("my_pkg.captioners:from_options", {...})   # a plugin
@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
 
 # name -> (module, factory attribute)
 BACKENDS: dict[str, tuple[str, str]] = {

@@ -37,11 +37,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
-from pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, build_prompt, prompt_template
-from pipeline.captioners.ratelimit import (DEFAULT_PRICES, CostBudget, RateLimiter, backoff_s, load_price_table,
+from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, build_prompt, prompt_template
+from textok.pipeline.captioners.ratelimit import (DEFAULT_PRICES, CostBudget, RateLimiter, backoff_s, load_price_table,
                                           retry_hint_s)
-from pipeline.images import downscale_max_side, encode_image
+from textok.pipeline.images import downscale_max_side, encode_image
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +460,7 @@ def from_options(options: dict) -> GeminiCaptioner:
 
     `max_new_tokens` is Gemini's `max_output_tokens`; `batch_size` only sizes the pipeline's
     batches (in-flight requests are bounded by `max_in_flight`)."""
-    from pipeline.captioners import check_options
+    from textok.pipeline.captioners import check_options
 
     opts = {k: v for k, v in options.items() if v is not None}
     check_options("gemini", opts, _OPTION_KEYS | {"max_new_tokens"})

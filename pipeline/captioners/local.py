@@ -28,8 +28,8 @@ import os
 import threading
 from typing import Any, Optional
 
-from pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
-from pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, build_prompt, prompt_template
+from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, build_prompt, prompt_template
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ _OPTION_KEYS = {"model_id", "max_words", "class_hint", "batch_size", "device", "
 
 def from_options(options: dict) -> LocalVLMCaptioner:
     """Build from the registry's option dict (CLI flags; only non-None keys are present)."""
-    from pipeline.captioners import check_options
+    from textok.pipeline.captioners import check_options
 
     opts = {k: v for k, v in options.items() if v is not None}
     check_options("local", opts, _OPTION_KEYS)

@@ -1,0 +1,1 @@
+"""Measuring and generating: metrics, tokenizer and generation evaluation, sampling, image grids, efficiency."""

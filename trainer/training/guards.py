@@ -1,0 +1,42 @@
+"""Stop on NaN/inf before it reaches a checkpoint, and say where the last good one is."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from textok.trainer.training.distributed import Dist, reduce_mean
+
+if TYPE_CHECKING:
+    from textok.trainer.training.checkpoint import Checkpointer
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def check_finite(losses: dict[str, torch.Tensor | float], step: int, ckpt: "Checkpointer") -> None:
+    bad = {k: float(v) for k, v in losses.items() if not np.isfinite(float(v))}
+    if bad:
+        last = ckpt.latest()
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        raise NonFiniteLossError(f"non-finite loss at step {step}: {bad}; {where}. Lower the learning rate or "
+                                 f"check the data, then resume with --resume")
+
+
+def reduce_and_check(logs: dict[str, torch.Tensor | float], step: int, ckpt: "Checkpointer",
+                     dist: Dist) -> dict[str, float]:
+    """A step's logged scalars averaged over ranks, after a NaN/inf check (the learning rate is
+    not checked). Reduced first, so every rank sees a NaN on any rank and they stop together."""
+    logs = reduce_mean({k: float(v) for k, v in logs.items()}, dist)
+    check_finite({k: v for k, v in logs.items() if k != "lr"}, step, ckpt)
+    return logs
+
+
+def check_finite_weights(model: nn.Module, step: int, ckpt: "Checkpointer") -> None:
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteLossError(f"non-finite weights after step {step} in {bad[:3]}; refusing to checkpoint them. "
+                                 f"Last good checkpoint: {ckpt.latest() or 'none saved yet'}")

@@ -1,0 +1,69 @@
+"""What a run writes as it goes: metrics.jsonl, TensorBoard scalars and a progress bar."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+class MetricsLogger:
+    """JSONL (always), TensorBoard (when installed) and a tqdm bar, all on rank 0 only."""
+
+    def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, is_main: bool = True,
+                 desc: str = "train"):
+        self.is_main = is_main
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.tb = self.bar = None
+        if not is_main:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if start_step == 0 and os.path.exists(self.path):
+            os.remove(self.path)  # a fresh run; a resumed one appends
+        elif start_step > 0:
+            self._truncate_after(start_step)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
+        except ImportError:  # tensorboard is optional
+            pass
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        self.t0 = time.time()
+
+    def _truncate_after(self, step: int) -> None:
+        # Steps logged after the checkpoint we resume from will be logged again.
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            rows = [line for line in f if json.loads(line).get("step", 0) <= step]
+        with open(self.path, "w") as f:
+            f.writelines(rows)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        row = {"step": step, "time": round(time.time() - self.t0, 3), **{k: float(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, float(v), step)
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{float(v):.4g}" for k, v in list(values.items())[:4]})
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,47 @@
+"""A trainer's settings: dataclass defaults <- JSON/YAML file <- CLI flags."""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import TypeVar
+
+
+Config = TypeVar("Config")
+
+
+def resolve_config(cls: type[Config], path: str | None, overrides: dict, command: str,
+                required: tuple[str, ...] = ()) -> Config:
+    """Dataclass defaults <- JSON/YAML file <- explicit overrides (None values are 'not given').
+
+    `required` fields must end up non-empty and `steps` positive; lists become tuples where the
+    default is a tuple (YAML/JSON have no tuples: betas).
+    """
+    values: dict = {}
+    if path:
+        with open(path) as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                values = yaml.safe_load(f) or {}
+            else:
+                values = json.load(f)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{path or 'overrides'}: unknown {command} setting(s) {unknown}; known: {sorted(known)}")
+    cfg = cls(**values)
+    for name, f in known.items():
+        if isinstance(f.default, tuple) and isinstance(getattr(cfg, name), list):
+            setattr(cfg, name, tuple(getattr(cfg, name)))
+    for name in required:
+        if not getattr(cfg, name):
+            raise ValueError(f"{command}: --{name.replace('_', '-')} is required")
+    if "steps" in known and cfg.steps <= 0:
+        raise ValueError(f"{command}: --steps must be positive, got {cfg.steps}")
+    return cfg
+
+
+def due(step: int, every: int, total: int) -> bool:
+    """Periodic work (logging, checkpoints, grids) runs every `every` steps and at the last step."""
+    return step % every == 0 or step == total

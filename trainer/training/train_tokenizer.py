@@ -1,0 +1,290 @@
+"""Train the TexTok tokenizer on textok shards (one explicit loop; DDP via torchrun).
+
+    textok train-tokenizer --shards out/shards --output runs/tok --preset B --steps 300000 --batch-size 256
+    torchrun --nproc_per_node 8 -m textok train-tokenizer --shards ... --output ...   # multi-GPU
+    textok train-tokenizer ... --resume        # continues exactly from runs/tok/checkpoints/latest
+
+Writes into --output: config.json (the resolved run config), text_encoder.json (the shards'
+encoder, encoder_hash/revision, D, max_tokens), metrics.jsonl, checkpoints/step-*/,
+samples/step-*.png (originals | EMA reconstructions), loss.png and, at the end, tokenizer/
+(EMA weights via TexTok.save_pretrained + text_encoder.json: what `extract-latents` loads).
+Defaults follow the paper (lr 1e-4, EMA 0.999, L2 1.0 / perceptual 0.1 / GAN 0.1 / LeCAM 1e-4,
+discriminator from step 80k, patch 8 at 256 px, d = 8); --batch-size is the global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from textok.schemas.common import SchemaError
+from textok.trainer.data.loader import ShardLoader
+from textok.trainer.evaluation.grid import plot_metrics, save_pairs
+from textok.trainer.training.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
+from textok.trainer.training.optim import EMA, build_optimizer, clip_grad, warmup_cosine
+from textok.trainer.training.distributed import Dist, all_reduce_grads, average_buffers, broadcast_params, distributed, local_batch, seed_everything, wrap_ddp
+from textok.trainer.training.metrics_log import MetricsLogger
+from textok.devices import autocast
+from textok.trainer.training.guards import check_finite_weights, reduce_and_check
+from textok.trainer.training.run_config import due, resolve_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainTokenizerConfig:
+    shards: str = ""
+    output: str = ""
+    split: str = "train"  # in a shards dir, only {split}-*.parquet
+    preset: str = "B"
+    # None: the preset's value (B/S/L: 256 px, patch 8, N 128, d 8 as in the paper; tiny: 32 px)
+    image_size: int | None = None
+    patch_size: int | None = None
+    num_tokens: int | None = None
+    token_dim: int | None = None
+    text_mode: str = "both"
+    steps: int = 0
+    batch_size: int = 256  # global, split evenly over ranks
+    lr: float = 1e-4
+    disc_lr: float | None = None  # None: same as lr
+    weight_decay: float = 1e-4
+    betas: tuple = (0.9, 0.99)
+    warmup: int = 5000
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    ema_warmup: bool = True  # decay min(ema, (1+t)/(10+t)): short runs export a usable EMA model
+    disc_start: int = 80_000
+    perceptual: str = "auto"
+    lpips_weights: str | None = None
+    vgg16_weights: str | None = None
+    fid_inception_path: str | None = None
+    save_every: int = 5000
+    sample_every: int = 1000
+    log_every: int = 50
+    keep_last: int = 3
+    num_workers: int = 4
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    model: dict = field(default_factory=dict)  # extra TexTokConfig overrides (width, depth, dropout, ...)
+    loss: dict = field(default_factory=dict)  # extra LossConfig overrides (l2_weight, gan_weight, ...)
+
+
+def load_config(path: str | None, **overrides) -> TrainTokenizerConfig:
+    """Defaults <- JSON/YAML file <- explicit overrides (None values are 'not given'); unset sizes
+    take the preset's values."""
+    from textok.trainer.models.textok import textok_config
+
+    cfg = resolve_config(TrainTokenizerConfig, path, overrides, "train-tokenizer", required=("shards", "output"))
+    preset = textok_config(cfg.preset)
+    for name in ("image_size", "patch_size", "num_tokens", "token_dim"):
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, getattr(preset, name))
+    return cfg
+
+
+# ----------------------------------------------------------------------------- text-encoder record
+
+TEXT_ENCODER_FILE = "text_encoder.json"
+TEXT_ENCODER_KEYS = ("encoder", "encoder_hash", "encoder_revision", "D", "max_tokens")
+
+
+def write_text_encoder(shard_meta: dict, *dirs: str) -> dict:
+    """Record which text encoder the training shards came from (TEXT_ENCODER_FILE in each dir):
+    the tokenizer only understands embeddings of that encoder, so extract-latents checks it."""
+    record = {k: shard_meta[k] for k in TEXT_ENCODER_KEYS if shard_meta.get(k) is not None}
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, TEXT_ENCODER_FILE), "w") as f:
+            json.dump(record, f, indent=2)
+    return record
+
+
+def read_text_encoder(tok_dir: str) -> dict | None:
+    """The record write_text_encoder left in a tokenizer dir; None for a tokenizer saved without one."""
+    path = os.path.join(tok_dir, TEXT_ENCODER_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_text_encoder(tok_path: str, shard_meta: dict, shards: str) -> None:
+    """Refuse shards encoded by another text encoder than the tokenizer was trained on (both
+    sides must record one: tokenizers saved before text_encoder.json existed are not checked)."""
+    recorded = read_text_encoder(tok_path)
+    if not recorded or not recorded.get("encoder") or not shard_meta.get("encoder"):
+        return
+    for key in ("encoder", "encoder_hash", "encoder_revision"):
+        theirs, ours = recorded.get(key), shard_meta.get(key)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise SchemaError(f"{shards}: the shards were encoded with text encoder {key}={ours!r}, but tokenizer "
+                              f"{tok_path} was trained on shards of {key}={theirs!r} (its {TEXT_ENCODER_FILE}); "
+                              f"encode the shards with {recorded['encoder']!r} or use a tokenizer trained on "
+                              f"{shard_meta['encoder']!r} embeddings")
+
+
+# ----------------------------------------------------------------------------- builders
+
+def build_loader(cfg: TrainTokenizerConfig, dist: Dist, text_dim: int | None = None,
+                 max_tokens: int | None = None) -> ShardLoader:
+    return ShardLoader(cfg.shards, cfg.image_size, local_batch(cfg.batch_size, dist), text_dim=text_dim,
+                       max_tokens=max_tokens, split=cfg.split, train=True, seed=cfg.seed, rank=dist.rank,
+                       world_size=dist.world_size, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
+
+
+def build_model(cfg: TrainTokenizerConfig, text_dim: int, max_tokens: int):
+    from textok.trainer.models.discriminator import DiscriminatorConfig
+    from textok.trainer.training.losses import LossConfig, TexTokLoss
+    from textok.trainer.models.textok import TexTok, textok_config
+
+    model_cfg = textok_config(cfg.preset, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                              num_tokens=cfg.num_tokens, token_dim=cfg.token_dim, text_mode=cfg.text_mode,
+                              text_dim=text_dim, max_text_tokens=max_tokens, **cfg.model)
+    loss_overrides = dict(cfg.loss)
+    if isinstance(loss_overrides.get("disc"), dict):  # from JSON/YAML: {"disc": {"channel_base": ...}}
+        loss_overrides["disc"] = DiscriminatorConfig(**{"image_size": cfg.image_size, **loss_overrides["disc"]})
+    loss_cfg = LossConfig(**{"disc_start": cfg.disc_start, "perceptual": cfg.perceptual,
+                             "lpips_weights": cfg.lpips_weights, "vgg16_weights": cfg.vgg16_weights,
+                             "fid_inception_path": cfg.fid_inception_path, **loss_overrides})
+    return TexTok(model_cfg), TexTokLoss(loss_cfg, cfg.image_size)
+
+
+def resolved_config(cfg: TrainTokenizerConfig, model, loss_fn) -> dict:
+    return {"train": asdict(cfg), "model": asdict(model.cfg),
+            "loss": asdict(loss_fn.cfg) if dataclasses.is_dataclass(getattr(loss_fn, "cfg", None)) else {}}
+
+
+# ----------------------------------------------------------------------------- one step
+
+def train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cfg, dist) -> dict:
+    """One generator update, then (once active) one discriminator update. Returns detached scalars."""
+    device = dist.device
+    images = batch["images"].to(device, non_blocking=True)
+    text, mask = batch["text_emb"].to(device).float(), batch["text_mask"].to(device)
+    disc = loss_fn.discriminator
+
+    disc.requires_grad_(False)  # the G step must not leave gradients on D
+    with autocast(device):
+        recon, _z = ddp_model(images, text, mask)
+        g_loss, logs = loss_fn.generator_loss(images, recon.float(), step)
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    logs = {**logs, "grad_norm": clip_grad(model.parameters(), cfg.grad_clip),
+            "lr": sched_g.get_last_lr()[0]}
+    opt_g.step()
+    lr_scale = sched_g.get_last_lr()[0] / cfg.lr  # D follows G's warmup/cosine schedule
+    sched_g.step()
+
+    if loss_fn.disc_active(step):
+        disc.requires_grad_(True)
+        for group in opt_d.param_groups:
+            group["lr"] = (cfg.disc_lr or cfg.lr) * lr_scale
+        with autocast(device):
+            d_loss, d_logs = loss_fn.discriminator_loss(images, recon.detach().float(), step)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        all_reduce_grads(disc.parameters(), dist)
+        average_buffers(loss_fn.buffers(recurse=False), dist)  # the loss's own running means (LeCAM)
+        logs.update({**d_logs, "d_grad_norm": clip_grad(disc.parameters(), cfg.grad_clip)})
+        opt_d.step()
+    return logs
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist) -> str | None:
+    # the loss's state: the discriminator and the LeCAM running means
+    weights = {"model": model.state_dict(), "ema": ema.state_dict(), "discriminator": loss_fn.state_dict()}
+    state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sched_g": sched_g.state_dict(),
+             "ema_updates": ema.num_updates, "loader": loader.state_dict()}
+    return save_run_checkpoint(ckpt, step, weights, state, dist)
+
+
+def load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist) -> int:
+    weights, state = load_run_checkpoint(path, dist)
+    model.load_state_dict(weights["model"])
+    ema.load_state_dict(weights["ema"], state["ema_updates"])
+    loss_fn.load_state_dict(weights["discriminator"])
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    sched_g.load_state_dict(state["sched_g"])
+    loader.load_state_dict(state["loader"])
+    return int(state["step"])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainTokenizerConfig) -> str:
+    """Run (or resume) training; returns the exported tokenizer directory."""
+    with distributed(cfg.device) as dist:
+        return _train(cfg, dist)
+
+
+def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
+    seed_everything(cfg.seed, dist.rank)
+    loader = build_loader(cfg, dist)
+    model, loss_fn = build_model(cfg, loader.text_dim, loader.max_tokens)
+    model.to(dist.device)
+    loss_fn.to(dist.device)
+    broadcast_params(loss_fn.discriminator, dist)  # DDP syncs the tokenizer; D is synced by hand
+    ema = EMA(model, cfg.ema, warmup=cfg.ema_warmup)
+    ddp_model = wrap_ddp(model, dist)
+    opt_g = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
+    opt_d = build_optimizer(loss_fn.discriminator, cfg.disc_lr or cfg.lr, cfg.weight_decay, cfg.betas)
+    sched_g = warmup_cosine(opt_g, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+    ckpt = Checkpointer(cfg.output, cfg.keep_last, dist.is_main)
+    if cfg.resume and ckpt.latest():  # the run's text_encoder.json is about to be rewritten
+        check_text_encoder(cfg.output, loader.meta, cfg.shards)
+
+    step = start_or_resume(cfg.output, resolved_config(cfg, model, loss_fn), cfg.resume, ckpt,
+                           lambda path: load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist),
+                           dist)
+    if dist.is_main:
+        write_text_encoder(loader.meta, cfg.output)
+        log.info("TexTok %.1fM params, discriminator %.1fM", sum(p.numel() for p in model.parameters()) / 1e6,
+                 sum(p.numel() for p in loss_fn.discriminator.parameters()) / 1e6)
+    preview = next(iter(ShardLoader(loader.files, cfg.image_size, 8, train=False))) if dist.is_main else None
+    logger = MetricsLogger(cfg.output, cfg.steps, step, dist.is_main, desc="train-tokenizer")
+
+    model.train()
+    for batch in loader:
+        if step >= cfg.steps:
+            break
+        logs = train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cfg, dist)
+        ema.update(model)
+        logs = reduce_and_check(logs, step + 1, ckpt, dist)
+        step += 1
+        logger.advance()
+        if due(step, cfg.log_every, cfg.steps):
+            logger.log(step, logs | {"epoch": batch["epoch"]})
+        if due(step, cfg.save_every, cfg.steps):
+            check_finite_weights(model, step, ckpt)  # never let a "last good" checkpoint hold NaNs
+            save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist)
+        if dist.is_main and due(step, cfg.sample_every, cfg.steps):
+            save_samples(model, ema, preview, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"), dist)
+    logger.close()
+
+    out = os.path.join(cfg.output, "tokenizer")
+    if dist.is_main:
+        with ema.swapped(model):
+            model.save_pretrained(out)
+        write_text_encoder(loader.meta, out)
+        plot_metrics(logger.path, os.path.join(cfg.output, "loss.png"))
+    return out
+
+
+@torch.no_grad()
+def save_samples(model, ema, batch, path: str, dist: Dist) -> str:
+    model.eval()
+    with ema.swapped(model), autocast(dist.device):
+        recon, _ = model(batch["images"].to(dist.device), batch["text_emb"].to(dist.device).float(),
+                         batch["text_mask"].to(dist.device))
+    model.train()
+    return save_pairs(batch["images"], recon.float().cpu(), path=path)
