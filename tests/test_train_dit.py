@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_latents import make_latents
+from test_train_tokenizer import assert_watchable
 from textok.trainer.training.metrics_log import read_metrics
 from textok.trainer.training.train_dit import load_config, train
 
@@ -52,8 +53,16 @@ def test_class_conditional_run_outputs(lat, tmp_path):
     assert state["step"] == 4 and state["loader"]["batches"] == 4
     for step in (2, 4):
         assert (tmp_path / "run" / "samples" / f"step-{step:06d}.png").is_file()
+    assert_watchable(tmp_path / "run", "samples", [2, 4], "loss")
     cfg = json.load(open(tmp_path / "run" / "config.json"))
     assert cfg["model"]["num_classes"] == 3 and cfg["loss"]["latent_std"] == stats["std"]
+
+
+def test_tiny_preset_training_defaults():
+    tiny_cfg = load_config(None, latents="l", output="o", preset="tiny", steps=100)
+    assert (tiny_cfg.lr, tiny_cfg.batch_size, tiny_cfg.sample_every) == (1e-3, 64, 500)
+    xl = load_config(None, latents="l", output="o", steps=100)  # XL keeps DiT's values
+    assert (xl.preset, xl.lr, xl.batch_size, xl.ema, xl.warmup) == ("XL", 1e-4, 256, 0.9999, 0)
 
 
 def test_t2i_run(lat, tmp_path):

@@ -37,10 +37,17 @@ def tiny(shards, output, **kw):
     return load_config(None, **{**base, **kw})
 
 
-def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path):
+def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path, monkeypatch):
     from textok.trainer.models.textok import TexTok
+    from textok.trainer.training.metrics_log import MetricsLogger
 
+    plotted = []  # how many logged steps loss.png showed each time it was drawn
+    real_plot = MetricsLogger.plot
+    monkeypatch.setattr(MetricsLogger, "plot", lambda self, png: plotted.append(len(read_metrics(self.path)))
+                        or real_plot(self, png))
     out = train(tiny(shards, tmp_path / "run"))
+    assert plotted[:2] == [2, 4]  # refreshed at every preview (sample_every=2), not only at the end
+    assert_watchable(tmp_path / "run", "reconstructions", [2, 4], "total")
     model = TexTok.from_pretrained(out)
     assert model.cfg.num_tokens == 8 and model.cfg.text_dim == 16 and model.cfg.max_text_tokens == 8
     cfg = json.load(open(tmp_path / "run" / "config.json"))
@@ -62,6 +69,30 @@ def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path):
     # the shards' text encoder travels with the tokenizer (extract-latents checks it)
     for d in (tmp_path / "run", tmp_path / "run" / "tokenizer"):
         assert json.load(open(d / "text_encoder.json")) == {"encoder": "tiny-t5", "D": 16, "max_tokens": 8}
+
+
+def assert_watchable(run, image_tag: str, image_steps: list[int], scalar: str) -> None:
+    """TensorBoard (run/tb) holds the preview grids and the curves; loss.png exists."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb")).Reload()
+    assert [e.step for e in events.Images(image_tag)] == image_steps
+    assert [e.step for e in events.Scalars(scalar)] == [r["step"] for r in read_metrics(str(run / "metrics.jsonl"))]
+    assert (run / "loss.png").is_file()
+
+
+def test_presets_carry_training_defaults(tmp_path):
+    tiny_cfg = load_config(None, shards="s", output="o", preset="tiny", steps=1500)
+    assert (tiny_cfg.warmup, tiny_cfg.disc_start, tiny_cfg.perceptual) == (100, 5000, "none")
+    assert (tiny_cfg.lr, tiny_cfg.batch_size, tiny_cfg.image_size) == (1e-3, 32, 32)
+    paper = load_config(None, shards="s", output="o", preset="B", steps=1500)  # the paper's values
+    assert (paper.warmup, paper.disc_start, paper.lr, paper.batch_size, paper.ema) == (5000, 80_000, 1e-4, 256, 0.999)
+    assert paper.perceptual != "none" and paper.image_size == 256
+    # flag > config file > preset default
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"preset": "tiny", "warmup": 7, "lr": 0.5}))
+    mixed = load_config(str(f), shards="s", output="o", steps=10, lr=0.25)
+    assert (mixed.warmup, mixed.lr, mixed.disc_start, mixed.perceptual) == (7, 0.25, 5000, "none")
 
 
 def test_resume_continues_exactly(shards, tmp_path):

@@ -1,6 +1,6 @@
 """`textok train-dit`: a DiT on TexTok latents (class-conditional, or T2I with --t2i).
 
-    textok train-dit --latents out/latents --output runs/dit --preset tiny --steps 200 --batch-size 32
+    textok train-dit --latents out/latents --output runs/dit --preset tiny --steps 200
     torchrun --nproc_per_node 8 -m textok train-dit --latents ... --output ...
 """
 from __future__ import annotations
@@ -11,8 +11,9 @@ from textok.trainer.cli_options import apply_options, training_options
 
 
 def _train_options(f):
-    f = training_options("TrainDiTConfig", batch_size=256, lr="1e-4, constant", ema=0.9999, save_every=10_000,
-                         sample_every=10_000, log_every=100, num_workers=2)(f)
+    f = training_options("TrainDiTConfig", batch_size="256; tiny 64", lr="1e-4, constant; tiny 1e-3",
+                         ema=0.9999, save_every="10000; tiny 500", sample_every="10000; tiny 500",
+                         log_every="100; tiny 25", num_workers="2; tiny 1")(f)
     return apply_options([
         click.option("--latents", help="Latent dir (extract-latents output)."),
         click.option("--output", help="Run dir (checkpoints, config.json, samples, dit/)."),

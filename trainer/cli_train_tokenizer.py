@@ -1,11 +1,11 @@
 """`textok train-tokenizer`: train the TexTok tokenizer (DDP under torchrun).
 
-    textok train-tokenizer --shards out/shards --output runs/tok --preset tiny --image-size 32 \
-        --patch-size 4 --num-tokens 8 --steps 200 --batch-size 16 --perceptual none
+    textok train-tokenizer --shards out/shards --output runs/tok --preset tiny --num-tokens 8 --steps 200
     torchrun --nproc_per_node 2 -m textok train-tokenizer --shards ... --output ...
 
 Flags left out take the value from --config FILE (JSON or YAML, keys = TrainTokenizerConfig
-fields, plus "model"/"loss" dicts of TexTokConfig/LossConfig overrides), else the paper default.
+fields, plus "model"/"loss" dicts of TexTokConfig/LossConfig overrides), else the preset's training
+default (tiny: short warm-up, no perceptual net; TRAINING_PRESETS), else the paper's.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from textok.trainer.cli_options import apply_options, training_options
 
 
 def _train_options(f):
-    f = training_options("TrainTokenizerConfig", batch_size=256, lr="1e-4", ema=0.999, save_every=5000,
-                         sample_every=1000, log_every=50, num_workers=4)(f)
+    f = training_options("TrainTokenizerConfig", batch_size="256; tiny 32", lr="1e-4; tiny 1e-3", ema=0.999,
+                         save_every="5000; tiny 500", sample_every="1000; tiny 250", log_every="50; tiny 25",
+                         num_workers="4; tiny 1")(f)
     return apply_options([
         click.option("--shards", help="Shard dir, glob or file (textok encode output)."),
         click.option("--output", help="Run directory (checkpoints, config.json, samples, tokenizer/)."),
@@ -29,10 +30,10 @@ def _train_options(f):
         click.option("--num-tokens", type=int, help="N latent tokens (default: the preset's, 128)."),
         click.option("--text-mode", type=click.Choice(["both", "enc", "dec", "none"]),
                      help="Where the caption enters (default both; none = the no-text baseline)."),
-        click.option("--warmup", type=int, help="Linear warmup steps (default 5000)."),
-        click.option("--disc-start", type=int, help="Step the discriminator starts (default 80000)."),
+        click.option("--warmup", type=int, help="Linear warmup steps (default 5000; tiny 100)."),
+        click.option("--disc-start", type=int, help="Step the discriminator starts (default 80000; tiny 5000)."),
         click.option("--perceptual", type=click.Choice(["auto", "inception", "lpips", "none"]),
-                     help="Perceptual loss (auto: LPIPS when weights are given, else the packaged Inception)."),
+                     help="Perceptual loss (default auto; tiny none. auto: LPIPS when weights are given, else the packaged Inception)."),
         click.option("--lpips-weights", help="LPIPS linear heads (lpips package vgg.pth)."),
         click.option("--vgg16-weights", help="torchvision vgg16-397923af.pth (LPIPS backbone)."),
     ], f)

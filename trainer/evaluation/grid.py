@@ -78,6 +78,8 @@ def plot_metrics(jsonl_path: str, png_path: str, keys: Sequence[str] | None = No
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    fig.savefig(png_path, dpi=100)
+    partial = png_path + ".partial.png"  # an image viewer watching png_path never sees half a file
+    fig.savefig(partial, dpi=100)
     plt.close(fig)
+    os.replace(partial, png_path)
     return png_path

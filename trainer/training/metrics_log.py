@@ -1,4 +1,7 @@
-"""What a run writes as it goes: metrics.jsonl, TensorBoard scalars and a progress bar."""
+"""What a run writes as it goes: metrics.jsonl, TensorBoard scalars and images, and a progress bar.
+
+    tensorboard --logdir runs/tok      # curves (and preview grids) while the run goes on
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +10,7 @@ import time
 
 
 class MetricsLogger:
-    """JSONL (always), TensorBoard (when installed) and a tqdm bar, all on rank 0 only."""
+    """JSONL, TensorBoard (OUTPUT/tb) and a tqdm bar, all on rank 0 only."""
 
     def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, is_main: bool = True,
                  desc: str = "train"):
@@ -21,12 +24,9 @@ class MetricsLogger:
             os.remove(self.path)  # a fresh run; a resumed one appends
         elif start_step > 0:
             self._truncate_after(start_step)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # tensorboard is a core dependency
 
-            self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
-        except ImportError:  # tensorboard is optional
-            pass
+        self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
         from tqdm import tqdm
 
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
@@ -52,6 +52,26 @@ class MetricsLogger:
                 self.tb.add_scalar(k, float(v), step)
         if self.bar is not None:
             self.bar.set_postfix({k: f"{float(v):.4g}" for k, v in list(values.items())[:4]})
+
+    def plot(self, png_path: str) -> str | None:
+        """Redraw the loss curves from metrics.jsonl (called at every preview, so loss.png is
+        current while the run goes on, not only at its end)."""
+        if not self.is_main:
+            return None
+        from textok.trainer.evaluation.grid import plot_metrics
+
+        return plot_metrics(self.path, png_path)
+
+    def image(self, tag: str, png_path: str, step: int) -> None:
+        """Show a preview grid (a PNG the trainer just wrote) in TensorBoard's Images tab."""
+        if self.tb is None:
+            return
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(png_path) as im:
+            self.tb.add_image(tag, np.asarray(im.convert("RGB")), step, dataformats="HWC")
+        self.tb.flush()
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:

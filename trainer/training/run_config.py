@@ -10,9 +10,12 @@ Config = TypeVar("Config")
 
 
 def resolve_config(cls: type[Config], path: str | None, overrides: dict, command: str,
-                required: tuple[str, ...] = ()) -> Config:
-    """Dataclass defaults <- JSON/YAML file <- explicit overrides (None values are 'not given').
+                required: tuple[str, ...] = (), preset_defaults: dict[str, dict] | None = None) -> Config:
+    """Dataclass defaults <- the preset's training defaults <- JSON/YAML file <- explicit overrides
+    (None values are 'not given').
 
+    `preset_defaults[preset]` holds the settings a size preset changes (a tiny CPU run needs no
+    5,000-step warm-up); the preset is the one the file or the flags name, else the dataclass's.
     `required` fields must end up non-empty and `steps` positive; lists become tuples where the
     default is a tuple (YAML/JSON have no tuples: betas).
     """
@@ -27,6 +30,8 @@ def resolve_config(cls: type[Config], path: str | None, overrides: dict, command
                 values = json.load(f)
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name: f for f in fields(cls)}
+    if preset_defaults:
+        values = {**preset_defaults.get(values.get("preset", known["preset"].default), {}), **values}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"{path or 'overrides'}: unknown {command} setting(s) {unknown}; known: {sorted(known)}")

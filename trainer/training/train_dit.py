@@ -11,7 +11,8 @@ linear DDPM with learned variance (eps-MSE + VLB), labels (or captions) dropped 
 condition with p = 0.1 for classifier-free guidance. Z is normalised per channel with the
 latent set's mean/std (extract-latents) before diffusion; the stats travel with the model.
 
-Writes into --output: config.json, metrics.jsonl, checkpoints/step-*/ (trainer/training/ and
+Writes into --output: config.json, metrics.jsonl, tb/ (TensorBoard), loss.png (refreshed every
+--sample-every steps), checkpoints/step-*/ (trainer/training/ and
 trainer/training/checkpoint.py, shared with the tokenizer trainer), samples/step-*.png when --tokenizer
 is given (left: the real latents decoded, right: DiT samples for the same labels/captions), and
 at the end dit/ (EMA weights via DiT.save_pretrained + latent_stats.json: what `sample` loads).
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from textok.trainer.evaluation.grid import plot_metrics, save_pairs
+from textok.trainer.evaluation.grid import save_pairs
 from textok.trainer.data.latents import LatentLoader, max_label
 from textok.trainer.training.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
 from textok.trainer.training.optim import EMA, build_optimizer, clip_grad, warmup_cosine
@@ -79,9 +80,18 @@ class TrainDiTConfig:
     model: dict = field(default_factory=dict)  # extra DiTConfig overrides (pos_embed, learn_sigma, ...)
 
 
+# Training settings a size preset changes (flag > --config file > this table > the dataclass's DiT
+# paper values, which S/B/L/XL keep): a tiny CPU DiT learns in thousands of steps, not 400k.
+TRAINING_PRESETS: dict[str, dict] = {
+    "tiny": dict(lr=1e-3, batch_size=64, save_every=500, sample_every=500, log_every=25, num_workers=1),
+}
+
+
 def load_config(path: str | None, **overrides) -> TrainDiTConfig:
-    """Defaults <- JSON/YAML file <- explicit overrides (None values are 'not given')."""
-    cfg = resolve_config(TrainDiTConfig, path, overrides, "train-dit", required=("latents", "output"))
+    """Defaults <- the preset's TRAINING_PRESETS <- JSON/YAML file <- explicit overrides (None
+    values are 'not given')."""
+    cfg = resolve_config(TrainDiTConfig, path, overrides, "train-dit", required=("latents", "output"),
+                         preset_defaults=TRAINING_PRESETS)
     if not 0.0 <= cfg.cfg_dropout < 1.0:
         raise ValueError(f"train-dit: --cfg-dropout must be in [0, 1), got {cfg.cfg_dropout}")
     return cfg
@@ -214,9 +224,12 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
         if due(step, cfg.save_every, cfg.steps):
             check_finite_weights(model, step, ckpt)
             save_checkpoint(ckpt, step, model, ema, opt, sched, loader, dist)
-        if preview is not None and due(step, cfg.sample_every, cfg.steps):
-            with ema.swapped(model), torch.random.fork_rng(devices=[]):
-                preview.save(model, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"))
+        if dist.is_main and due(step, cfg.sample_every, cfg.steps):  # watchable while the run goes on
+            if preview is not None:
+                with ema.swapped(model), torch.random.fork_rng(devices=[]):
+                    grid = preview.save(model, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"))
+                logger.image("samples", grid, step)
+            logger.plot(os.path.join(cfg.output, "loss.png"))
     logger.close()
 
     out = os.path.join(cfg.output, "dit")
@@ -225,7 +238,7 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
             model.save_pretrained(out)
         with open(os.path.join(out, STATS_NAME), "w") as f:
             json.dump(stats, f, indent=2)
-        plot_metrics(logger.path, os.path.join(cfg.output, "loss.png"))
+        logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
 
 
