@@ -48,6 +48,8 @@ def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path, monkey
     out = train(tiny(shards, tmp_path / "run"))
     assert plotted[:2] == [2, 4]  # refreshed at every preview (sample_every=2), not only at the end
     assert_watchable(tmp_path / "run", "reconstructions", [2, 4], "total")
+    card = (tmp_path / "run" / "tokenizer" / "README.md").read_text()  # the model card knows the run
+    assert "- steps: 4" in card and f"- data: {shards}" in card and "| total |" in card
     model = TexTok.from_pretrained(out)
     assert model.cfg.num_tokens == 8 and model.cfg.text_dim == 16 and model.cfg.max_text_tokens == 8
     cfg = json.load(open(tmp_path / "run" / "config.json"))

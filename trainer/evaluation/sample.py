@@ -51,7 +51,7 @@ def load_dit(path: str, device: str | torch.device = "cpu"):
     directory = dit_dir(path)
     with open(os.path.join(directory, STATS_NAME)) as f:
         stats = json.load(f)
-    return DiT.from_pretrained(directory, device=device).eval(), stats
+    return DiT.from_pretrained(directory, map_location=device), stats
 
 
 def same_encoder(a: dict, b: dict) -> str | None:

@@ -11,23 +11,21 @@ the (padded, masked) T5 text tokens and drops the class embedding.
     t2i = DiT(dit_config("B", num_tokens=32, t2i=True, text_dim=2048))
     out = t2i(z_t, t, text_emb=emb, text_mask=mask)                  # mask: True = real token
     eps_guided = model.forward_with_cfg(z_t, t, y=labels, cfg_scale=4.0)
-    model.save_pretrained("runs/dit/final"); DiT.from_pretrained("runs/dit/final")
+    model.save_pretrained("runs/dit/final"); DiT.from_pretrained("runs/dit/final")   # or a hub id
 
 Shapes: B batch, N tokens, d token_dim, W width, L text tokens, D text_dim.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from textok.trainer.models.hub import HubModel
+
 MODEL_TYPE = "textok-dit"
 
 
@@ -170,9 +168,12 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(nn.Module, HubModel):
     """Tokens [B, N, d] -> (eps ; variance) [B, N, 2d]. The adaLN condition c is t + class
-    embedding (class-conditional) or t alone (T2I, where text enters by cross-attention)."""
+    embedding (class-conditional) or t alone (T2I, where text enters by cross-attention).
+    save_pretrained / from_pretrained(path or hub id, revision=) / push_to_hub: trainer/models/hub.py."""
+
+    config_class, model_type = DiTConfig, MODEL_TYPE
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -329,37 +330,11 @@ class DiT(nn.Module):
             return lambda x, t: self(x, t, drop_cond=torch.zeros(x.shape[0], dtype=torch.bool, device=x.device), **cond)
         return lambda x, t: self.forward_with_cfg(x, t, cfg_scale, **cond)
 
-    # ---- persistence --------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps({"model_type": MODEL_TYPE, **asdict(self.cfg)}, indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"model_type": MODEL_TYPE})
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "DiT":
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for p in (config_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p} not found: a DiT directory written by DiT.save_pretrained holds "
-                                        f"{CONFIG_NAME} and {WEIGHTS_NAME}")
-        raw = json.loads(config_path.read_text())
-        if raw.pop("model_type", None) != MODEL_TYPE:
-            raise ValueError(f"{config_path}: model_type is not {MODEL_TYPE!r}; not a textok DiT checkpoint")
-        known = {f.name for f in fields(DiTConfig)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{config_path}: unknown DiTConfig keys {unknown}")
-        model = cls(DiTConfig(**raw))
-        model.load_state_dict(load_file(str(weights_path), device=str(device)))
-        return model.to(device)
+    # ---- model card (save/load/push: trainer/models/hub.py) ---------------------------------
+    def card_title(self) -> str:
+        c = self.cfg
+        cond = f"text-to-image (D={c.text_dim})" if c.t2i else f"{c.num_classes} classes"
+        return f"DiT on TexTok latents: {c.num_tokens} tokens x {c.token_dim}, {cond}, width {c.width} x {c.depth}"
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -4,7 +4,7 @@
     model = TexTok(textok_config("tiny", text_dim=32))          # 32 px, patch 4, N = 16
     z = model.encode(images, text_emb, text_mask)                # [B,3,H,W] -> [B,N,8]
     recon = model.decode(z, text_emb, text_mask)                 # [B,N,8] -> [B,3,H,W]
-    model.save_pretrained("runs/tok/final"); TexTok.from_pretrained("runs/tok/final")
+    model.save_pretrained("runs/tok/final"); TexTok.from_pretrained("runs/tok/final")   # or a hub id
 
 Tokenizer:   [patch tokens ; N learnable image tokens ; text tokens] -> ViT -> keep the N
              image tokens -> LayerNorm -> Linear(width -> d)                   = Z [B,N,d]
@@ -22,17 +22,15 @@ equivariant decoder (TiTok does the same for its latent tokens).
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from textok.trainer.models.hub import HubModel
+
 TEXT_MODES = ("both", "enc", "dec", "none")
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -180,7 +178,11 @@ def sincos_2d(width: int, grid: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- model
 
 
-class TexTok(nn.Module):
+class TexTok(nn.Module, HubModel):
+    """save_pretrained / from_pretrained(path or hub id, revision=) / push_to_hub: trainer/models/hub.py."""
+
+    config_class, model_type = TexTokConfig, "textok"
+
     def __init__(self, cfg: TexTokConfig):
         super().__init__()
         self.cfg = cfg
@@ -298,39 +300,7 @@ class TexTok(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # -- files: config.json + model.safetensors, loaded through the same path the trainer uses
-
-    def save_pretrained(self, path) -> None:
-        from safetensors.torch import save_file
-
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, CONFIG_NAME), "w") as f:
-            json.dump({"model_type": "textok", **asdict(self.cfg)}, f, indent=2)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt", "model_type": "textok"})
-
-    @classmethod
-    def from_pretrained(cls, path, map_location="cpu") -> "TexTok":
-        from safetensors.torch import load_file
-
-        path = os.fspath(path)
-        cfg_file, weights_file = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
-        for f in (cfg_file, weights_file):
-            if not os.path.isfile(f):
-                raise FileNotFoundError(f"TexTok checkpoint {path!r} lacks {os.path.basename(f)}: expected a "
-                                        f"directory written by TexTok.save_pretrained ({CONFIG_NAME} + {WEIGHTS_NAME})")
-        with open(cfg_file) as f:
-            raw = json.load(f)
-        if raw.pop("model_type", "textok") != "textok":
-            raise ValueError(f"{cfg_file}: model_type is not 'textok'")
-        known = {f.name for f in fields(TexTokConfig)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{cfg_file}: unknown TexTokConfig field(s) {unknown}")
-        model = cls(TexTokConfig(**raw))
-        device = map_location if isinstance(map_location, str) else str(map_location)
-        state = load_file(weights_file, device=device)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights_file} does not match {cfg_file}: missing {missing}, unexpected {unexpected}")
-        return model.to(map_location)
+    def card_title(self) -> str:
+        c = self.cfg
+        return (f"TexTok tokenizer: {c.image_size} px, {c.num_tokens} tokens x {c.token_dim}, "
+                f"text {c.text_mode} (D={c.text_dim})")

@@ -17,6 +17,7 @@ class MetricsLogger:
         self.is_main = is_main
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self.tb = self.bar = None
+        self.last: dict[str, float] = {}  # the latest logged values (for the model card)
         if not is_main:
             return
         os.makedirs(output_dir, exist_ok=True)
@@ -45,6 +46,7 @@ class MetricsLogger:
         if not self.is_main:
             return
         row = {"step": step, "time": round(time.time() - self.t0, 3), **{k: float(v) for k, v in values.items()}}
+        self.last = {k: v for k, v in row.items() if k not in ("step", "time")}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tb is not None:

@@ -235,7 +235,8 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
     out = os.path.join(cfg.output, "dit")
     if dist.is_main:
         with ema.swapped(model):
-            model.save_pretrained(out)
+            model.save_pretrained(out, card={"data": cfg.latents, "tokenizer": stats.get("tokenizer"), "steps": step,
+                                             "batch size": cfg.batch_size, "metrics": logger.last})
         with open(os.path.join(out, STATS_NAME), "w") as f:
             json.dump(stats, f, indent=2)
         logger.plot(os.path.join(cfg.output, "loss.png"))

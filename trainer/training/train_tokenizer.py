@@ -289,7 +289,8 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
     out = os.path.join(cfg.output, "tokenizer")
     if dist.is_main:
         with ema.swapped(model):
-            model.save_pretrained(out)
+            model.save_pretrained(out, card={"data": cfg.shards, "steps": step, "batch size": cfg.batch_size,
+                                             "text encoder": loader.meta.get("encoder"), "metrics": logger.last})
         write_text_encoder(loader.meta, out)
         logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
