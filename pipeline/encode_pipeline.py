@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from textok.schemas.captions import DEAD_LETTER_SCHEMA
 from textok.schemas.common import SchemaError, list_parquet, read_meta, with_metadata, write_table_atomic
-from textok.schemas.shards import shards_schema, text_emb_column
+from textok.schemas.shards import SHARDS_VERSION, image_column, shards_schema, text_emb_column
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,10 @@ def dead_letter_row(row: dict, error_type: str, message: str, stage: str = "enco
 def encoded_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Encoded rows (dicts with `text_emb` float16 `[len, D]` arrays) -> a table of `schema` (shards, pools)."""
     dim = schema.field("text_emb").type.value_type.list_size
-    arrays = [text_emb_column([r["text_emb"] for r in rows], dim) if f.name == "text_emb"
-              else pa.array([r[f.name] for r in rows], type=f.type) for f in schema]
+    special = {"text_emb": lambda: text_emb_column([r["text_emb"] for r in rows], dim),
+               "image": lambda: image_column([r["image"] for r in rows])}  # encoded bytes -> {bytes, path}
+    arrays = [special[f.name]() if f.name in special else pa.array([r[f.name] for r in rows], type=f.type)
+              for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -385,7 +387,8 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     _check_plan(output_dir, split, keys, plan, {
         "rows_per_shard": rows_per_shard, "image_mode": image_mode, "encoder": encoder,
         "encoder_hash": meta["encoder_hash"], "max_tokens": max_tokens,
-        "pool_holdout_fraction": pool_holdout_fraction, "pool_seed": seed})
+        "pool_holdout_fraction": pool_holdout_fraction, "pool_seed": seed,
+        "shards_version": SHARDS_VERSION})  # never mix shard layouts (v1: image as plain bytes) in one dir
     shard_path = _ShardPath(output_dir)
     todo = [t for t in plan if not os.path.exists(shard_path(t))]
     log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(keys),

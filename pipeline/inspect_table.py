@@ -127,7 +127,7 @@ def _sheet_items(files: list[str], kind: str, n: int) -> list[tuple[bytes | None
         for batch in pq.ParquetFile(f).iter_batches(batch_size=n, columns=cols):
             for row in batch.to_pylist():
                 if "image" in row:
-                    data = row["image"]
+                    data = row["image"]["bytes"]  # datasets' Image() storage: {bytes, path}
                 elif "source_uri" in row:
                     from textok.pipeline.images import ImageDecodeError
                     from textok.pipeline.sources import read_image_bytes

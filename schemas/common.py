@@ -1,7 +1,7 @@
 """Shared machinery for every textok table: metadata keys, atomic Parquet writes, validation.
 
 Every textok Parquet file carries, in its key-value metadata:
-  textok.schema_version  -- SCHEMA_VERSION below
+  textok.schema_version  -- the table's version (SCHEMA_VERSION below unless its TableSpec says)
   textok.table           -- which table this is ("captions", "dead_letter", "shards", ...)
   textok.stage           -- the stage that wrote it
   textok.meta            -- JSON with stage settings (captioner, model, prompt, encoder, ...)
@@ -38,6 +38,9 @@ class TableSpec:
     required_meta: tuple[str, ...] = ()
     # extra check(path, table_metadata_dict, parquet_file) -> None, raising SchemaError
     extra_check: Callable[[str, dict, pq.ParquetFile], None] | None = None
+    version: str = SCHEMA_VERSION  # bumped when the table's columns change
+    # older versions -> what they were and what to do about them (named in validate's error)
+    old_versions: dict[str, str] = field(default_factory=dict)
 
 
 _TABLES: dict[str, TableSpec] = {}
@@ -59,17 +62,14 @@ def _ensure_registered() -> None:
     # Import the table modules so they register themselves (lazy to avoid import cycles).
     import importlib
 
-    for mod in ("schemas.captions", "schemas.shards", "schemas.pools", "schemas.latents"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a table module not written yet
-            if e.name != mod:
-                raise
+    for mod in ("captions", "shards", "pools", "latents"):
+        importlib.import_module(f"textok.schemas.{mod}")
 
 
 def make_metadata(table: str, stage: str, meta: dict[str, Any] | None = None) -> dict[bytes, bytes]:
+    version = _TABLES[table].version if table in _TABLES else SCHEMA_VERSION
     return {
-        KEY_VERSION: SCHEMA_VERSION.encode(),
+        KEY_VERSION: version.encode(),
         KEY_TABLE: table.encode(),
         KEY_STAGE: stage.encode(),
         KEY_META: json.dumps(meta or {}, sort_keys=True, default=str).encode(),
@@ -159,21 +159,26 @@ def validate_file(path: str, expect_table: str | None = None) -> dict[str, Any]:
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError on corrupt files
         raise SchemaError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
     info = read_meta(path)
-    if info["schema_version"] != SCHEMA_VERSION:
-        raise SchemaError(f"{path}: metadata textok.schema_version is {info['schema_version']!r}, "
-                          f"expected {SCHEMA_VERSION!r}")
     if expect_table and info["table"] != expect_table:
         raise SchemaError(f"{path}: metadata textok.table is {info['table']!r}, expected {expect_table!r}")
     spec = table_spec(info["table"])
+    if info["schema_version"] != spec.version:
+        raise SchemaError(f"{path}: metadata textok.schema_version is {info['schema_version']!r}, this textok reads "
+                          f"{spec.name} version {spec.version!r}"
+                          + (f": {spec.old_versions[info['schema_version']]}"
+                             if info["schema_version"] in spec.old_versions else ""))
     check_schema(path, pf.schema_arrow, spec.schema)
     for k in spec.required_meta:
         if k not in info["meta"]:
             raise SchemaError(f"{path}: metadata textok.meta lacks required key {k!r} for table {spec.name!r}")
-    # Required (non-nullable) columns must hold no nulls.
+    # Required (non-nullable) columns must hold no nulls. Statistics are per Parquet leaf column: a
+    # nested column (image {bytes, path}) has several, and a null row is null in its first one.
+    leaves = [pf.metadata.schema.column(i).path for i in range(pf.metadata.num_columns)]
     for f in spec.schema:
         if not f.nullable:
+            leaf = next(i for i, p in enumerate(leaves) if p == f.name or p.startswith(f.name + "."))
             for rg in range(pf.num_row_groups):
-                stats = pf.metadata.row_group(rg).column(pf.schema_arrow.get_field_index(f.name)).statistics
+                stats = pf.metadata.row_group(rg).column(leaf).statistics
                 if stats is not None and stats.has_null_count and stats.null_count > 0:
                     raise SchemaError(f"{path}: column {f.name!r} holds {stats.null_count} nulls in row group {rg}, "
                                       f"expected none")

@@ -1,8 +1,19 @@
 """The training shards table (DESIGN §3) and zero-copy `text_emb` decoding.
 
-Columns: key, split, label, class_name, caption, image (encoded bytes), image_format,
-width, height, text_emb, text_len. `width`/`height` are those of the decoded image with its
-EXIF orientation applied (`pipeline.images.decode_image`), so decode `image` the same way.
+Columns: key, split, label, class_name, caption, image, image_format, width, height, text_emb,
+text_len. `width`/`height` are those of the decoded image with its EXIF orientation applied
+(`pipeline.images.decode_image`), so decode `image` the same way.
+
+`image` is a struct {bytes: encoded image (JPEG/PNG, original or re-encoded), path: null}: the
+storage of Hugging Face `datasets`' `Image()` feature. The Parquet schema metadata carries the
+`datasets` features (key b"huggingface"), so
+
+    datasets.load_dataset("parquet", data_files="out/shards/train-*.parquet")["train"][0]["image"]
+
+is a PIL image (and the Hub's dataset viewer shows pictures); pyarrow and DuckDB read
+`image.bytes` (`SELECT image.bytes FROM 'train-*.parquet'`). `image_bytes` reads the bytes of
+either version of the column, so the trainer still loads version 1 shards (plain binary `image`);
+`validate` names the upgrade (re-encode) for them.
 
 `text_emb` is `list<fixed_size_list<float16, D>>`: one unpadded `[text_len, D]` matrix per
 row, stored as a typed Arrow list (opens as-is in pyarrow, `datasets` and DuckDB).
@@ -18,9 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import json
+
 from textok.schemas.common import SchemaError, TableSpec, register_table
 
 TEXT_META_KEYS = ("encoder", "D", "max_tokens", "compute_dtype", "storage_dtype")
+SHARDS_VERSION = "2"  # 1: `image` was plain binary (datasets saw bytes, not pictures)
+IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])  # datasets' Image()
+_HF_VALUES = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float16(): "float16",
+              pa.float32(): "float32", pa.bool_(): "bool"}
 
 
 def text_emb_type(dim: int) -> pa.DataType:
@@ -28,19 +45,52 @@ def text_emb_type(dim: int) -> pa.DataType:
 
 
 def shards_schema(dim: int) -> pa.Schema:
-    return pa.schema([
+    schema = pa.schema([
         pa.field("key", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("label", pa.int32()),
         pa.field("class_name", pa.string()),
         pa.field("caption", pa.string(), nullable=False),
-        pa.field("image", pa.binary(), nullable=False),
+        # nullable in the file: `datasets` applies the Image() feature only to a field equal to its
+        # own (nullable) one; validate still refuses null images (REQUIRED_IMAGE below)
+        pa.field("image", IMAGE_TYPE),
         pa.field("image_format", pa.string(), nullable=False),  # "jpeg", "png", ... (PIL format, lower case)
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("text_emb", text_emb_type(dim), nullable=False),
         pa.field("text_len", pa.int32(), nullable=False),
     ])
+    return schema.with_metadata({b"huggingface": json.dumps({"info": {"features": hf_features(schema)}}).encode()})
+
+
+def hf_features(schema: pa.Schema) -> dict:
+    """The `datasets` features of a textok table, as `datasets.Features.to_dict()` writes them:
+    `image` columns are `Image()` (decoded to PIL), typed lists `Sequence` (the spelling every
+    `datasets` version since 2.x reads), scalars `Value`."""
+    def feature(t: pa.DataType) -> dict:
+        if t.equals(IMAGE_TYPE):
+            return {"_type": "Image"}
+        if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+            return {"feature": feature(t.value_type), "length": t.list_size if pa.types.is_fixed_size_list(t) else -1,
+                    "_type": "Sequence"}
+        return {"dtype": _HF_VALUES[t], "_type": "Value"}
+
+    return {f.name: feature(f.type) for f in schema}
+
+
+def image_column(images: list[bytes]) -> pa.Array:
+    """Encoded image bytes -> the `image` column ({bytes, path=None} per row)."""
+    return pa.StructArray.from_arrays([pa.array(images, pa.binary()), pa.nulls(len(images), pa.string())],
+                                      fields=list(IMAGE_TYPE))
+
+
+def image_bytes(column: pa.Array | pa.ChunkedArray) -> list[bytes]:
+    """The encoded bytes of each row of an `image` column, of this version ({bytes, path}) or of
+    version 1 shards (plain binary)."""
+    if pa.types.is_struct(column.type):
+        column = pa.chunked_array([c.field("bytes") for c in column.chunks]) \
+            if isinstance(column, pa.ChunkedArray) else column.field("bytes")
+    return column.to_pylist()
 
 
 def text_emb_column(embeddings: list[np.ndarray], dim: int) -> pa.Array:
@@ -94,9 +144,14 @@ def check_text_columns(path: str, info: dict, pf: pq.ParquetFile) -> None:
 
 # The registered schema uses D=1 as a placeholder for the type check of the other columns;
 # `check_text_columns` checks `text_emb` against the file's own D.
+REQUIRED_IMAGE = pa.field("image", IMAGE_TYPE, nullable=False)
 SHARDS = register_table(TableSpec(
     "shards",
-    pa.schema([f for f in shards_schema(1) if f.name != "text_emb"]),
+    pa.schema([REQUIRED_IMAGE if f.name == "image" else f for f in shards_schema(1) if f.name != "text_emb"]),
     required_meta=TEXT_META_KEYS,
     extra_check=check_text_columns,
+    version=SHARDS_VERSION,
+    old_versions={"1": "version 1 shards store `image` as plain bytes (datasets shows bytes, not pictures); the "
+                       "trainer still reads them; re-run `textok encode` into a new --output to "
+                       "upgrade (the captions are reused, nothing is re-captioned)"},
 ))

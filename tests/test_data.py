@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from textok.schemas.common import SchemaError, with_metadata, write_table_atomic
-from textok.schemas.shards import shards_schema, text_emb_column
+from textok.schemas.shards import image_bytes, image_column, shards_schema, text_emb_column
 from textok.trainer.data.loader import ShardLoader, ShardStream, resolve_shards
 
 
@@ -43,7 +43,7 @@ def write_shards(out_dir, num_files=3, rows_per_file=10, dim=16, max_tokens=8, i
         n = len(keys)
         table = pa.Table.from_arrays([
             pa.array(keys), pa.array([split] * n), pa.array(labels, pa.int32()), pa.array(["c"] * n),
-            pa.array(caps), pa.array(imgs, pa.binary()), pa.array(["png"] * n),
+            pa.array(caps), image_column(imgs), pa.array(["png"] * n),
             pa.array([image_size + 8] * n, pa.int32()), pa.array([image_size] * n, pa.int32()),
             text_emb_column(embs, dim), pa.array([len(e) for e in embs], pa.int32()),
         ], schema=schema)
@@ -183,13 +183,45 @@ def test_split_filter_in_a_shards_dir(tmp_path):
 def test_corrupt_image_names_file_and_key(tmp_path):
     path = write_shards(tmp_path, num_files=1, rows_per_file=3)[0]
     table = pq.read_table(path)
-    images = table.column("image").to_pylist()
+    images = image_bytes(table.column("image"))
     images[1] = b"not an image"
     table = table.set_column(table.schema.get_field_index("image"), table.schema.field("image"),
-                             pa.array(images, pa.binary()))
+                             image_column(images))
     write_table_atomic(table, path)
     with pytest.raises(ValueError, match=r"train-00000-of-00001.parquet: row 'k00001': image does not decode"):
         next(iter(ShardLoader(path, 32, batch_size=3, train=False)))
+
+
+def test_version_1_shards_still_load_and_validate_names_the_upgrade(tmp_path):
+    """Version 1 shards stored `image` as plain binary: the trainer reads them, validate says what to do."""
+    from textok.schemas.common import validate
+
+    path = write_shards(tmp_path, num_files=1, rows_per_file=3)[0]
+    table = pq.read_table(path)
+    v1 = table.set_column(table.schema.get_field_index("image"), "image",
+                          pa.array(image_bytes(table.column("image")), pa.binary()))
+    md = {**table.schema.metadata, b"textok.schema_version": b"1"}
+    md.pop(b"huggingface")
+    write_table_atomic(v1.replace_schema_metadata(md), path)
+    batch = next(iter(ShardLoader(path, 32, batch_size=3, train=False)))
+    assert batch["images"].shape == (3, 3, 32, 32) and batch["key"] == ["k00000", "k00001", "k00002"]
+    with pytest.raises(SchemaError, match="schema_version is '1'.*re-run `textok encode` into a new --output"):
+        validate(path)
+
+
+def test_validate_refuses_a_null_image(tmp_path):
+    from textok.schemas.common import validate
+
+    path = write_shards(tmp_path, num_files=1, rows_per_file=3)[0]
+    validate(path)
+    table = pq.read_table(path)
+    images = table.column("image").combine_chunks()
+    holed = pa.StructArray.from_arrays([images.field("bytes"), images.field("path")], fields=list(images.type),
+                                       mask=pa.array([False, True, False]))
+    write_table_atomic(table.set_column(table.schema.get_field_index("image"), table.schema.field("image"), holed),
+                       path)
+    with pytest.raises(SchemaError, match="column 'image' holds 1 nulls"):
+        validate(path)
 
 
 def test_too_few_rows_for_the_streams_fails_instead_of_hanging(tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image
 from textok.pipeline.encode_pipeline import in_holdout, read_captions, run_encode
 from textok.schemas.captions import CAPTIONS_SCHEMA
 from textok.schemas.common import read_meta, validate, with_metadata, write_table_atomic
-from textok.schemas.shards import text_emb_views
+from textok.schemas.shards import image_bytes, text_emb_type, text_emb_views
 from test_text_encoder import build_tiny_t5, caption_set
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -92,8 +92,8 @@ def test_encode_shards_contents_and_interop(t5_dir, captions_dir, tmp_path):
     caps = {r["key"]: r for r in read_captions(captions_dir, "train").to_pylist()}
     for row in table.slice(0, 4).to_pylist():
         with open(caps[row["key"]]["source_uri"], "rb") as f:
-            assert row["image"] == f.read()
-        assert Image.open(io.BytesIO(row["image"])).size == (row["width"], row["height"])
+            assert row["image"] == {"bytes": f.read(), "path": None}  # datasets' Image() storage
+        assert Image.open(io.BytesIO(row["image"]["bytes"])).size == (row["width"], row["height"])
     # dead letter with the reason
     dl = pq.read_table(os.path.join(out, "dead_letter")).to_pylist()
     assert [(d["key"], d["stage"], d["error_type"]) for d in dl] == [("star/train_0005", "encode", "truncated")]
@@ -106,10 +106,16 @@ def test_encode_shards_contents_and_interop(t5_dir, captions_dir, tmp_path):
     ds = datasets.load_dataset("parquet", data_files=os.path.join(out, "shards", "train-*.parquet"), split="train",
                                cache_dir=str(tmp_path / "hf"))
     assert len(ds) == 23 and len(ds[0]["text_emb"]) == ds[0]["text_len"] and len(ds[0]["text_emb"][0]) == 32
+    assert isinstance(ds.features["image"], datasets.Image)  # from the features in the Parquet metadata
+    first = ds[0]
+    assert isinstance(first["image"], Image.Image) and first["image"].size == (first["width"], first["height"])
+    assert np.array_equal(np.asarray(first["image"]), np.asarray(Image.open(io.BytesIO(table["image"][0]["bytes"].as_py()))))
+    assert ds.data.schema.field("text_emb").type == text_emb_type(32)  # still nested float16 [text_len, D]
     con = duckdb.connect()
-    got = con.execute(f"SELECT count(*), sum(text_len), max(len(text_emb)) FROM "
+    got = con.execute(f"SELECT count(*), sum(text_len), max(len(text_emb)), sum(octet_length(image.bytes)) FROM "
                       f"read_parquet('{out}/shards/train-*.parquet')").fetchone()
-    assert got == (23, sum(table["text_len"].to_pylist()), max(table["text_len"].to_pylist()))
+    assert got == (23, sum(table["text_len"].to_pylist()), max(table["text_len"].to_pylist()),
+                   sum(len(b) for b in image_bytes(table["image"])))
 
 
 def test_image_size_and_holdout(t5_dir, captions_dir, tmp_path):
@@ -122,7 +128,7 @@ def test_image_size_and_holdout(t5_dir, captions_dir, tmp_path):
     assert not held & set(table["key"].to_pylist())
     assert s["rows"] + s["dead_letter"] == 24 - len(held)
     for row in table.to_pylist():
-        img = Image.open(io.BytesIO(row["image"]))
+        img = Image.open(io.BytesIO(row["image"]["bytes"]))
         assert img.size == (16, 16) == (row["width"], row["height"])
         src_png = row["key"].split("_")[-1] and int(row["key"][-4:]) % 2 == 1
         assert row["image_format"] == ("png" if src_png else "jpeg") == img.format.lower()

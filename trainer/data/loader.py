@@ -37,7 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from textok.schemas.common import SchemaError, list_parquet, read_meta
-from textok.schemas.shards import text_emb_views
+from textok.schemas.shards import image_bytes, text_emb_views
 
 COLUMNS = ["key", "label", "caption", "image", "text_emb", "text_len"]
 
@@ -198,7 +198,8 @@ class ShardStream(IterableDataset):
         for u in units:
             table = u.read(COLUMNS)
             embs = text_emb_views(table.column("text_emb"))  # zero-copy float16 [len, D]
-            cols = {c: table.column(c).to_pylist() for c in ("key", "label", "caption", "image", "text_len")}
+            cols = {c: table.column(c).to_pylist() for c in ("key", "label", "caption", "text_len")}
+            cols["image"] = image_bytes(table.column("image"))  # {bytes, path} (or v1 plain bytes) -> bytes
             for i in range(table.num_rows):
                 if len(embs[i]) != cols["text_len"][i]:
                     raise SchemaError(f"{u.path}: row {cols['key'][i]!r} has text_len={cols['text_len'][i]} but "
