@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# test doubles (fake_gemini, make_random_t5) live in tests/; textok itself is installed
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 VOCAB = ("a an the red blue green yellow orange purple white black grey pink brown small large medium tiny huge "
          "circle square triangle star ring cross hexagon diamond dog cat bird car tree house person sitting standing "
@@ -87,7 +88,8 @@ def main() -> None:
     import torch
 
     from textok.pipeline.encode_pipeline import run_encode
-    from textok.pipeline.text_encoder import TextEncoder, make_random_t5
+    from helpers import make_random_t5
+    from textok.pipeline.text_encoder import TextEncoder
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     captions = make_captions(a.n)

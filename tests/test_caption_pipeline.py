@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from helpers import ROOT, TESTS, pythonpath
 from textok.pipeline.beam_utils import make_pipeline
 from textok.pipeline.caption_pipeline import (TODO_PREFIX, CaptionBatchFn, CaptionImages, pending_limit,
                                        plan_caption_run, run_caption)
@@ -31,9 +32,6 @@ from textok.pipeline.captioners import build_captioner
 from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
 from textok.schemas.common import validate
 
-TESTS = os.path.dirname(os.path.abspath(__file__))  # plugins (test_x:factory) import from here
-REPO = os.path.dirname(TESTS)
-_pythonpath = lambda: os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))  # noqa: E731
 PLUGIN = "test_caption_pipeline:colour_captioner"
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -341,8 +339,8 @@ def test_sigkill_keeps_committed_parts_and_rerun_completes_each_key_once(tmp_pat
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "textok", "caption", "--input", data, "--output", str(out), "--captioner", PLUGIN,
            "--captioner-opt", "delay_s=0.25", "--batch-size", "2", "--commit-every", "2", "--commit-seconds", "600"]
-    env = dict(os.environ, PYTHONPATH=_pythonpath(), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = dict(os.environ, PYTHONPATH=pythonpath(), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_parts(out, proc)
         proc.send_signal(signal.SIGKILL)
@@ -362,7 +360,7 @@ def test_sigkill_keeps_committed_parts_and_rerun_completes_each_key_once(tmp_pat
 
 def test_multi_processing_runner_gives_the_same_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(TESTS)  # worker processes import the plugin module from tests/
-    monkeypatch.setenv("PYTHONPATH", _pythonpath())
+    monkeypatch.setenv("PYTHONPATH", pythonpath())
     data = make_folder(tmp_path / "data", corrupt=True)
     drop = lambda rows: [{k: v for k, v in r.items() if k != "timestamp"} for r in rows]  # noqa: E731
     results = []

@@ -12,15 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from helpers import ROOT, pythonpath
 from textok.pipeline.encode_pipeline import in_holdout, read_captions, run_encode
 from textok.schemas.captions import CAPTIONS_SCHEMA
 from textok.schemas.common import read_meta, validate, with_metadata, write_table_atomic
 from textok.schemas.shards import image_bytes, text_emb_type, text_emb_views
 from test_text_encoder import build_tiny_t5, caption_set
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
-_pythonpath = lambda: os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))  # noqa: E731
 CLASSES = ["circle", "square", "star"]
 
 
@@ -157,7 +155,7 @@ ep.run_encode(sys.argv[1], sys.argv[2], encoder=sys.argv[3], rows_per_shard=4, d
 
 def test_resume_after_crash_keeps_done_shards(t5_dir, captions_dir, tmp_path):
     out = str(tmp_path / "data")
-    env = dict(os.environ, PYTHONPATH=_pythonpath(), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=pythonpath(), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, captions_dir, out, t5_dir], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "simulated crash" in proc.stderr

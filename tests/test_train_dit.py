@@ -13,12 +13,10 @@ from safetensors.torch import load_file
 
 from test_latents import make_latents
 from test_train_tokenizer import assert_watchable
+from helpers import ROOT, pythonpath
 from textok.trainer.training.metrics_log import read_metrics
 from textok.trainer.training.train_dit import load_config, train
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
-_pythonpath = lambda: os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))  # noqa: E731
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +111,7 @@ def test_cli_and_torchrun_two_gloo_processes(lat, tmp_path):
     cfg_file.write_text(json.dumps({"latents": lat["latents"], "output": str(tmp_path / "ddp"), "preset": "tiny",
                                     "steps": 2, "batch_size": 4, "save_every": 2, "log_every": 1, "num_workers": 0,
                                     "shuffle_buffer": 4, "device": "cpu"}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath()}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath()}
     # --standalone: a local rendezvous on a free port (`--master_port 0` hangs in rendezvous on torch 2.13)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "textok", "train-dit", "--config", str(cfg_file)]

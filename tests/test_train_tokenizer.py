@@ -13,13 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from test_data import write_shards
+from helpers import ROOT, pythonpath
 from textok.trainer.training.guards import NonFiniteLossError
 from textok.trainer.training.metrics_log import read_metrics
 from textok.trainer.training.train_tokenizer import load_config, train
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
-_pythonpath = lambda: os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))  # noqa: E731
 SMALL_DISC = {"disc": {"channel_base": 512, "channel_max": 32}}
 
 
@@ -147,7 +145,7 @@ def _torchrun(cfg, tmp_path, name):
     with socket.socket() as sock:  # a free loopback port (torchrun's --master_port 0 hangs here)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath()}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), "-m", "textok", "train-tokenizer", "--config", str(cfg_file)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
