@@ -250,3 +250,25 @@ def test_rerun_drops_a_stale_dead_letter_file_of_a_shard_that_now_encodes_cleanl
     write_table_atomic(dead_letter_table([dead_letter_row(first, "read_error", "transient")], {}), stale)
     s = run_encode(captions_dir, out, encoder=t5_dir, rows_per_shard=16, device="cpu", split="val")
     assert (s["rows"], s["dead_letter"]) == (12, 0) and not os.path.exists(stale)
+
+
+def test_text_encoder_loads_once_per_worker_process(t5_dir, monkeypatch):
+    """Several DoFn instances (worker threads) of the encode stage share one T5 through Shared."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from textok.pipeline import text_encoder
+    from textok.pipeline.beam_utils import make_pipeline
+    from textok.pipeline.encode_pipeline import EncodeCaptions
+
+    loads = []
+    real_load = text_encoder.TextEncoder.load
+    monkeypatch.setattr(text_encoder.TextEncoder, "load", lambda self: loads.append(1) or real_load(self))
+    opts = {"encoder": t5_dir, "max_tokens": 16, "batch_size": 4, "device": "cpu", "dtype": "float32",
+            "revision": None}
+    units = [(i, [{"key": f"k{i}", "caption": "a red circle on the left"}]) for i in range(12)]
+    with make_pipeline(["--direct_running_mode", "multi_threading", "--direct_num_workers", "3"]) as p:
+        out = (p | beam.Create(units) | beam.Reshuffle()
+               | EncodeCaptions(opts, with_images=False) | beam.Map(lambda e: (e[0], e[1][0]["text_len"] > 0)))
+        assert_that(out, equal_to([(i, True) for i in range(12)]))
+    assert len(loads) == 1

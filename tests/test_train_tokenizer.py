@@ -95,6 +95,14 @@ def test_presets_carry_training_defaults(tmp_path):
     assert (mixed.warmup, mixed.lr, mixed.disc_start, mixed.perceptual) == (7, 0.25, 5000, "none")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_device_is_resolved_by_textok_devices(shards, tmp_path):
+    from textok.devices import DeviceError
+
+    with pytest.raises(DeviceError, match="--device cuda: torch sees no CUDA device"):
+        train(tiny(shards, tmp_path, device="cuda"))
+
+
 def test_resume_continues_exactly(shards, tmp_path):
     full = tmp_path / "full"
     train(tiny(shards, full, steps=6, save_every=3, disc_start=2))

@@ -137,7 +137,7 @@ def write_result(result: dict, path: str) -> None:
 
 
 def evaluate_generation(cfg: EvalGenConfig) -> dict:
-    from textok.pipeline.text_encoder import resolve_device
+    from textok.devices import resolve_device
 
     device = torch.device(resolve_device(cfg.device))
     images, captions = load_npz_images(cfg.samples)

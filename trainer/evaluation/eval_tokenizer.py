@@ -59,7 +59,9 @@ def tokenizer_dir(ckpt: str) -> str:
 def evaluate(cfg: EvalTokenizerConfig) -> dict:
     from textok.trainer.models.textok import TexTok
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else torch.device(cfg.device)
+    from textok.devices import resolve_device
+
+    device = torch.device(resolve_device(cfg.device))
     path = tokenizer_dir(cfg.ckpt)
     model = TexTok.from_pretrained(path).eval().to(device)
     mc = model.cfg

@@ -194,7 +194,7 @@ def _encode_captions(captions: list[str], stats: dict, encoder: str | None, devi
 
 
 def run_sample(cfg: SampleConfig) -> dict:
-    from textok.pipeline.text_encoder import resolve_device
+    from textok.devices import resolve_device
     from textok.trainer.evaluation.grid import save_grid, to_uint8
     from textok.trainer.data.latents import pad_text, tokenizer_dir
     from textok.trainer.models.textok import TexTok

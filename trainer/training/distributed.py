@@ -19,6 +19,7 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
+from textok.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,13 @@ class Dist:
 
 def init_distributed(device: str | None = None) -> Dist:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK), else run alone."""
-    want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
+    device = resolve_device(device)
+    want_cuda = device.startswith("cuda")
     if want_cuda:  # TF32 matmuls outside autocast regions (as DiT's train.py); bf16 autocast does the rest
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        dev = torch.device("cuda" if want_cuda else "cpu") if device in (None, "auto") else torch.device(device)
-        return Dist(device=dev)
+        return Dist(device=torch.device(device))
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     if want_cuda:
         torch.cuda.set_device(local)
