@@ -105,3 +105,21 @@ def test_corrupt_or_foreign_directory(tmp_path, cls, make):
     (tmp_path / "config.json").write_text(json.dumps({**raw, "width": 32}))
     with pytest.raises(ModelFormatError, match="does not match"):
         cls.from_pretrained(tmp_path)
+
+
+def test_cli_paths_take_hub_ids(tmp_path, monkeypatch):
+    """--tokenizer/--ckpt and --dit accept a hub id: its cached snapshot, with the side files."""
+    from textok.trainer.evaluation.eval_tokenizer import tokenizer_dir
+    from textok.trainer.evaluation.sample import STATS_NAME, dit_dir
+
+    tiny_dit(1).save_pretrained(tmp_path / "dit")
+    (tmp_path / "dit" / STATS_NAME).write_text(json.dumps({"mean": [0.0], "std": [1.0]}))
+    fake_hub_cache(tmp_path / "cache", "someone/dit", {"main": tmp_path / "dit"})
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    got = dit_dir("someone/dit")
+    assert json.loads((tmp_path / "cache").joinpath(got, STATS_NAME).read_text())["std"] == [1.0]
+    with pytest.raises(ModelNotFoundError, match="'someone/tok' is neither a local directory"):
+        tokenizer_dir("someone/tok")
+    with pytest.raises(ModelNotFoundError, match="no such directory"):
+        tokenizer_dir(str(tmp_path / "runs" / "tok"))

@@ -48,9 +48,15 @@ class EvalTokenizerConfig:
 
 
 def tokenizer_dir(ckpt: str) -> str:
+    """A TexTok dir, a train-tokenizer run dir holding tokenizer/, or a Hugging Face Hub id (its
+    cached snapshot; offline and not cached: a ModelNotFoundError naming the id)."""
     for cand in (ckpt, os.path.join(ckpt, "tokenizer")):
         if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(os.path.join(cand, "model.safetensors")):
             return cand
+    if not os.path.exists(ckpt):
+        from textok.trainer.models.hub import resolve_model_dir
+
+        return str(resolve_model_dir(ckpt, "TexTok"))
     raise FileNotFoundError(f"--ckpt {ckpt}: neither it nor {ckpt}/tokenizer holds a saved TexTok "
                             f"(config.json + model.safetensors); point it at a train-tokenizer output dir")
 

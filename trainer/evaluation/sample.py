@@ -36,8 +36,14 @@ STATS_NAME = "latent_stats.json"
 # ----------------------------------------------------------------------------- shared pieces
 
 def dit_dir(path: str) -> str:
-    """A DiT dir (DiT.save_pretrained + latent_stats.json) or a train-dit run dir holding dit/."""
-    for cand in (path, os.path.join(path, "dit")):
+    """A DiT dir (DiT.save_pretrained + latent_stats.json), a train-dit run dir holding dit/, or a
+    Hugging Face Hub id of such a dir (its cached snapshot)."""
+    candidates = [path, os.path.join(path, "dit")]
+    if not os.path.exists(path):
+        from textok.trainer.models.hub import resolve_model_dir
+
+        candidates = [str(resolve_model_dir(path, "DiT"))]  # offline and not cached: ModelNotFoundError
+    for cand in candidates:
         if all(os.path.isfile(os.path.join(cand, f)) for f in ("config.json", "model.safetensors", STATS_NAME)):
             return cand
     raise FileNotFoundError(f"--dit {path}: neither it nor {path}/dit holds a trained DiT (config.json, "
