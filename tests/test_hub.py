@@ -123,3 +123,23 @@ def test_cli_paths_take_hub_ids(tmp_path, monkeypatch):
         tokenizer_dir("someone/tok")
     with pytest.raises(ModelNotFoundError, match="no such directory"):
         tokenizer_dir(str(tmp_path / "runs" / "tok"))
+
+
+@pytest.mark.parametrize("cls, make", MODELS)
+def test_push_to_hub_uploads_config_weights_and_card(tmp_path, monkeypatch, cls, make):
+    """push_to_hub goes through huggingface_hub's HfApi; stand-in methods record what it uploads."""
+    import huggingface_hub
+
+    uploaded = {}
+
+    def upload_folder(self, *, repo_id, folder_path, revision=None, **kw):
+        uploaded.update({p.name: p.read_bytes() for p in folder_path.iterdir()}, repo=repo_id, branch=revision)
+        return "commit-url"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: huggingface_hub.hf_api.RepoUrl(f"https://hf.co/{repo_id}"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    assert make(1).push_to_hub("someone/tiny", card={"steps": 7}, branch="v1") == "commit-url"
+    assert uploaded["repo"] == "someone/tiny" and uploaded["branch"] == "v1"
+    assert json.loads(uploaded["config.json"])["model_type"] == cls.model_type
+    assert b"- steps: 7" in uploaded["README.md"] and len(uploaded["model.safetensors"]) > 1000
