@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import traceback
 
 import click
 
@@ -34,12 +35,52 @@ COMMANDS = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+class _DropBeamImportNoise(logging.Filter):
+    """Beam logs "apitools not found ..." on the root logger when its BigQuery client is imported,
+    i.e. on every pipeline command; it is about GCP extras textok does not use."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
+class TextokGroup(click.Group):
+    """The `textok` group: a user's mistake raised anywhere below a command becomes one
+    `Error: ...` line (exit 2 for usage errors, 1 otherwise); the traceback shows with -vv.
+    Exceptions `textok.errors.user_error` does not recognise are bugs and keep theirs."""
+
+    def invoke(self, ctx: click.Context):
+        from textok.errors import FlagError, user_error
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            message = user_error(e)
+            if message is None:
+                raise
+            if ctx.params.get("verbose", 0) >= 2:
+                traceback.print_exc()
+            sub = ctx.invoked_subcommand and ctx.command.get_command(ctx, ctx.invoked_subcommand)
+            if isinstance(e, FlagError):
+                usage_ctx = click.Context(sub, info_name=ctx.invoked_subcommand, parent=ctx) if sub else ctx
+                raise click.UsageError(message, usage_ctx) from e
+            raise click.ClickException(message) from e
+
+
+@click.group(cls=TextokGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True,
+              help="More logging: -v all INFO, -vv DEBUG and tracebacks of errors. textok's own progress "
+                   "lines (INFO) show by default.")
 def main(verbose: int) -> None:
     """textok: caption images, encode captions with T5, train TexTok and a DiT on its tokens."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropBeamImportNoise) for f in root.filters):
+        root.addFilter(_DropBeamImportNoise())
+    # Third-party libraries stay at WARNING unless -v; textok's progress and stage lines are INFO.
+    logging.getLogger("textok").setLevel(min(level, logging.INFO))
 
 
 for _mod, _name in COMMANDS:

@@ -1,16 +1,16 @@
-"""The captioning stage (DESIGN §2): image records -> captions + dead letters, resumable.
+"""The captioning stage: image records -> captions + dead letters, resumable.
 
     textok caption --input data/imagenet --split train --output out/captions \
         --captioner gemini --model gemini-2.5-flash-lite --rpm 2000
     textok caption --input manifest.jsonl --output out/captions --captioner provided \
         --direct_running_mode multi_processing --direct_num_workers 4
-    python -c "from pipeline.caption_pipeline import run_caption; \
+    python -c "from textok.pipeline.caption_pipeline import run_caption; \
         print(run_caption('data/folder', 'out/caps', captioner='template'))"
 
 Graph (`CaptionImages`): read bytes + decode (skipped when the captioner needs no pixels)
 -> `BatchElements` -> `CaptionBatchFn` (captioner built in `setup()`, caption rules applied
 to every answer) -> tagged outputs "captions" and "dead_letter". `WriteCaptionParts` commits
-both to small atomic part files (pipeline/caption_store.py). Results a backend marks
+both to small atomic part files (textok.pipeline.caption_store). Results a backend marks
 `retryable` (budget exhausted, rate limit given up) are written nowhere: they are counted
 as "deferred" and the next run over the same output tries them again.
 

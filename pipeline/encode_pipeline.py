@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from textok.errors import FlagError
 from textok.schemas.captions import DEAD_LETTER_SCHEMA
 from textok.schemas.common import SchemaError, list_parquet, read_meta, with_metadata, write_table_atomic
 from textok.schemas.shards import shards_schema, text_emb_column
@@ -341,7 +342,7 @@ def _check_plan(output_dir: str, split: str, keys: list[str], plan: list[ShardTa
             old = json.load(f)
         if old != record:
             changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise RuntimeError(f"{path}: the existing shards of split {split!r} were planned with different "
+            raise ValueError(f"{path}: the existing shards of split {split!r} were planned with different "
                                f"{changed} (old {[old.get(k) for k in changed]}, now {[record.get(k) for k in changed]}). "
                                f"Write to a new --output, or delete {os.path.dirname(path)} to re-encode.")
         return
@@ -363,15 +364,15 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     start = time.time()
     require_local(captions=captions, output=output_dir)
     if not 0.0 <= pool_holdout_fraction < 1.0:
-        raise ValueError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
+        raise FlagError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
     _check_against_pools(output_dir, split, pool_holdout_fraction, seed)
     if rows_per_shard is not None and shard_mb is not None:
-        raise ValueError("give --rows-per-shard or --shard-mb, not both")
-    meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
-    files = caption_files(captions)
+        raise FlagError("give --rows-per-shard or --shard-mb, not both")
+    files = caption_files(captions)  # the captions are checked before the encoder is loaded
     all_keys = read_captions(files, split, columns=["key", "split"])["key"].to_pylist()  # sorted, unique
     if not all_keys:
         raise ValueError(f"{captions}: no captions of split {split!r}")
+    meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
     keys = [k for k in all_keys if not in_holdout(k, pool_holdout_fraction, seed)]
     if rows_per_shard is None:
         rows_per_shard = (_estimate_rows_per_shard(files, keys, split, shard_mb, meta["D"], max_tokens, image_size)

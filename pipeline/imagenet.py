@@ -4,10 +4,10 @@ Layout: ROOT/{train,val}/<wnid>/*.JPEG, or val/ flat with a labels file (see
 `load_val_labels`). Labels are the standard 0..999 indices of the sorted 1000 wnids
 (the order of torchvision / timm), so a subset of classes keeps standard labels.
 
-The shared file-system and split helpers live in `pipeline.sources`, which this module
-imports at top level; `pipeline.sources` reaches back here only through function-level
+The shared file-system and split helpers live in `textok.pipeline.sources`, which this module
+imports at top level; `textok.pipeline.sources` reaches back here only through function-level
 imports (no circular import) and re-exports the public names lazily, so
-`from pipeline.sources import imagenet_wnid_to_label` keeps working.
+`from textok.pipeline.sources import imagenet_wnid_to_label` keeps working.
 """
 from __future__ import annotations
 

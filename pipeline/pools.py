@@ -124,7 +124,7 @@ def _check_against_shards(output_dir: str, train_split: str, fraction: float, se
     with open(plan) as f:
         p = json.load(f)
     if (p.get("pool_holdout_fraction", 0.0), p.get("pool_seed", 0)) != (fraction, seed):
-        raise RuntimeError(f"{plan}: the train shards were encoded with --pool-holdout-fraction "
+        raise ValueError(f"{plan}: the train shards were encoded with --pool-holdout-fraction "
                            f"{p.get('pool_holdout_fraction')} --seed {p.get('pool_seed')}, but pools are asked with "
                            f"{fraction} / {seed}: the pools would hold images the tokenizer trains on. Use the same "
                            f"values for `textok encode` and `textok pools`.")

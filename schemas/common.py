@@ -59,12 +59,8 @@ def _ensure_registered() -> None:
     # Import the table modules so they register themselves (lazy to avoid import cycles).
     import importlib
 
-    for mod in ("schemas.captions", "schemas.shards", "schemas.pools", "schemas.latents"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a table module not written yet
-            if e.name != mod:
-                raise
+    for mod in ("captions", "shards", "pools", "latents"):
+        importlib.import_module(f"textok.schemas.{mod}")
 
 
 def make_metadata(table: str, stage: str, meta: dict[str, Any] | None = None) -> dict[bytes, bytes]:

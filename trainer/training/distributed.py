@@ -39,6 +39,9 @@ class Dist:
 
 def init_distributed(device: str | None = None) -> Dist:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK), else run alone."""
+    from textok.devices import resolve_device
+
+    device = resolve_device(device)  # "--device cuda" without CUDA: a DeviceError naming the flag
     want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
     if want_cuda:  # TF32 matmuls outside autocast regions (as DiT's train.py); bf16 autocast does the rest
         torch.backends.cuda.matmul.allow_tf32 = True
