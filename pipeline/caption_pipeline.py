@@ -46,6 +46,7 @@ from textok.pipeline.captioners import build_captioner
 from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
 from textok.pipeline.images import ImageDecodeError, decode_image
 from textok.pipeline.sources import ImageRecord, list_records, read_image_bytes
+from textok.progress import open_stage, stage_progress
 
 log = logging.getLogger("textok.caption")
 
@@ -193,6 +194,7 @@ class CaptionBatchFn(beam.DoFn):
         if len(results) != len(requests) or any(a.key != b.key for a, b in zip(requests, results)):
             raise RuntimeError(f"captioner {self._captioner.name!r} broke the Captioner contract: "
                                f"{len(results)} results for {len(requests)} requests, or keys out of order")
+        stage_progress("caption", "image").update(len(results))
         for (record, image), result in zip(batch, results):
             yield from self._outcome(record, image, result)
 
@@ -397,8 +399,9 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
             outputs | "WriteParts" >> WriteCaptionParts(output_dir, caption_meta(cap, max_words),
                                                         commit_every=commit_every, commit_seconds=commit_seconds)
             t_pipeline = time.monotonic()
-            result = p.run()
-            result.wait_until_finish()
+            with open_stage("caption", len(plan.records), "image"):
+                result = p.run()
+                result.wait_until_finish()
             pipeline_s = time.monotonic() - t_pipeline
             counters = query_counters(result)
         finally:

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from textok.errors import FlagError
+from textok.progress import open_stage, stage_progress
 from textok.schemas.captions import DEAD_LETTER_SCHEMA
 from textok.schemas.common import SchemaError, list_parquet, read_meta, with_metadata, write_table_atomic
 from textok.schemas.shards import shards_schema, text_emb_column
@@ -197,8 +198,9 @@ class EncodeBatchFn(beam.DoFn):
     """
 
     def __init__(self, encoder_options: dict[str, Any], shared_handle, with_images: bool,
-                 image_size: int | None = None, skip_if_exists=None):
+                 image_size: int | None = None, skip_if_exists=None, progress: str = "encode"):
         self.encoder_options = encoder_options
+        self.progress = progress  # the stage name of textok.progress.stage_progress
         self.shared_handle = shared_handle
         self.with_images = with_images
         self.image_size = image_size
@@ -240,6 +242,7 @@ class EncodeBatchFn(beam.DoFn):
             r["text_emb"], r["text_len"] = e, int(e.shape[0])
         self.encoded.inc(len(good))
         self.dead.inc(len(dead))
+        stage_progress(self.progress, "caption").update(len(rows))
         return [(tag, good, dead)]
 
 
@@ -253,11 +256,11 @@ class EncodeCaptions(beam.PTransform):
     """
 
     def __init__(self, encoder_options: dict[str, Any], *, with_images: bool = True, image_size: int | None = None,
-                 skip_if_exists=None):
+                 skip_if_exists=None, progress: str = "encode"):
         super().__init__()
         from apache_beam.utils.shared import Shared
 
-        self._fn = EncodeBatchFn(encoder_options, Shared(), with_images, image_size, skip_if_exists)
+        self._fn = EncodeBatchFn(encoder_options, Shared(), with_images, image_size, skip_if_exists, progress)
 
     def expand(self, pcoll):
         return pcoll | "Encode" >> beam.ParDo(self._fn)
@@ -392,7 +395,7 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(keys),
              len(all_keys) - len(keys), len(plan), len(todo))
     if todo:
-        with make_pipeline(beam_args) as p:
+        with open_stage("encode", sum(t.num_keys for t in todo), "caption"), make_pipeline(beam_args) as p:
             _ = (p | "Shards" >> beam.Create(todo)
                  | "Spread" >> beam.Reshuffle()
                  | "ReadCaptions" >> beam.ParDo(ReadShardRowsFn(files, pool_holdout_fraction, seed, shard_path))

@@ -16,6 +16,7 @@ finish (a rerun skips them), then merged in label order into `pools/{split}.parq
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 
 from textok.pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
                                       read_captions, require_local)
+from textok.progress import open_stage
 from textok.schemas.common import read_meta, with_metadata, write_table_atomic
 from textok.schemas.pools import pools_schema
 
@@ -88,7 +90,7 @@ class BuildClassPools(beam.PTransform):
                 | "Group" >> beam.GroupByKey()
                 | "SelectK" >> beam.MapTuple(lambda label, rs: (label, select_pool(list(rs), per_class, seed)))
                 | "EncodeCaptions" >> EncodeCaptions(self.encoder_opts, with_images=False,
-                                                     skip_if_exists=_PartPath(self.part_dir))
+                                                     skip_if_exists=_PartPath(self.part_dir), progress="pools")
                 | "WritePart" >> beam.ParDo(WritePoolPartFn(self.part_dir, self.meta)))
 
 
@@ -195,7 +197,10 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
             return json.load(f)
     part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
     os.makedirs(part_dir, exist_ok=True)
-    with make_pipeline(beam_args) as p:
+    per_label = collections.Counter(int(r["label"]) for r in index if r["label"] is not None)
+    to_encode = sum(min(n, per_class) for label, n in per_label.items()  # classes a killed run finished are skipped
+                    if not os.path.exists(_PartPath(part_dir)(label)))
+    with open_stage("pools", to_encode, "caption"), make_pipeline(beam_args) as p:
         _ = (p | "CaptionFiles" >> beam.Create(files)
              | "Spread" >> beam.Reshuffle()
              | "ReadCaptions" >> beam.FlatMap(_pool_candidates, split, pool_holdout_fraction, seed)

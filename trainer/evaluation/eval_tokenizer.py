@@ -24,7 +24,9 @@ import torch
 from textok.trainer.data.loader import ShardLoader
 from textok.trainer.evaluation.eval_gen import set_metrics, write_result
 from textok.trainer.evaluation.grid import save_pairs
-from textok.devices import autocast
+from textok.devices import autocast, resolve_device
+from textok.progress import Progress
+from textok.schemas.common import count_rows
 from textok.trainer.evaluation.metrics import InceptionFeatures, fid_from_features, psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def tokenizer_dir(ckpt: str) -> str:
 def evaluate(cfg: EvalTokenizerConfig) -> dict:
     from textok.trainer.models.textok import TexTok
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else torch.device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     path = tokenizer_dir(cfg.ckpt)
     model = TexTok.from_pretrained(path).eval().to(device)
     mc = model.cfg
@@ -78,6 +80,7 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     per_image = {"psnr": [], "ssim": [], "lpips": []}
     feats_real, feats_fake, probs = [], [], []
     seen, grid = 0, None
+    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="image")
     for batch in loader:
         take = min(len(batch["key"]), cfg.num_samples - seen)
         images = batch["images"][:take].to(device)
@@ -96,8 +99,10 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
             grid = save_pairs(images.cpu(), recon.cpu(), path=os.path.join(cfg.output, "recon.png"),
                               max_rows=cfg.grid_rows)
         seen += take
+        bar.update(take)
         if seen >= cfg.num_samples:
             break
+    bar.close()
     if seen < 2:
         raise ValueError(f"{cfg.shards}: only {seen} images to evaluate; rFID needs at least 2")
     if seen < cfg.num_samples:

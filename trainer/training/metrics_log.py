@@ -7,7 +7,8 @@ import time
 
 
 class MetricsLogger:
-    """JSONL (always), TensorBoard (when installed) and a tqdm bar, all on rank 0 only."""
+    """JSONL (always), TensorBoard (when installed) and textok.progress (a bar on a terminal, else
+    log lines with rate and ETA), all on rank 0 only."""
 
     def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, is_main: bool = True,
                  desc: str = "train"):
@@ -27,9 +28,9 @@ class MetricsLogger:
             self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
         except ImportError:  # tensorboard is optional
             pass
-        from tqdm import tqdm
+        from textok.progress import Progress
 
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        self.bar = Progress(desc, total=total_steps, unit="step", initial=start_step)
         self.t0 = time.time()
 
     def _truncate_after(self, step: int) -> None:
@@ -51,7 +52,7 @@ class MetricsLogger:
             for k, v in values.items():
                 self.tb.add_scalar(k, float(v), step)
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{float(v):.4g}" for k, v in list(values.items())[:4]})
+            self.bar.set_postfix(**{k: float(v) for k, v in list(values.items())[:4]})
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
