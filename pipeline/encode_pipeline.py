@@ -60,7 +60,7 @@ def require_local(**paths: str) -> None:
     remote path must fail before any work (it would read as "no such file", or write a local "gs:")."""
     for flag, path in paths.items():
         if "://" in str(path):
-            raise ValueError(f"--{flag.replace('_', '-')} {path}: textok encode/pools read and write local (or "
+            raise FlagError(f"--{flag.replace('_', '-')} {path}: textok encode/pools read and write local (or "
                              f"mounted, e.g. gcsfuse) paths only; `textok caption` is the stage that takes gs:// / s3://")
 
 
@@ -119,7 +119,7 @@ def plan_shards(keys: list[str], split: str, rows_per_shard: int) -> list[ShardT
     """Chunk sorted keys into shards: shard i of n always holds the same keys. Only key ranges travel
     in the Beam graph (it stays small, e.g. under Dataflow's 10 MB limit, for any dataset size)."""
     if rows_per_shard <= 0:
-        raise ValueError(f"--rows-per-shard must be positive, got {rows_per_shard}")
+        raise FlagError(f"--rows-per-shard must be positive, got {rows_per_shard}")
     n = -(-len(keys) // rows_per_shard)
     chunks = [keys[i * rows_per_shard:(i + 1) * rows_per_shard] for i in range(n)]
     return [ShardTask(split, i, n, c[0], c[-1], len(c)) for i, c in enumerate(chunks)]

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from textok.pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
                                       read_captions, require_local)
+from textok.errors import FlagError
 from textok.progress import open_stage
 from textok.schemas.common import read_meta, with_metadata, write_table_atomic
 from textok.schemas.pools import pools_schema
@@ -162,14 +163,14 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     start = time.time()
     require_local(captions=captions, output=output_dir)
     if per_class <= 0:
-        raise ValueError(f"--per-class must be positive, got {per_class}")
+        raise FlagError(f"--per-class must be positive, got {per_class}")
     if pool_holdout_fraction:
         if not 0.0 < pool_holdout_fraction < 1.0:
-            raise ValueError(f"--pool-holdout-fraction must be in (0, 1), got {pool_holdout_fraction}")
+            raise FlagError(f"--pool-holdout-fraction must be in (0, 1), got {pool_holdout_fraction}")
         split = train_split
         _check_against_shards(output_dir, split, pool_holdout_fraction, seed)
     elif split == train_split:
-        raise ValueError("pools from the train split would reuse training images: use --split val (default) "
+        raise FlagError("pools from the train split would reuse training images: use --split val (default) "
                          "or --pool-holdout-fraction f (and the same f for `textok encode`)")
     files = caption_files(captions)
     # The launcher reads keys and labels only; workers read the caption rows themselves, so the

@@ -49,11 +49,12 @@ class EvalTokenizerConfig:
     grid_rows: int = 8
 
 
-def tokenizer_dir(ckpt: str) -> str:
+def tokenizer_dir(ckpt: str, flag: str = "--tokenizer") -> str:
+    """The saved TexTok in `ckpt` or `ckpt`/tokenizer; `flag` names the option in the error."""
     for cand in (ckpt, os.path.join(ckpt, "tokenizer")):
         if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(os.path.join(cand, "model.safetensors")):
             return cand
-    raise FileNotFoundError(f"--ckpt {ckpt}: neither it nor {ckpt}/tokenizer holds a saved TexTok "
+    raise FileNotFoundError(f"{flag} {ckpt}: neither it nor {ckpt}/tokenizer holds a saved TexTok "
                             f"(config.json + model.safetensors); point it at a train-tokenizer output dir")
 
 
@@ -62,7 +63,7 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     from textok.trainer.models.textok import TexTok
 
     device = torch.device(resolve_device(cfg.device))
-    path = tokenizer_dir(cfg.ckpt)
+    path = tokenizer_dir(cfg.ckpt, "--ckpt")
     model = TexTok.from_pretrained(path).eval().to(device)
     mc = model.cfg
     loader = ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,
