@@ -75,8 +75,9 @@ class TextokGroup(click.Group):
 def main(verbose: int) -> None:
     """textok: caption images, encode captions with T5, train TexTok and a DiT on its tokens."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # no-op if logging is set up
     root = logging.getLogger()
+    root.setLevel(level)
     if not any(isinstance(f, _DropBeamImportNoise) for f in root.filters):
         root.addFilter(_DropBeamImportNoise())
     # Third-party libraries stay at WARNING unless -v; textok's progress and stage lines are INFO.
