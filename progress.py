@@ -1,10 +1,10 @@
 """Progress of long work: a tqdm bar on a terminal, otherwise a log line every few seconds.
 
-    with Progress("extract-latents", total=len(rows), unit="image") as bar:
+    with Progress("extract-latents", total=len(rows), unit="images") as bar:
         for batch in loader:
             ...
             bar.update(len(batch))            # bar.set_postfix(loss=0.12) adds values to bar / line
-    for batch in progress(loader, "eval-tokenizer", total=n_batches, unit="batch"): ...
+    for batch in progress(loader, "eval-tokenizer", total=n_batches, unit="batches"): ...
 
 Without a terminal (a log file, CI, a job scheduler) a bar's carriage returns turn into
 megabytes of noise, so the same counter becomes an INFO line on the `textok.progress` logger
@@ -52,6 +52,9 @@ class Progress:
         self._postfix: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._t0 = self._last_log = time.monotonic()
+        # Rates count from the first update on: model loading and pipeline start-up before it
+        # would otherwise make the first ETAs far too long.
+        self._origin: tuple[float, int] | None = None
         self._bar = None
         if enabled and (sys.stderr.isatty() if terminal is None else terminal):
             from tqdm import tqdm
@@ -64,6 +67,8 @@ class Progress:
             return
         with self._lock:
             self.count += n
+            if self._origin is None:
+                self._origin = (time.monotonic(), self.count)
             if self._bar is not None:
                 self._bar.update(n)
             elif time.monotonic() - self._last_log >= _every_s():
@@ -79,8 +84,11 @@ class Progress:
 
     def line(self) -> str:
         """"desc: count/total unit (pct), rate unit/s, ETA ..." -- what the log shows."""
-        elapsed = max(time.monotonic() - self._t0, 1e-9)
-        rate = (self.count - self._start_count) / elapsed
+        now = time.monotonic()
+        t_origin, c_origin = self._origin or (self._t0, self._start_count)
+        if self.count <= c_origin or now <= t_origin:  # one update so far: the rate since the start
+            t_origin, c_origin = self._t0, self._start_count
+        rate = (self.count - c_origin) / max(now - t_origin, 1e-9)
         done = f"{self.count}/{self.total}" if self.total else f"{self.count}"
         parts = [f"{self.desc}: {done} {self.unit}"]
         if self.total:

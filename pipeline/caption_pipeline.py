@@ -194,7 +194,7 @@ class CaptionBatchFn(beam.DoFn):
         if len(results) != len(requests) or any(a.key != b.key for a, b in zip(requests, results)):
             raise RuntimeError(f"captioner {self._captioner.name!r} broke the Captioner contract: "
                                f"{len(results)} results for {len(requests)} requests, or keys out of order")
-        stage_progress("caption", "image").update(len(results))
+        stage_progress("caption", "images").update(len(results))
         for (record, image), result in zip(batch, results):
             yield from self._outcome(record, image, result)
 
@@ -399,7 +399,7 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
             outputs | "WriteParts" >> WriteCaptionParts(output_dir, caption_meta(cap, max_words),
                                                         commit_every=commit_every, commit_seconds=commit_seconds)
             t_pipeline = time.monotonic()
-            with open_stage("caption", len(plan.records), "image"):
+            with open_stage("caption", len(plan.records), "images"):
                 result = p.run()
                 result.wait_until_finish()
             pipeline_s = time.monotonic() - t_pipeline

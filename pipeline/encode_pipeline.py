@@ -242,7 +242,7 @@ class EncodeBatchFn(beam.DoFn):
             r["text_emb"], r["text_len"] = e, int(e.shape[0])
         self.encoded.inc(len(good))
         self.dead.inc(len(dead))
-        stage_progress(self.progress, "caption").update(len(rows))
+        stage_progress(self.progress, "captions").update(len(rows))
         return [(tag, good, dead)]
 
 
@@ -395,7 +395,7 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(keys),
              len(all_keys) - len(keys), len(plan), len(todo))
     if todo:
-        with open_stage("encode", sum(t.num_keys for t in todo), "caption"), make_pipeline(beam_args) as p:
+        with open_stage("encode", sum(t.num_keys for t in todo), "captions"), make_pipeline(beam_args) as p:
             _ = (p | "Shards" >> beam.Create(todo)
                  | "Spread" >> beam.Reshuffle()
                  | "ReadCaptions" >> beam.ParDo(ReadShardRowsFn(files, pool_holdout_fraction, seed, shard_path))

@@ -22,30 +22,30 @@ def test_log_lines_carry_count_rate_eta_and_postfix(every_log, caplog, monkeypat
     now = [0.0]
     monkeypatch.setattr(progress_mod.time, "monotonic", lambda: now[0])
     with caplog.at_level(logging.INFO, logger="textok.progress"):
-        bar = Progress("encode", total=100, unit="caption", terminal=False)
+        bar = Progress("encode", total=100, unit="captions", terminal=False)
         now[0] = 10.0
-        bar.update(25)  # 2.5/s, 75 left -> 30 s
+        bar.update(25)  # the first update: the rate since the start, 2.5/s; 75 left -> 30 s
         bar.set_postfix(loss=0.123456)
+        now[0] = 15.0
+        bar.update(25)  # from the first update on (start-up excluded): 25 in 5 s
         now[0] = 20.0
-        bar.update(25)
-        now[0] = 40.0
         bar.close()
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == "encode: 25/100 caption (25%), 2.5 caption/s, ETA 30s"
-    assert lines[1] == "encode: 50/100 caption (50%), 2.5 caption/s, ETA 20s, loss=0.1235"
-    assert lines[2].startswith("encode: 50/100 caption (50%), 1.25 caption/s") and lines[2].endswith("in 40s")
+    assert lines[0] == "encode: 25/100 captions (25%), 2.5 captions/s, ETA 30s"
+    assert lines[1] == "encode: 50/100 captions (50%), 5 captions/s, ETA 10s, loss=0.1235"
+    assert lines[2].startswith("encode: 50/100 captions (50%), 2.5 captions/s") and lines[2].endswith("in 20s")
 
 
 def test_lines_are_rate_limited_and_disabled_counts_nothing(caplog, monkeypatch):
     monkeypatch.setenv("TEXTOK_PROGRESS_SECONDS", "3600")
     with caplog.at_level(logging.INFO, logger="textok.progress"):
-        with Progress("train", total=10, unit="step", terminal=False) as bar:
+        with Progress("train", total=10, unit="steps", terminal=False) as bar:
             for _ in range(10):
                 bar.update()
         quiet = Progress("rank1", total=10, enabled=False)
         quiet.update(5)
         quiet.close()
-    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["train: 10/10 step (100%)"]  # only the close
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["train: 10/10 steps (100%)"]  # only the close
     assert quiet.count == 0
 
 
@@ -62,16 +62,16 @@ def test_terminal_gets_a_tqdm_bar(monkeypatch):
 
 def test_stage_counter_is_shared_in_process_and_per_worker_elsewhere(every_log, caplog):
     with caplog.at_level(logging.INFO, logger="textok.progress"):
-        with open_stage("encode", 6, "caption") as bar:
+        with open_stage("encode", 6, "captions") as bar:
             threads = [threading.Thread(target=lambda: stage_progress("encode").update(2)) for _ in range(3)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             assert bar.count == 6
-        orphan = stage_progress("encode", "caption")  # a worker process: its own counter, no total
+        orphan = stage_progress("encode", "captions")  # a worker process: its own counter, no total
     assert orphan is not bar and orphan.total is None and "(worker" in orphan.desc
-    assert any(r.getMessage().startswith("encode: 6/6 caption (100%)") for r in caplog.records)
+    assert any(r.getMessage().startswith("encode: 6/6 captions (100%)") for r in caplog.records)
     progress_mod._stages.clear()
 
 

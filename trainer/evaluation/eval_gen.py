@@ -66,7 +66,7 @@ def reference_features(cfg: EvalGenConfig, image_size: int, inception: Inception
     if cfg.reference.endswith(".npz"):
         images, _ = load_npz_images(cfg.reference)
         images = images[:cfg.num_reference]
-        starts = progress(range(0, len(images), cfg.batch_size), "eval-gen: reference", unit="batch")
+        starts = progress(range(0, len(images), cfg.batch_size), "eval-gen: reference", unit="batches")
         feats = [inception(to_model_range(images[i:i + cfg.batch_size])) for i in starts]
         return np.concatenate(feats), len(images)
     from textok.schemas.common import count_rows
@@ -75,7 +75,7 @@ def reference_features(cfg: EvalGenConfig, image_size: int, inception: Inception
     loader = ShardLoader(cfg.reference, image_size, cfg.batch_size, train=False, num_workers=0)
     feats, seen = [], 0
     total = min(cfg.num_reference, count_rows(loader.files))
-    with Progress("eval-gen: reference", total=total, unit="image") as bar:
+    with Progress("eval-gen: reference", total=total, unit="images") as bar:
         for batch in loader:
             take = min(len(batch["key"]), cfg.num_reference - seen)
             # through uint8, as the samples are: both sides see the same quantisation
@@ -150,7 +150,7 @@ def evaluate_generation(cfg: EvalGenConfig) -> dict:
         raise ValueError(f"{cfg.samples}: {len(images)} samples; gFID needs at least 2")
     inception = InceptionFeatures(cfg.fid_inception_path, device, cfg.batch_size, cfg.inception_classifier)
     fake, probs = [], []
-    bar = Progress("eval-gen: samples", total=len(images), unit="image")
+    bar = Progress("eval-gen: samples", total=len(images), unit="images")
     for i in range(0, len(images), cfg.batch_size):
         x = to_model_range(images[i:i + cfg.batch_size])
         fake.append(inception(x))

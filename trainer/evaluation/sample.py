@@ -239,7 +239,7 @@ def run_sample(cfg: SampleConfig) -> dict:
 
     gen = torch.Generator(device).manual_seed(cfg.seed)
     images = []
-    bar = Progress("sample", total=len(rows), unit="image")
+    bar = Progress("sample", total=len(rows), unit="images")
     for s in range(0, len(rows), cfg.batch_size):
         part = rows[s:s + cfg.batch_size]
         embs = [by_caption[r[1]] for r in part] if model.cfg.t2i else CaptionPools.embeddings(part)

@@ -194,7 +194,7 @@ class GaussianDiffusion:
         if progress:
             from textok.progress import progress as counted
 
-            steps = counted(steps, f"{sampler} x{self.num_timesteps}", unit="step")
+            steps = counted(steps, f"{sampler} x{self.num_timesteps}", unit="steps")
         with torch.no_grad():
             for i in steps:
                 if sampler == "ddpm":

@@ -30,7 +30,7 @@ class MetricsLogger:
             pass
         from textok.progress import Progress
 
-        self.bar = Progress(desc, total=total_steps, unit="step", initial=start_step)
+        self.bar = Progress(desc, total=total_steps, unit="steps", initial=start_step)
         self.t0 = time.time()
 
     def _truncate_after(self, step: int) -> None:
