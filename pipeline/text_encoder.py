@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from textok.devices import resolve_device
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "google/t5-v1_1-xl"      # paper, 256 px
@@ -64,14 +66,6 @@ def embedding_dim(config) -> int:
         if getattr(config, attr, None):
             return int(getattr(config, attr))
     raise EncoderError(f"cannot tell the output width of a {type(config).__name__}: no d_model / hidden_size")
-
-
-def resolve_device(device: str | None) -> str:
-    if device and device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_dtype(dtype: str | None, device: str, model_type: str) -> str:
