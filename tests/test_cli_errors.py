@@ -148,6 +148,19 @@ def test_corrupt_checkpoints_name_the_file(tmp_path, shards, tok_run):
           "model.safetensors")
 
 
+def test_encoder_mismatch_and_remote_runner_credentials(tmp_path, tok_run, monkeypatch):
+    other = tmp_path / "other"
+    write_shards(str(other), num_files=1, rows_per_file=4, dim=16, max_tokens=8, image_size=32, encoder="other-t5")
+    fails(cli("extract-latents", "--tokenizer", tok_run, "--shards", other, "--output", tmp_path / "l"), 1,
+          "'other-t5'", "'tiny-t5'")
+    # On a remote runner the workers' environment holds the key: the launcher does not demand it.
+    from textok.pipeline.cli_options import check_captioner
+
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    check_captioner("gemini", {}, 75, ["--runner", "DataflowRunner"])
+
+
 def test_extract_latents_eval_sample_mistakes(tmp_path, shards, tok_run):
     fails(cli("extract-latents", "--tokenizer", tmp_path / "nope", "--shards", shards, "--output", tmp_path / "l"),
           1, "--tokenizer", "nope")
