@@ -35,12 +35,22 @@ COMMANDS = (
 )
 
 
-class _DropBeamImportNoise(logging.Filter):
-    """Beam logs "apitools not found ..." on the root logger when its BigQuery client is imported,
-    i.e. on every pipeline command; it is about GCP extras textok does not use."""
+class _CliLogFilter(logging.Filter):
+    """What the CLI keeps out of the log: Beam's "apitools not found" warning (logged when its
+    BigQuery client is imported, i.e. on every pipeline command, about GCP extras textok does not
+    use) and, below -vv, Beam's error records that carry a traceback: a failing pipeline raises
+    the same error in this process, where it becomes the one `Error:` line (a bug: its traceback)."""
+
+    def __init__(self, tracebacks: bool):
+        super().__init__()
+        self.tracebacks = tracebacks
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("apitools not found")
+        message = record.getMessage()
+        if message.startswith("apitools not found"):
+            return False
+        return (self.tracebacks or not record.name.startswith("apache_beam") or record.levelno < logging.ERROR
+                or not (record.exc_info or "Traceback (most recent call last)" in message))
 
 
 class TextokGroup(click.Group):
@@ -78,8 +88,10 @@ def main(verbose: int) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # no-op if logging is set up
     root = logging.getLogger()
     root.setLevel(level)
-    if not any(isinstance(f, _DropBeamImportNoise) for f in root.filters):
-        root.addFilter(_DropBeamImportNoise())
+    for handler in root.handlers:  # a handler's filters see records of every logger, not only root's
+        for old in [f for f in handler.filters if isinstance(f, _CliLogFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(_CliLogFilter(tracebacks=verbose >= 2))
     # Third-party libraries stay at WARNING unless -v; textok's progress and stage lines are INFO.
     logging.getLogger("textok").setLevel(min(level, logging.INFO))
 

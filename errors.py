@@ -52,8 +52,28 @@ def _is_checkpoint_error(exc: BaseException) -> bool:
             and _file_being_read(exc.__traceback__) is not None)
 
 
+def _remote_error(message: str) -> tuple[str, str] | None:
+    """(type name, message) of the error at the end of a traceback passed as text: how Beam's
+    multi-process and remote runners report an exception raised in a worker."""
+    if "Traceback (most recent call last)" not in message:
+        return None
+    for line in reversed(message.strip().splitlines()):
+        head, sep, text = line.partition(": ")
+        if sep and not line.startswith(" ") and head.replace(".", "").replace("_", "").isalnum():
+            return head.rsplit(".", 1)[-1], text
+    return None
+
+
+_MISTAKE_TYPE_NAMES = _MISTAKE_NAMES | {"ValueError", "SchemaError", "DeviceError", "FlagError",
+                                        *(t.__name__ for t in (FileNotFoundError, NotADirectoryError,
+                                                               IsADirectoryError, PermissionError))}
+
+
 def user_error(exc: BaseException) -> str | None:
     """One line for an exception that reports a user's mistake; None when it is a bug."""
+    remote = _remote_error(str(exc)) if isinstance(exc, Exception) else None
+    if remote is not None:
+        return _one_line(remote[1]) if remote[0] in _MISTAKE_TYPE_NAMES else None
     if _is_checkpoint_error(exc):
         path = _file_being_read(exc.__traceback__) or "a checkpoint file"
         return (f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {_one_line(str(exc))}); the file is "

@@ -17,6 +17,7 @@ from test_data import write_shards
 from test_encode import make_captions_dir
 from textok.cli import main
 from textok.errors import FlagError, user_error
+from textok.pipeline.captioners.base import Captioner
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 TINY_TOKENIZER = ["--preset", "tiny", "--image-size", "32", "--patch-size", "4", "--num-tokens", "8",
@@ -75,6 +76,29 @@ def test_caption_mistakes(tmp_path, monkeypatch):
     fails(cli("prepare", "--input", data, "--output", out, "--captioner", "gemini", "--encoder", tmp_path),
           1, "GEMINI_API_KEY")
     assert not out.exists()
+
+
+class _KeyRejectingCaptioner(Captioner):
+    backend, model_id = "rejecting", "x"
+
+    def caption_batch(self, requests):
+        raise ValueError("the service rejected the API key; check MY_SERVICE_KEY")
+
+
+def rejecting_captioner(options):
+    return _KeyRejectingCaptioner()
+
+
+def test_a_mistake_raised_inside_the_pipeline_is_one_line_too(tmp_path):
+    data = make_folder(tmp_path / "data", corrupt=False)
+    r = cli("caption", "--input", data, "--output", tmp_path / "out",
+            "--captioner", "test_cli_errors:rejecting_captioner")
+    fails(r, 1, "MY_SERVICE_KEY")
+    # multi-process and remote runners hand the worker's exception back as traceback text
+    remote = RuntimeError("Traceback (most recent call last):\n  File \"w.py\", line 1, in f\n"
+                          "plug.GeminiConfigError: Gemini rejected the credentials [while running 'Caption']")
+    assert user_error(remote) == "Gemini rejected the credentials [while running 'Caption']"
+    assert user_error(RuntimeError("Traceback (most recent call last):\n  File \"w.py\"\nTypeError: bug")) is None
 
 
 def test_encode_and_pools_mistakes(tmp_path, shards):
@@ -187,7 +211,8 @@ def test_verbose_twice_shows_the_traceback(tmp_path):
 def test_user_error_tells_mistakes_from_bugs():
     assert user_error(FileNotFoundError(2, "No such file or directory", "/x/y")) == \
         "[Errno 2] No such file or directory: '/x/y'"
-    assert user_error(KeyError("runs/pools: no pool captions for class 7")) == "runs/pools: no pool captions for class 7"
+    missing_class = "runs/pools: no pool captions for class 7"
+    assert user_error(KeyError(missing_class)) == missing_class
     assert user_error(FlagError("give --a\n or --b")) == "give --a or --b"
     assert user_error(KeyError("weight")) is None  # a bare key: a bug in the code
     assert user_error(RuntimeError("CUDA error: device-side assert")) is None
