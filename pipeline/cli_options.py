@@ -108,13 +108,17 @@ def check_captioner(name: str, options: dict[str, Any], max_words: int, beam_arg
 
     try:
         captioner = build_captioner(name, {**options, "max_words": max_words})
-        if captioner.backend == "gemini" and is_local_runner(beam_args):
-            captioner.setup()  # reads the key from the environment and makes the client; sends nothing
-            captioner.teardown()
+    except Exception as e:  # building reads only the options: any failure is a configuration error
+        raise click.ClickException(f"--captioner {name}: {' '.join(str(e).split()) or type(e).__name__}") from e
+    if captioner.backend != "gemini" or not is_local_runner(beam_args):
+        return
+    try:
+        captioner.setup()  # reads the key from the environment and makes the client; sends nothing
+        captioner.teardown()
     except Exception as e:
-        if user_error(e) is None and not isinstance(e, TypeError):  # TypeError: a plugin factory's bad return
+        if user_error(e) is None:
             raise
-        raise click.ClickException(f"--captioner {name}: {user_error(e) or e}") from e
+        raise click.ClickException(f"--captioner {name}: {user_error(e)}") from e
 
 
 _ENCODER_HELP = ("Text encoder: Hugging Face id or local folder (default google/t5-v1_1-xl, the paper's choice at "
