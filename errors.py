@@ -21,8 +21,11 @@ class FlagError(ValueError):
 
 
 # Errors whose message was written for the user (the class names keep torch, Beam and the
-# backends unimported): the captioners' configuration errors, the text-encoder loader's.
-_MISTAKE_NAMES = {"GeminiConfigError", "LocalVLMConfigError", "EncoderError", "DefaultCredentialsError"}
+# backends unimported): the captioners' configuration errors, the text-encoder loader's, missing
+# Google credentials, and the Hugging Face Hub's answers to a wrong id or revision, or no network.
+_MISTAKE_NAMES = {"GeminiConfigError", "LocalVLMConfigError", "EncoderError", "DefaultCredentialsError",
+                  "RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "LocalEntryNotFoundError",
+                  "GatedRepoError", "OfflineModeIsEnabled", "HFValidationError"}
 # A file that is not what its name promises: a truncated or overwritten checkpoint.
 _CORRUPT_FILE_NAMES = {"SafetensorError", "HeaderTooLarge"}
 _FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
