@@ -214,9 +214,10 @@ def test_user_error_tells_mistakes_from_bugs():
     missing_class = "runs/pools: no pool captions for class 7"
     assert user_error(KeyError(missing_class)) == missing_class
     assert user_error(FlagError("give --a\n or --b")) == "give --a or --b"
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
-    assert user_error(RepositoryNotFoundError("404: repo me/tok not found")) == "404: repo me/tok not found"
+    assert user_error(OfflineModeIsEnabled("cannot reach the Hub for me/tok: offline mode")) == \
+        "cannot reach the Hub for me/tok: offline mode"
     assert user_error(KeyError("weight")) is None  # a bare key: a bug in the code
     assert user_error(RuntimeError("CUDA error: device-side assert")) is None
     assert user_error(TypeError("unsupported operand")) is None
