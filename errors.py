@@ -67,9 +67,9 @@ def _remote_error(message: str) -> tuple[str, str] | None:
     return None
 
 
+# The same judgement by name, for an exception known only from its text.
 _MISTAKE_TYPE_NAMES = _MISTAKE_NAMES | {"ValueError", "SchemaError", "DeviceError", "FlagError",
-                                        *(t.__name__ for t in (FileNotFoundError, NotADirectoryError,
-                                                               IsADirectoryError, PermissionError))}
+                                        *(t.__name__ for t in _FILE_ERRORS)}
 
 
 def user_error(exc: BaseException) -> str | None:
