@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
 import traceback
 
 import click
@@ -94,6 +96,8 @@ def main(verbose: int) -> None:
         handler.addFilter(_CliLogFilter(tracebacks=verbose >= 2))
     # Third-party libraries stay at WARNING unless -v; textok's progress and stage lines are INFO.
     logging.getLogger("textok").setLevel(min(level, logging.INFO))
+    if not sys.stderr.isatty():  # no download/loading bars of huggingface_hub and transformers in log files
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 for _mod, _name in COMMANDS:

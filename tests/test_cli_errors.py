@@ -39,8 +39,6 @@ def fails(result, code: int, *needles: str) -> str:
     assert "Traceback" not in result.output
     for needle in needles:
         assert needle in errors[0], errors[0]
-    if os.environ.get("SHOW_ERRORS"):
-        print(errors[0])
     return errors[0]
 
 
