@@ -54,12 +54,18 @@ def test_documented_commands_use_existing_options():
     for where, line, name, args in documented_commands():
         seen += 1
         cmd = main.commands[name]
-        ours = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
-        for arg in args:
+        ours = {o: p for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+        for i, arg in enumerate(args):
             if not arg.startswith("--"):
                 continue
-            flag = arg.split("=", 1)[0]
-            if flag in ours or flag == "--help":
+            flag, _, value = arg.partition("=")
+            if flag in ours:
+                choices = getattr(ours[flag].type, "choices", None)
+                value = value or (args[i + 1] if i + 1 < len(args) else "")
+                if choices and value not in choices and not value.startswith(("$", "...")):
+                    problems.append(f"{where}:{line}: textok {name} {flag} {value}: not one of {list(choices)}")
+                continue
+            if flag == "--help":
                 continue
             if isinstance(cmd, BeamCommand) and _known_to_beam(flag):
                 continue
