@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
+import traceback
 
 import click
 
@@ -34,12 +37,67 @@ COMMANDS = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+class _CliLogFilter(logging.Filter):
+    """What the CLI keeps out of the log: Beam's "apitools not found" warning (logged when its
+    BigQuery client is imported, i.e. on every pipeline command, about GCP extras textok does not
+    use) and, below -vv, Beam's error records that carry a traceback: a failing pipeline raises
+    the same error in this process, where it becomes the one `Error:` line (a bug: its traceback)."""
+
+    def __init__(self, tracebacks: bool):
+        super().__init__()
+        self.tracebacks = tracebacks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("apitools not found"):
+            return False
+        return (self.tracebacks or not record.name.startswith("apache_beam") or record.levelno < logging.ERROR
+                or not (record.exc_info or "Traceback (most recent call last)" in message))
+
+
+class TextokGroup(click.Group):
+    """The `textok` group: a user's mistake raised anywhere below a command becomes one
+    `Error: ...` line (exit 2 for usage errors, 1 otherwise); the traceback shows with -vv.
+    Exceptions `textok.errors.user_error` does not recognise are bugs and keep theirs."""
+
+    def invoke(self, ctx: click.Context):
+        from textok.errors import FlagError, user_error
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            message = user_error(e)
+            if message is None:
+                raise
+            if ctx.params.get("verbose", 0) >= 2:
+                traceback.print_exc()
+            sub = ctx.invoked_subcommand and ctx.command.get_command(ctx, ctx.invoked_subcommand)
+            if isinstance(e, FlagError):
+                usage_ctx = click.Context(sub, info_name=ctx.invoked_subcommand, parent=ctx) if sub else ctx
+                raise click.UsageError(message, usage_ctx) from e
+            raise click.ClickException(message) from e
+
+
+@click.group(cls=TextokGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True,
+              help="More logging: -v all INFO, -vv DEBUG and tracebacks of errors. textok's own progress "
+                   "lines (INFO) show by default.")
 def main(verbose: int) -> None:
     """textok: caption images, encode captions with T5, train TexTok and a DiT on its tokens."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # no-op if logging is set up
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in root.handlers:  # a handler's filters see records of every logger, not only root's
+        for old in [f for f in handler.filters if isinstance(f, _CliLogFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(_CliLogFilter(tracebacks=verbose >= 2))
+    # Third-party libraries stay at WARNING unless -v; textok's progress and stage lines are INFO.
+    logging.getLogger("textok").setLevel(min(level, logging.INFO))
+    if not sys.stderr.isatty():  # no download/loading bars of huggingface_hub and transformers in log files
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 for _mod, _name in COMMANDS:

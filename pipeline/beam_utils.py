@@ -15,12 +15,35 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 LOCAL_RUNNERS = {None, "", "direct", "directrunner", "fnapirunner", "local"}
 
 
+def is_local_runner(options: PipelineOptions | Sequence[str]) -> bool:
+    """True when the pipeline runs on this machine (no --runner, or a direct/in-process one)."""
+    if not isinstance(options, PipelineOptions):
+        options = PipelineOptions(list(options))
+    return (options.view_as(StandardOptions).runner or "").lower() in LOCAL_RUNNERS
+
+
 def make_pipeline(beam_args: Sequence[str] = (), **overrides) -> beam.Pipeline:
     options = PipelineOptions(list(beam_args), **overrides)
     options.view_as(SetupOptions).save_main_session = False
-    runner_name = options.view_as(StandardOptions).runner
-    if (runner_name or "").lower() in LOCAL_RUNNERS:
+    if is_local_runner(options):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+def beam_leftovers(args: Sequence[str]) -> list[str]:
+    """The tokens of `args` that Beam's own option parser (every PipelineOptions subclass, the one
+    `PipelineOptions.get_all_options` builds) does not consume: options Beam would only warn
+    about and drop. A bad value for a Beam option raises argparse.ArgumentError."""
+    if not args:
+        return []
+    leftovers: list[str] = []
+
+    def parse_with_beams_parser(parser) -> None:
+        parser.exit_on_error = False  # a bad value raises ArgumentError instead of exiting the process
+        leftovers.extend(parser.parse_known_args(list(args))[1])
+
+    PipelineOptions(list(args)).get_all_options(add_extra_args_fn=parse_with_beams_parser,
+                                                retain_unknown_options=True)
+    return leftovers

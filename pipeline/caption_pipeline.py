@@ -1,16 +1,16 @@
-"""The captioning stage (DESIGN §2): image records -> captions + dead letters, resumable.
+"""The captioning stage: image records -> captions + dead letters, resumable.
 
     textok caption --input data/imagenet --split train --output out/captions \
         --captioner gemini --model gemini-2.5-flash-lite --rpm 2000
     textok caption --input manifest.jsonl --output out/captions --captioner provided \
         --direct_running_mode multi_processing --direct_num_workers 4
-    python -c "from pipeline.caption_pipeline import run_caption; \
+    python -c "from textok.pipeline.caption_pipeline import run_caption; \
         print(run_caption('data/folder', 'out/caps', captioner='template'))"
 
 Graph (`CaptionImages`): read bytes + decode (skipped when the captioner needs no pixels)
 -> `BatchElements` -> `CaptionBatchFn` (captioner built in `setup()`, caption rules applied
 to every answer) -> tagged outputs "captions" and "dead_letter". `WriteCaptionParts` commits
-both to small atomic part files (pipeline/caption_store.py). Results a backend marks
+both to small atomic part files (textok.pipeline.caption_store). Results a backend marks
 `retryable` (budget exhausted, rate limit given up) are written nowhere: they are counted
 as "deferred" and the next run over the same output tries them again.
 
@@ -46,6 +46,7 @@ from textok.pipeline.captioners import build_captioner
 from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
 from textok.pipeline.images import ImageDecodeError, decode_image
 from textok.pipeline.sources import ImageRecord, list_records, read_image_bytes
+from textok.progress import open_stage, stage_progress
 
 log = logging.getLogger("textok.caption")
 
@@ -193,6 +194,7 @@ class CaptionBatchFn(beam.DoFn):
         if len(results) != len(requests) or any(a.key != b.key for a, b in zip(requests, results)):
             raise RuntimeError(f"captioner {self._captioner.name!r} broke the Captioner contract: "
                                f"{len(results)} results for {len(requests)} requests, or keys out of order")
+        stage_progress("caption", "images").update(len(results))
         for (record, image), result in zip(batch, results):
             yield from self._outcome(record, image, result)
 
@@ -397,8 +399,9 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
             outputs | "WriteParts" >> WriteCaptionParts(output_dir, caption_meta(cap, max_words),
                                                         commit_every=commit_every, commit_seconds=commit_seconds)
             t_pipeline = time.monotonic()
-            result = p.run()
-            result.wait_until_finish()
+            with open_stage("caption", len(plan.records), "images"):
+                result = p.run()
+                result.wait_until_finish()
             pipeline_s = time.monotonic() - t_pipeline
             counters = query_counters(result)
         finally:

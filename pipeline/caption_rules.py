@@ -1,4 +1,4 @@
-"""Caption rules applied to every captioning backend's raw answer (DESIGN §4).
+"""Caption rules applied to every captioning backend's raw answer.
 
 TexTok feeds a caption of at most 75 words (128 T5 tokens) to the tokenizer, so every
 backend's answer goes through the same pure function before it is stored:

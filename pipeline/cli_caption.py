@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from textok.pipeline.cli_options import _progress_logging, caption_flags, captioner_options, source_options
+from textok.pipeline.cli_options import BeamCommand, caption_flags, captioner_options, check_captioner, source_options
 
 
-@click.command("caption", context_settings=dict(ignore_unknown_options=True, allow_extra_args=True))
+@click.command("caption", cls=BeamCommand)
 @click.option("--input", "input_path", required=True, help="Image folder, ImageNet root, manifest or hf://...")
 @click.option("--source", type=click.Choice(["auto", "imagenet", "folder", "manifest", "hf"]), default="auto",
               show_default=True)
@@ -33,22 +33,11 @@ def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, ou
     """Caption images into DIR (resumable; unknown options go to Beam, e.g. --runner)."""
     from textok.pipeline.caption_pipeline import run_caption
 
-    from textok.pipeline.captioners import build_captioner
-    from textok.schemas.common import SchemaError
-
-    _progress_logging()
     options = captioner_options(kwargs)
-    try:  # building is cheap (no model, no client); any failure here is a configuration error
-        build_captioner(kwargs["captioner"], {**options, "max_words": kwargs["max_words"]})
-    except Exception as e:  # backends raise their own ...ConfigError types
-        raise click.ClickException(f"--captioner {kwargs['captioner']}: {type(e).__name__}: {e}") from e
-    try:
-        summary = run_caption(
-            input_path, output_dir, source=source, split=split, captioner=kwargs["captioner"],
-            captioner_options=options, max_words=kwargs["max_words"],
-            retry_dead_letters=retry_dead_letters, commit_every=commit_every, commit_seconds=commit_seconds,
-            batch_size=kwargs["batch_size"], beam_args=tuple(ctx.args), source_options=source_options(kwargs))
-    except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
-        # Configuration and input errors: one clear line, not a traceback.
-        raise click.ClickException(str(e)) from e
+    check_captioner(kwargs["captioner"], options, kwargs["max_words"], ctx.args)
+    summary = run_caption(
+        input_path, output_dir, source=source, split=split, captioner=kwargs["captioner"],
+        captioner_options=options, max_words=kwargs["max_words"],
+        retry_dead_letters=retry_dead_letters, commit_every=commit_every, commit_seconds=commit_seconds,
+        batch_size=kwargs["batch_size"], beam_args=tuple(ctx.args), source_options=source_options(kwargs))
     click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -8,8 +8,6 @@ import json
 
 import click
 
-from textok.pipeline.cli_options import _progress_logging
-
 
 @click.command("compact")
 @click.argument("output_dir")
@@ -18,9 +16,5 @@ def compact_cmd(output_dir: str, rows_per_file: int) -> None:
     """Merge caption part files in DIR into sorted files, one row per key."""
     from textok.pipeline.caption_store import compact
 
-    _progress_logging()
-    try:
-        stats = compact(output_dir, rows_per_file)
-    except (ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
+    stats = compact(output_dir, rows_per_file)
     click.echo(json.dumps(stats, indent=2, sort_keys=True))

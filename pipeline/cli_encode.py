@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.cli_options import _BEAM, _echo, _encoder_flags, _fail_clearly, _shard_flags
+from textok.pipeline.cli_options import BeamCommand, _echo, _encoder_flags, _shard_flags
 
 
-@click.command("encode", context_settings=_BEAM)
+@click.command("encode", cls=BeamCommand)
 @click.option("--captions", required=True, help="Caption DIR (output of `textok caption`) or captions files.")
 @click.option("--output", "output_dir", required=True, help="Output DIR (shards/, dead_letter/, summary).")
 @click.option("--split", default="train", show_default=True)
@@ -21,7 +21,7 @@ def encode_cmd(ctx, captions, output_dir, split, encoder, max_tokens, revision, 
     """Encode captions with a frozen text encoder into training shards (resumable per shard)."""
     from textok.pipeline.encode_pipeline import run_encode
 
-    _echo(_fail_clearly(run_encode, captions, output_dir, encoder=encoder, split=split, batch_size=batch_size,
-                        max_tokens=max_tokens, image_size=image_size, rows_per_shard=rows_per_shard,
-                        shard_mb=shard_mb, dtype=dtype, device=device, revision=revision,
-                        pool_holdout_fraction=pool_holdout_fraction, seed=seed, beam_args=tuple(ctx.args)))
+    _echo(run_encode(captions, output_dir, encoder=encoder, split=split, batch_size=batch_size,
+                     max_tokens=max_tokens, image_size=image_size, rows_per_shard=rows_per_shard,
+                     shard_mb=shard_mb, dtype=dtype, device=device, revision=revision,
+                     pool_holdout_fraction=pool_holdout_fraction, seed=seed, beam_args=tuple(ctx.args)))

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.cli_options import _fail_clearly
-
 
 @click.command("inspect")
 @click.argument("path")
@@ -18,5 +16,5 @@ def inspect_cmd(path, contact_sheet, n_images, as_json):
     """Validate a textok table (file or folder) and describe it: counts, histograms, bytes/example."""
     from textok.pipeline.inspect_table import format_report, inspect_table, report_json
 
-    report = _fail_clearly(inspect_table, path, contact_sheet=contact_sheet, n_images=n_images)
+    report = inspect_table(path, contact_sheet=contact_sheet, n_images=n_images)
     click.echo(report_json(report) if as_json else format_report(report))

@@ -6,9 +6,9 @@ Unknown options of the Beam commands pass through to Beam (`--runner DataflowRun
 """
 from __future__ import annotations
 
+import difflib
 import json
-import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -97,11 +97,28 @@ def source_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in opts.items() if v is not None}
 
 
-def _progress_logging() -> None:
-    # Progress lines are INFO; show them even without -v (the root level stays as chosen).
-    logger = logging.getLogger("textok")
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+def check_captioner(name: str, options: dict[str, Any], max_words: int, beam_args: Sequence[str]) -> None:
+    """Build the captioner now (cheap: no model, no client) so a bad option fails before any
+    file is listed. On the local runner the workers are this machine: a captioner that needs
+    credentials (gemini: an API key or Vertex settings) must find them now, not as a traceback
+    from inside Beam. (On a remote runner the workers' environment is what counts.)"""
+    from textok.errors import user_error
+    from textok.pipeline.beam_utils import is_local_runner
+    from textok.pipeline.captioners import build_captioner
+
+    try:
+        captioner = build_captioner(name, {**options, "max_words": max_words})
+    except Exception as e:  # building reads only the options: any failure is a configuration error
+        raise click.ClickException(f"--captioner {name}: {' '.join(str(e).split()) or type(e).__name__}") from e
+    if captioner.backend != "gemini" or not is_local_runner(beam_args):
+        return
+    try:
+        captioner.setup()  # reads the key from the environment and makes the client; sends nothing
+        captioner.teardown()
+    except Exception as e:
+        if user_error(e) is None:
+            raise
+        raise click.ClickException(f"--captioner {name}: {user_error(e)}") from e
 
 
 _ENCODER_HELP = ("Text encoder: Hugging Face id or local folder (default google/t5-v1_1-xl, the paper's choice at "
@@ -146,18 +163,42 @@ def _shard_flags(f: Callable) -> Callable:
     return f
 
 
-def _fail_clearly(fn: Callable, *args, **kwargs) -> dict[str, Any]:
-    from textok.pipeline.text_encoder import EncoderError
-    from textok.schemas.common import SchemaError
-
-    try:
-        return fn(*args, **kwargs)
-    except (EncoderError, SchemaError, ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
-
-
 def _echo(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+class BeamCommand(click.Command):
+    """A pipeline command: options it does not define pass through to Beam (`--runner`,
+    `--direct_num_workers`, `--project`, `--s3_endpoint_url`, ...), but only those Beam's own option
+    parser knows; anything else (a typo, a flag of another version) is a usage error that names
+    the closest option of the command, instead of Beam's "Unparseable argument" warning."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["context_settings"] = {**kwargs.get("context_settings", {}), **_BEAM}
+        super().__init__(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import argparse
+
+        from textok.pipeline.beam_utils import beam_leftovers
+
+        try:
+            leftovers = beam_leftovers(ctx.args)
+        except argparse.ArgumentError as e:
+            raise click.UsageError(f"Beam option {e}", ctx) from None
+        if leftovers:
+            raise click.UsageError(self._unknown_message(ctx, leftovers[0]), ctx)
+        return super().invoke(ctx)
+
+    def _unknown_message(self, ctx: click.Context, token: str) -> str:
+        if not token.startswith("-"):
+            return f"unexpected argument {token!r}"
+        name = token.split("=", 1)[0]
+        ours = [o for p in self.get_params(ctx) for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+        close = difflib.get_close_matches(name, ours, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return (f"no such option: {name} ({hint}neither `textok {ctx.info_name}` nor Beam's pipeline options know "
+                f"it; see `textok {ctx.info_name} --help`)")
 
 
 _BEAM = dict(ignore_unknown_options=True, allow_extra_args=True)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.cli_options import _BEAM, _echo, _encoder_flags, _fail_clearly
+from textok.pipeline.cli_options import BeamCommand, _echo, _encoder_flags
 
 
-@click.command("pools", context_settings=_BEAM)
+@click.command("pools", cls=BeamCommand)
 @click.option("--captions", required=True, help="Caption DIR (output of `textok caption`) or captions files.")
 @click.option("--output", "output_dir", required=True, help="Output DIR (pools/{split}.parquet + summary).")
 @click.option("--split", default="val", show_default=True, help="Source split of unseen images.")
@@ -21,7 +21,7 @@ def pools_cmd(ctx, captions, output_dir, split, per_class, encoder, max_tokens, 
     """Per-class caption pools (with embeddings) from images never used for training."""
     from textok.pipeline.pools import run_pools
 
-    _echo(_fail_clearly(run_pools, captions, output_dir, encoder=encoder, per_class=per_class, split=split,
-                        pool_holdout_fraction=pool_holdout_fraction, seed=seed, batch_size=batch_size,
-                        max_tokens=max_tokens, dtype=dtype, device=device, revision=revision,
-                        beam_args=tuple(ctx.args)))
+    _echo(run_pools(captions, output_dir, encoder=encoder, per_class=per_class, split=split,
+                    pool_holdout_fraction=pool_holdout_fraction, seed=seed, batch_size=batch_size,
+                    max_tokens=max_tokens, dtype=dtype, device=device, revision=revision,
+                    beam_args=tuple(ctx.args)))

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.cli_options import (_BEAM, _echo, _encoder_flags, _fail_clearly, _shard_flags, caption_flags,
-                                         captioner_options, source_options)
+from textok.pipeline.cli_options import (BeamCommand, _echo, _encoder_flags, _shard_flags, caption_flags,
+                                         captioner_options, check_captioner, source_options)
 
 
-@click.command("prepare", context_settings=_BEAM)
+@click.command("prepare", cls=BeamCommand)
 @click.option("--input", "input_path", required=True, help="Image folder, ImageNet root, manifest or hf://.")
 @click.option("--source", type=click.Choice(["auto", "imagenet", "folder", "manifest", "hf"]), default="auto",
               show_default=True)
@@ -36,8 +36,9 @@ def prepare_cmd(ctx, input_path, source, output_dir, train_split, pool_split, pe
     """
     from textok.pipeline.prepare import run_prepare
 
-    _echo(_fail_clearly(
-        run_prepare, input_path, output_dir, source=source, train_split=train_split, pool_split=pool_split,
+    check_captioner(kwargs["captioner"], captioner_options(kwargs), kwargs["max_words"], ctx.args)
+    _echo(run_prepare(
+        input_path, output_dir, source=source, train_split=train_split, pool_split=pool_split,
         per_class=per_class, no_pools=no_pools, encoder=encoder, max_tokens=max_tokens, revision=revision,
         encoder_batch_size=encoder_batch_size, encoder_dtype=encoder_dtype, encoder_device=encoder_device,
         pool_holdout_fraction=pool_holdout_fraction, seed=seed, image_size=image_size,

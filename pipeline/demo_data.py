@@ -4,7 +4,7 @@ Each image holds 2-4 shapes (circle, square, triangle, star, ring, cross, diamon
 named colour, a size (small / medium / large) and a place on a 3x3 grid, over a solid,
 gradient or striped background. The caption names all of it, so a tokenizer that reads
 the caption can spend its few tokens on what the text leaves out — the regime where
-TexTok beats a no-text tokenizer (DESIGN §6). The class is the kind of the largest shape.
+TexTok beats a no-text tokenizer. The class is the kind of the largest shape.
 
     textok make-demo-data --out demo_out --n 2000 --size 64 --seed 0
     # -> demo_out/images/{train,val}/<class>/<id>.png and demo_out/manifest.jsonl

@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from textok.errors import FlagError
+from textok.progress import open_stage, stage_progress
 from textok.schemas.captions import DEAD_LETTER_SCHEMA
 from textok.schemas.common import SchemaError, list_parquet, read_meta, with_metadata, write_table_atomic
 from textok.schemas.shards import SHARDS_VERSION, image_column, shards_schema, text_emb_column
@@ -58,7 +60,7 @@ def require_local(**paths: str) -> None:
     remote path must fail before any work (it would read as "no such file", or write a local "gs:")."""
     for flag, path in paths.items():
         if "://" in str(path):
-            raise ValueError(f"--{flag.replace('_', '-')} {path}: textok encode/pools read and write local (or "
+            raise FlagError(f"--{flag.replace('_', '-')} {path}: textok encode/pools read and write local (or "
                              f"mounted, e.g. gcsfuse) paths only; `textok caption` is the stage that takes gs:// / s3://")
 
 
@@ -117,7 +119,7 @@ def plan_shards(keys: list[str], split: str, rows_per_shard: int) -> list[ShardT
     """Chunk sorted keys into shards: shard i of n always holds the same keys. Only key ranges travel
     in the Beam graph (it stays small, e.g. under Dataflow's 10 MB limit, for any dataset size)."""
     if rows_per_shard <= 0:
-        raise ValueError(f"--rows-per-shard must be positive, got {rows_per_shard}")
+        raise FlagError(f"--rows-per-shard must be positive, got {rows_per_shard}")
     n = -(-len(keys) // rows_per_shard)
     chunks = [keys[i * rows_per_shard:(i + 1) * rows_per_shard] for i in range(n)]
     return [ShardTask(split, i, n, c[0], c[-1], len(c)) for i, c in enumerate(chunks)]
@@ -198,8 +200,9 @@ class EncodeBatchFn(beam.DoFn):
     """
 
     def __init__(self, encoder_options: dict[str, Any], shared_handle, with_images: bool,
-                 image_size: int | None = None, skip_if_exists=None):
+                 image_size: int | None = None, skip_if_exists=None, progress: str = "encode"):
         self.encoder_options = encoder_options
+        self.progress = progress  # the stage name of textok.progress.stage_progress
         self.shared_handle = shared_handle
         self.with_images = with_images
         self.image_size = image_size
@@ -241,6 +244,7 @@ class EncodeBatchFn(beam.DoFn):
             r["text_emb"], r["text_len"] = e, int(e.shape[0])
         self.encoded.inc(len(good))
         self.dead.inc(len(dead))
+        stage_progress(self.progress, "captions").update(len(rows))
         return [(tag, good, dead)]
 
 
@@ -254,11 +258,11 @@ class EncodeCaptions(beam.PTransform):
     """
 
     def __init__(self, encoder_options: dict[str, Any], *, with_images: bool = True, image_size: int | None = None,
-                 skip_if_exists=None):
+                 skip_if_exists=None, progress: str = "encode"):
         super().__init__()
         from apache_beam.utils.shared import Shared
 
-        self._fn = EncodeBatchFn(encoder_options, Shared(), with_images, image_size, skip_if_exists)
+        self._fn = EncodeBatchFn(encoder_options, Shared(), with_images, image_size, skip_if_exists, progress)
 
     def expand(self, pcoll):
         return pcoll | "Encode" >> beam.ParDo(self._fn)
@@ -343,7 +347,7 @@ def _check_plan(output_dir: str, split: str, keys: list[str], plan: list[ShardTa
             old = json.load(f)
         if old != record:
             changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise RuntimeError(f"{path}: the existing shards of split {split!r} were planned with different "
+            raise ValueError(f"{path}: the existing shards of split {split!r} were planned with different "
                                f"{changed} (old {[old.get(k) for k in changed]}, now {[record.get(k) for k in changed]}). "
                                f"Write to a new --output, or delete {os.path.dirname(path)} to re-encode.")
         return
@@ -365,15 +369,15 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     start = time.time()
     require_local(captions=captions, output=output_dir)
     if not 0.0 <= pool_holdout_fraction < 1.0:
-        raise ValueError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
+        raise FlagError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
     _check_against_pools(output_dir, split, pool_holdout_fraction, seed)
     if rows_per_shard is not None and shard_mb is not None:
-        raise ValueError("give --rows-per-shard or --shard-mb, not both")
-    meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
-    files = caption_files(captions)
+        raise FlagError("give --rows-per-shard or --shard-mb, not both")
+    files = caption_files(captions)  # the captions are checked before the encoder is loaded
     all_keys = read_captions(files, split, columns=["key", "split"])["key"].to_pylist()  # sorted, unique
     if not all_keys:
         raise ValueError(f"{captions}: no captions of split {split!r}")
+    meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
     keys = [k for k in all_keys if not in_holdout(k, pool_holdout_fraction, seed)]
     if rows_per_shard is None:
         rows_per_shard = (_estimate_rows_per_shard(files, keys, split, shard_mb, meta["D"], max_tokens, image_size)
@@ -394,7 +398,7 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(keys),
              len(all_keys) - len(keys), len(plan), len(todo))
     if todo:
-        with make_pipeline(beam_args) as p:
+        with open_stage("encode", sum(t.num_keys for t in todo), "captions"), make_pipeline(beam_args) as p:
             _ = (p | "Shards" >> beam.Create(todo)
                  | "Spread" >> beam.Reshuffle()
                  | "ReadCaptions" >> beam.ParDo(ReadShardRowsFn(files, pool_holdout_fraction, seed, shard_path))

@@ -16,6 +16,7 @@ finish (a rerun skips them), then merged in label order into `pools/{split}.parq
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -32,6 +33,8 @@ import pyarrow.parquet as pq
 
 from textok.pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
                                       read_captions, require_local)
+from textok.errors import FlagError
+from textok.progress import open_stage
 from textok.schemas.common import read_meta, with_metadata, write_table_atomic
 from textok.schemas.pools import pools_schema
 
@@ -88,7 +91,7 @@ class BuildClassPools(beam.PTransform):
                 | "Group" >> beam.GroupByKey()
                 | "SelectK" >> beam.MapTuple(lambda label, rs: (label, select_pool(list(rs), per_class, seed)))
                 | "EncodeCaptions" >> EncodeCaptions(self.encoder_opts, with_images=False,
-                                                     skip_if_exists=_PartPath(self.part_dir))
+                                                     skip_if_exists=_PartPath(self.part_dir), progress="pools")
                 | "WritePart" >> beam.ParDo(WritePoolPartFn(self.part_dir, self.meta)))
 
 
@@ -124,7 +127,7 @@ def _check_against_shards(output_dir: str, train_split: str, fraction: float, se
     with open(plan) as f:
         p = json.load(f)
     if (p.get("pool_holdout_fraction", 0.0), p.get("pool_seed", 0)) != (fraction, seed):
-        raise RuntimeError(f"{plan}: the train shards were encoded with --pool-holdout-fraction "
+        raise ValueError(f"{plan}: the train shards were encoded with --pool-holdout-fraction "
                            f"{p.get('pool_holdout_fraction')} --seed {p.get('pool_seed')}, but pools are asked with "
                            f"{fraction} / {seed}: the pools would hold images the tokenizer trains on. Use the same "
                            f"values for `textok encode` and `textok pools`.")
@@ -160,14 +163,14 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     start = time.time()
     require_local(captions=captions, output=output_dir)
     if per_class <= 0:
-        raise ValueError(f"--per-class must be positive, got {per_class}")
+        raise FlagError(f"--per-class must be positive, got {per_class}")
     if pool_holdout_fraction:
         if not 0.0 < pool_holdout_fraction < 1.0:
-            raise ValueError(f"--pool-holdout-fraction must be in (0, 1), got {pool_holdout_fraction}")
+            raise FlagError(f"--pool-holdout-fraction must be in (0, 1), got {pool_holdout_fraction}")
         split = train_split
         _check_against_shards(output_dir, split, pool_holdout_fraction, seed)
     elif split == train_split:
-        raise ValueError("pools from the train split would reuse training images: use --split val (default) "
+        raise FlagError("pools from the train split would reuse training images: use --split val (default) "
                          "or --pool-holdout-fraction f (and the same f for `textok encode`)")
     files = caption_files(captions)
     # The launcher reads keys and labels only; workers read the caption rows themselves, so the
@@ -195,7 +198,10 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
             return json.load(f)
     part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
     os.makedirs(part_dir, exist_ok=True)
-    with make_pipeline(beam_args) as p:
+    per_label = collections.Counter(int(r["label"]) for r in index if r["label"] is not None)
+    to_encode = sum(min(n, per_class) for label, n in per_label.items()  # classes a killed run finished are skipped
+                    if not os.path.exists(_PartPath(part_dir)(label)))
+    with open_stage("pools", to_encode, "captions"), make_pipeline(beam_args) as p:
         _ = (p | "CaptionFiles" >> beam.Create(files)
              | "Spread" >> beam.Reshuffle()
              | "ReadCaptions" >> beam.FlatMap(_pool_candidates, split, pool_holdout_fraction, seed)

@@ -225,7 +225,7 @@ class TextEncoder:
         return emb.astype(np.float16)
 
     def metadata(self) -> dict[str, Any]:
-        """The shard/pool metadata describing these embeddings (DESIGN §3)."""
+        """The shard/pool metadata describing these embeddings."""
         return {"encoder": self.encoder, "D": self.dim, "max_tokens": self.max_tokens,
                 "compute_dtype": self.dtype, "storage_dtype": "float16", "encoder_model_type": self.model_type}
 

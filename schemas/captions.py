@@ -1,4 +1,4 @@
-"""The captions and dead-letter tables (DESIGN §3).
+"""The captions and dead-letter tables.
 
 captions: one row per captioned image. Metadata (`textok.meta`) holds the captioner,
 model, prompt version + text and generation settings.

@@ -1,4 +1,4 @@
-"""The per-class caption pools table (DESIGN §3).
+"""The per-class caption pools table.
 
 Class-conditional generation with TexTok needs a caption at sampling time: one is drawn from a
 pool of captions of *unseen* images of the class (val split, or a held-out slice of train that

@@ -1,4 +1,4 @@
-"""The training shards table (DESIGN §3) and zero-copy `text_emb` decoding.
+"""The training shards table and zero-copy `text_emb` decoding.
 
 Columns: key, split, label, class_name, caption, image, image_format, width, height, text_emb,
 text_len. `width`/`height` are those of the decoded image with its EXIF orientation applied

@@ -133,7 +133,7 @@ def test_image_size_and_holdout(t5_dir, captions_dir, tmp_path):
     meta = read_meta(os.path.join(out, "shards", "train-00000-of-00001.parquet"))["meta"]
     assert meta["image_mode"] == "resize_center_crop:16" and meta["pool_holdout_fraction"] == 0.3
     # changing the plan against existing shards is refused, not mixed
-    with pytest.raises(RuntimeError, match="planned with different"):
+    with pytest.raises(ValueError, match="planned with different"):
         run_encode(captions_dir, out, encoder=t5_dir, rows_per_shard=5, image_size=16, device="cpu",
                    pool_holdout_fraction=0.3, seed=7)
 

@@ -79,7 +79,7 @@ def test_holdout_pools_never_in_train_shards_and_deterministic(t5_dir, captions_
     assert pq.read_table(os.path.join(tmp_path, "seed2", "pools", "train.parquet"))["key"].to_pylist() \
         != pool["key"].to_pylist() or s2["rows"] != s["rows"]
     # pools whose hold-out differs from the shards' would leak training images: refused
-    with pytest.raises(RuntimeError, match="same values"):
+    with pytest.raises(ValueError, match="same values"):
         run_pools(captions_dir, out, encoder=t5_dir, per_class=3, device="cpu", pool_holdout_fraction=0.2, seed=1)
 
 

@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from textok.schemas.common import SchemaError, validate_file, with_metadata, write_table_atomic
+from textok.progress import Progress
+from textok.schemas.common import SchemaError, count_rows, validate_file, with_metadata, write_table_atomic
 from textok.schemas.latents import latents_schema, moments, read_latent_meta, z_column, z_view
 from textok.schemas.shards import text_emb_views
 # pad_text and tokenizer_dir are also imported from here by trainer/evaluation/sample.py
@@ -93,7 +94,8 @@ def _check_done(path: str, tok_sha: str, with_text: bool) -> int:
 
 
 @torch.no_grad()
-def encode_shard(model, shard: str, device: torch.device, batch_size: int, num_workers: int) -> dict[str, np.ndarray]:
+def encode_shard(model, shard: str, device: torch.device, batch_size: int, num_workers: int,
+                 progress: Progress | None = None) -> dict[str, np.ndarray]:
     """{key: z [N,d] float32} of every row of one shard file (centre crop, no flip, own caption)."""
     from textok.devices import autocast
 
@@ -112,6 +114,8 @@ def encode_shard(model, shard: str, device: torch.device, batch_size: int, num_w
             if key in out:
                 raise SchemaError(f"{shard}: key {key!r} appears twice")
             out[key] = zi
+        if progress is not None:
+            progress.update(len(batch["key"]))
     return out
 
 
@@ -144,13 +148,16 @@ def extract_latents(cfg: ExtractConfig) -> dict:
             raise ValueError(f"{cfg.shards}: shard file names repeat across folders; latent files are named after "
                              f"them, so pass one split's folder at a time")
         done = skipped = rows = 0
-        for shard in files[dist.rank::dist.world_size]:
+        mine = files[dist.rank::dist.world_size]
+        todo_rows = count_rows([f for f in mine if not os.path.exists(os.path.join(cfg.output, os.path.basename(f)))])
+        bar = Progress("extract-latents", total=todo_rows, unit="images", enabled=dist.is_main)
+        for shard in mine:
             out = os.path.join(cfg.output, os.path.basename(shard))
             if os.path.exists(out):
                 rows += _check_done(out, tok_sha, cfg.with_text)
                 skipped += 1
                 continue
-            zs = encode_shard(model, shard, dist.device, cfg.batch_size, cfg.num_workers)
+            zs = encode_shard(model, shard, dist.device, cfg.batch_size, cfg.num_workers, bar)
             columns = list(PASSTHROUGH) + (["text_emb", "text_len"] if cfg.with_text else [])
             source = pq.read_table(shard, columns=columns)
             keys = source.column("key").to_pylist()
@@ -164,7 +171,8 @@ def extract_latents(cfg: ExtractConfig) -> dict:
             write_table_atomic(latent_table(source, z, meta, cfg.with_text), out, row_group_size=LATENT_ROW_GROUP)
             rows += len(keys)
             done += 1
-            log.info("latents %s: %d rows", out, len(keys))
+            log.debug("latents %s: %d rows", out, len(keys))
+        bar.close()
         if dist.enabled:
             torch.distributed.barrier()
         stats = read_latent_meta([os.path.join(cfg.output, n) for n in names])

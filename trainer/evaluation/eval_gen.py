@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from textok.progress import Progress, progress
 from textok.trainer.evaluation.metrics import InceptionFeatures, feature_stats, frechet_distance, inception_score, precision_recall
 
 log = logging.getLogger(__name__)
@@ -65,20 +66,24 @@ def reference_features(cfg: EvalGenConfig, image_size: int, inception: Inception
     if cfg.reference.endswith(".npz"):
         images, _ = load_npz_images(cfg.reference)
         images = images[:cfg.num_reference]
-        feats = [inception(to_model_range(images[i:i + cfg.batch_size]))
-                 for i in range(0, len(images), cfg.batch_size)]
+        starts = progress(range(0, len(images), cfg.batch_size), "eval-gen: reference", unit="batches")
+        feats = [inception(to_model_range(images[i:i + cfg.batch_size])) for i in starts]
         return np.concatenate(feats), len(images)
+    from textok.schemas.common import count_rows
     from textok.trainer.data.loader import ShardLoader
 
     loader = ShardLoader(cfg.reference, image_size, cfg.batch_size, train=False, num_workers=0)
     feats, seen = [], 0
-    for batch in loader:
-        take = min(len(batch["key"]), cfg.num_reference - seen)
-        # through uint8, as the samples are: both sides see the same quantisation
-        feats.append(inception(to_model_range(_uint8(batch["images"][:take]))))
-        seen += take
-        if seen >= cfg.num_reference:
-            break
+    total = min(cfg.num_reference, count_rows(loader.files))
+    with Progress("eval-gen: reference", total=total, unit="images") as bar:
+        for batch in loader:
+            take = min(len(batch["key"]), cfg.num_reference - seen)
+            # through uint8, as the samples are: both sides see the same quantisation
+            feats.append(inception(to_model_range(_uint8(batch["images"][:take]))))
+            seen += take
+            bar.update(take)
+            if seen >= cfg.num_reference:
+                break
     return np.concatenate(feats), seen
 
 
@@ -145,11 +150,14 @@ def evaluate_generation(cfg: EvalGenConfig) -> dict:
         raise ValueError(f"{cfg.samples}: {len(images)} samples; gFID needs at least 2")
     inception = InceptionFeatures(cfg.fid_inception_path, device, cfg.batch_size, cfg.inception_classifier)
     fake, probs = [], []
+    bar = Progress("eval-gen: samples", total=len(images), unit="images")
     for i in range(0, len(images), cfg.batch_size):
         x = to_model_range(images[i:i + cfg.batch_size])
         fake.append(inception(x))
         if inception.classifier is not None:
             probs.append(inception.class_probs(x))
+        bar.update(len(x))
+    bar.close()
     fake = np.concatenate(fake)
     real, n_ref = reference_features(cfg, images.shape[1], inception)
     if n_ref < 2:

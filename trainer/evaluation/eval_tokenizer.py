@@ -24,7 +24,9 @@ import torch
 from textok.trainer.data.loader import ShardLoader
 from textok.trainer.evaluation.eval_gen import set_metrics, write_result
 from textok.trainer.evaluation.grid import save_pairs
-from textok.devices import autocast
+from textok.devices import autocast, resolve_device
+from textok.progress import Progress
+from textok.schemas.common import count_rows
 from textok.trainer.evaluation.metrics import InceptionFeatures, fid_from_features, psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class EvalTokenizerConfig:
     grid_rows: int = 8
 
 
-def tokenizer_dir(ckpt: str) -> str:
+def tokenizer_dir(ckpt: str, flag: str = "--tokenizer") -> str:
     """A TexTok dir, a train-tokenizer run dir holding tokenizer/, or a Hugging Face Hub id (its
     cached snapshot; offline and not cached: a ModelNotFoundError naming the id)."""
     for cand in (ckpt, os.path.join(ckpt, "tokenizer")):
@@ -57,7 +59,7 @@ def tokenizer_dir(ckpt: str) -> str:
         from textok.trainer.models.hub import resolve_model_dir
 
         return str(resolve_model_dir(ckpt, "TexTok"))
-    raise FileNotFoundError(f"--ckpt {ckpt}: neither it nor {ckpt}/tokenizer holds a saved TexTok "
+    raise FileNotFoundError(f"{flag} {ckpt}: neither it nor {ckpt}/tokenizer holds a saved TexTok "
                             f"(config.json + model.safetensors); point it at a train-tokenizer output dir")
 
 
@@ -65,10 +67,8 @@ def tokenizer_dir(ckpt: str) -> str:
 def evaluate(cfg: EvalTokenizerConfig) -> dict:
     from textok.trainer.models.textok import TexTok
 
-    from textok.devices import resolve_device
-
     device = torch.device(resolve_device(cfg.device))
-    path = tokenizer_dir(cfg.ckpt)
+    path = tokenizer_dir(cfg.ckpt, "--ckpt")
     model = TexTok.from_pretrained(path).eval().to(device)
     mc = model.cfg
     loader = ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,
@@ -86,6 +86,7 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     per_image = {"psnr": [], "ssim": [], "lpips": []}
     feats_real, feats_fake, probs = [], [], []
     seen, grid = 0, None
+    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="images")
     for batch in loader:
         take = min(len(batch["key"]), cfg.num_samples - seen)
         images = batch["images"][:take].to(device)
@@ -104,8 +105,10 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
             grid = save_pairs(images.cpu(), recon.cpu(), path=os.path.join(cfg.output, "recon.png"),
                               max_rows=cfg.grid_rows)
         seen += take
+        bar.update(take)
         if seen >= cfg.num_samples:
             break
+    bar.close()
     if seen < 2:
         raise ValueError(f"{cfg.shards}: only {seen} images to evaluate; rFID needs at least 2")
     if seen < cfg.num_samples:

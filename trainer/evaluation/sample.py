@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from textok.progress import Progress
 from textok.schemas.common import SchemaError, list_parquet, read_meta, validate
 from textok.schemas.shards import text_emb_views
 
@@ -244,6 +245,7 @@ def run_sample(cfg: SampleConfig) -> dict:
 
     gen = torch.Generator(device).manual_seed(cfg.seed)
     images = []
+    bar = Progress("sample", total=len(rows), unit="images")
     for s in range(0, len(rows), cfg.batch_size):
         part = rows[s:s + cfg.batch_size]
         embs = [by_caption[r[1]] for r in part] if model.cfg.t2i else CaptionPools.embeddings(part)
@@ -255,7 +257,8 @@ def run_sample(cfg: SampleConfig) -> dict:
             z = generate_latents(model, stats, len(part), cfg.cfg, cfg.steps, cfg.sampler, gen,
                                  y=torch.tensor(labels[s:s + len(part)]))
         images.append(to_uint8(decode_latents(tokenizer, z, text, mask)))
-        log.info("sampled %d / %d", s + len(part), len(rows))
+        bar.update(len(part))
+    bar.close()
     images = np.concatenate(images)
 
     os.makedirs(cfg.output, exist_ok=True)

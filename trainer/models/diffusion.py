@@ -192,8 +192,9 @@ class GaussianDiffusion:
         x = noise.to(device) if noise is not None else torch.randn(shape, device=device, generator=generator)
         steps = range(self.num_timesteps - 1, -1, -1)
         if progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc=f"{sampler} x{self.num_timesteps}")
+            from textok.progress import progress as counted
+
+            steps = counted(steps, f"{sampler} x{self.num_timesteps}", unit="steps")
         with torch.no_grad():
             for i in steps:
                 if sampler == "ddpm":

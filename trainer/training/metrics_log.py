@@ -10,7 +10,8 @@ import time
 
 
 class MetricsLogger:
-    """JSONL, TensorBoard (OUTPUT/tb) and a tqdm bar, all on rank 0 only."""
+    """JSONL, TensorBoard (OUTPUT/tb) and textok.progress (a bar on a terminal, else
+    log lines with rate and ETA), all on rank 0 only."""
 
     def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, is_main: bool = True,
                  desc: str = "train"):
@@ -28,9 +29,9 @@ class MetricsLogger:
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is a core dependency
 
         self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
-        from tqdm import tqdm
+        from textok.progress import Progress
 
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        self.bar = Progress(desc, total=total_steps, unit="steps", initial=start_step)
         self.t0 = time.time()
 
     def _truncate_after(self, step: int) -> None:
@@ -53,7 +54,7 @@ class MetricsLogger:
             for k, v in values.items():
                 self.tb.add_scalar(k, float(v), step)
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{float(v):.4g}" for k, v in list(values.items())[:4]})
+            self.bar.set_postfix(**{k: float(v) for k, v in list(values.items())[:4]})
 
     def plot(self, png_path: str) -> str | None:
         """Redraw the loss curves from metrics.jsonl (called at every preview, so loss.png is

@@ -5,6 +5,8 @@ import json
 from dataclasses import fields
 from typing import TypeVar
 
+from textok.errors import FlagError
+
 
 Config = TypeVar("Config")
 
@@ -41,9 +43,11 @@ def resolve_config(cls: type[Config], path: str | None, overrides: dict, command
             setattr(cfg, name, tuple(getattr(cfg, name)))
     for name in required:
         if not getattr(cfg, name):
-            raise ValueError(f"{command}: --{name.replace('_', '-')} is required")
-    if "steps" in known and cfg.steps <= 0:
-        raise ValueError(f"{command}: --steps must be positive, got {cfg.steps}")
+            raise FlagError(f"{command}: --{name.replace('_', '-')} is required (or {name!r} in --config)")
+    if "steps" in known and not cfg.steps:
+        raise FlagError(f"{command}: --steps is required: give --steps N (or 'steps' in --config)")
+    if "steps" in known and cfg.steps < 0:
+        raise FlagError(f"{command}: --steps must be positive, got {cfg.steps}")
     return cfg
 
 
