@@ -137,7 +137,7 @@ def extract_latents(cfg: ExtractConfig) -> dict:
 
     start = time.time()
     with distributed(cfg.device) as dist:
-        tok_path = tokenizer_dir(cfg.tokenizer)
+        tok_path = tokenizer_dir(cfg.tokenizer, "--tokenizer")
         tok_sha = file_sha256(os.path.join(tok_path, "model.safetensors"))
         model = TexTok.from_pretrained(tok_path).eval().to(dist.device)
         files = resolve_shards(cfg.shards, cfg.split)

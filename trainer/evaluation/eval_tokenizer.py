@@ -58,7 +58,7 @@ def tokenizer_dir(ckpt: str, flag: str = "--tokenizer") -> str:
     if not os.path.exists(ckpt):
         from textok.trainer.models.hub import resolve_model_dir
 
-        return str(resolve_model_dir(ckpt, "TexTok"))
+        return str(resolve_model_dir(ckpt, "TexTok", flag=flag))
     raise FileNotFoundError(f"{flag} {ckpt}: neither it nor {ckpt}/tokenizer holds a saved TexTok "
                             f"(config.json + model.safetensors); point it at a train-tokenizer output dir")
 

@@ -43,7 +43,7 @@ def dit_dir(path: str) -> str:
     if not os.path.exists(path):
         from textok.trainer.models.hub import resolve_model_dir
 
-        candidates = [str(resolve_model_dir(path, "DiT"))]  # offline and not cached: ModelNotFoundError
+        candidates = [str(resolve_model_dir(path, "DiT", flag="--dit"))]  # offline and not cached: ModelNotFoundError
     for cand in candidates:
         if all(os.path.isfile(os.path.join(cand, f)) for f in ("config.json", "model.safetensors", STATS_NAME)):
             return cand
@@ -210,7 +210,7 @@ def run_sample(cfg: SampleConfig) -> dict:
         raise ValueError(f"--sampler must be ddpm or ddim, got {cfg.sampler!r}")
     device = torch.device(resolve_device(cfg.device))
     model, stats = load_dit(cfg.dit, device)
-    tok_dir = tokenizer_dir(cfg.tokenizer)
+    tok_dir = tokenizer_dir(cfg.tokenizer, "--tokenizer")
     tokenizer = TexTok.from_pretrained(tok_dir).eval().to(device)
     check_tokenizer(tokenizer, tok_dir, stats)
     rng = np.random.default_rng(cfg.seed)  # caption draws; the diffusion noise has its own generator

@@ -37,10 +37,21 @@ class ModelFormatError(ValueError):
 
 
 def resolve_model_dir(path_or_hub_id, kind: str, *, revision: str | None = None, cache_dir=None, token=None,
-                      local_files_only: bool = False, force_download: bool = False) -> Path:
+                      local_files_only: bool = False, force_download: bool = False, flag: str | None = None) -> Path:
     """A local directory holding `kind`'s config.json + model.safetensors: the path itself, or the
     cached snapshot of a Hub repo at `revision` (its *.json side files, e.g. latent_stats.json,
-    come along)."""
+    come along). `flag` (e.g. "--dit") names the option the user typed in the error."""
+    try:
+        return _resolve_model_dir(path_or_hub_id, kind, revision=revision, cache_dir=cache_dir, token=token,
+                                  local_files_only=local_files_only, force_download=force_download)
+    except ModelNotFoundError as e:
+        if flag:
+            raise ModelNotFoundError(f"{flag}: {e}") from None
+        raise
+
+
+def _resolve_model_dir(path_or_hub_id, kind: str, *, revision, cache_dir, token, local_files_only,
+                       force_download) -> Path:
     name = os.fspath(path_or_hub_id)
     if os.path.isdir(name):
         directory = Path(name)

@@ -255,7 +255,7 @@ class Preview:
         from textok.trainer.evaluation.sample import check_tokenizer
         from textok.trainer.models.textok import TexTok
 
-        tok_dir = tokenizer_dir(cfg.tokenizer)
+        tok_dir = tokenizer_dir(cfg.tokenizer, "--tokenizer")
         tokenizer = TexTok.from_pretrained(tok_dir).eval().to(device)
         check_tokenizer(tokenizer, tok_dir, stats)
         needs_text = cfg.t2i or tokenizer.cfg.text_in_decoder
