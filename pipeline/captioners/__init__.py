@@ -14,7 +14,10 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+# Backends import what they share from `base`, never from this registry, so importing a
+# backend never imports the registry back (no import cycle).
+from textok.pipeline.captioners.base import (PIPELINE_KEYS, Captioner, CaptionRequest, CaptionResult,
+                                             check_options)
 
 # name -> (module, factory attribute)
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -31,10 +34,8 @@ OPTION_KEYS = (
     "max_retries", "max_cost_usd", "base_url", "vertex_project", "vertex_location", "price_table",
     "batch_size", "device", "max_new_tokens", "task_prompt", "dtype",
 )
-# Pipeline-level keys every backend may receive and ignore (the pipeline applies them).
-PIPELINE_KEYS = frozenset({"max_words", "batch_size"})
 
-__all__ = ["BACKENDS", "OPTION_KEYS", "Captioner", "CaptionRequest", "CaptionResult", "build_captioner",
+__all__ = ["BACKENDS", "OPTION_KEYS", "PIPELINE_KEYS", "Captioner", "CaptionRequest", "CaptionResult", "build_captioner",
            "check_options"]
 
 
@@ -69,11 +70,3 @@ def build_captioner(name: str, options: dict[str, Any] | None = None) -> Caption
         raise TypeError(f"captioner {name!r}: factory returned {type(captioner).__name__}, "
                         "expected a pipeline.captioners.base.Captioner")
     return captioner
-
-
-def check_options(backend: str, options: dict[str, Any], accepted: set[str] | frozenset[str]) -> None:
-    """Refuse options that `backend` would silently ignore (a typo or the wrong backend)."""
-    unused = sorted(set(options) - set(accepted) - PIPELINE_KEYS)
-    if unused:
-        raise ValueError(f"captioner {backend!r} does not use option(s) {unused}; it accepts "
-                         f"{sorted(set(accepted) | PIPELINE_KEYS)} (remove the matching --flags)")
