@@ -68,9 +68,19 @@ def _image_only(processor_cls: type) -> type:
     a processor from the attributes `get_attributes()` lists, so a subclass that leaves the
     video one out loads the image processor and tokenizer alone (the class keeps its name, so
     its image-token logic and saved configs are unchanged)."""
+    import inspect
+
     attrs = [a for a in processor_cls.get_attributes() if "video" not in a]
+    n_video = sum("video" in p for p in inspect.signature(processor_cls.__init__).parameters)
+
+    def from_args_and_dict(cls, args, processor_dict, **kwargs):
+        # Loading passes one argument per attribute; SmolVLM's __init__ still requires its
+        # video argument, so hand it None (ProcessorMixin keeps only the listed attributes).
+        return processor_cls.from_args_and_dict.__func__(cls, [*args, *[None] * n_video], processor_dict, **kwargs)
+
     return type(processor_cls.__name__, (processor_cls,),
-                {"get_attributes": classmethod(lambda cls: list(attrs)), "__module__": processor_cls.__module__})
+                {"get_attributes": classmethod(lambda cls: list(attrs)),
+                 "from_args_and_dict": classmethod(from_args_and_dict), "__module__": processor_cls.__module__})
 
 
 def load_processor(model_id: str):
@@ -98,6 +108,16 @@ def load_processor(model_id: str):
         return _image_only(cls).from_pretrained(model_id)
     except ImportError as e:  # e.g. SmolVLM's processor wants num2words even for images
         raise _missing_package(model_id, e) from None
+
+
+def _needs_remote_code(model_id: str) -> bool:
+    """True when the checkpoint's config maps its classes to code shipped in the repository."""
+    from transformers import PretrainedConfig
+
+    try:
+        return "auto_map" in PretrainedConfig.get_config_dict(model_id)[0]
+    except (OSError, ValueError):
+        return False
 
 
 class _Loaded:
@@ -188,7 +208,7 @@ class LocalVLMCaptioner(Captioner):
         except OSError as e:  # not on disk, not in the cache, and offline / not on the Hub
             raise _missing_weights(self.model_id, f"{type(e).__name__}: {e}") from e
         except ValueError as e:  # a model type AutoModelForImageTextToText does not map
-            remote = "trust_remote_code" in str(e) or "custom code" in str(e)
+            remote = "trust_remote_code" in str(e) or _needs_remote_code(self.model_id)
             hint = (" This checkpoint needs its own remote code, which textok never runs; use a checkpoint "
                     "converted for transformers (for Florence-2: florence-community/Florence-2-large or "
                     "florence-community/Florence-2-base, not microsoft/Florence-2-*)") if remote else ""
