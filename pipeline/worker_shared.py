@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any, Callable, Hashable, TypeVar
 
 T = TypeVar("T")
@@ -35,12 +36,13 @@ class Held:
         self.value = value
 
 
-def per_process(key: Hashable, build: Callable[[], T]) -> Held:
+def per_process(key: Hashable, build: Callable[[], T], on_release: Callable[[T], Any] | None = None) -> Held:
     """The `Held(build())` shared by every caller in this process that passes an equal `key`.
 
     Keep the returned box (not only its value) for as long as the object is used: when no
     caller holds it any more, Beam may drop it and the next caller builds a fresh one.
-    `build` runs at most once at a time per key (Shared's control block serialises it)."""
+    `build` runs at most once at a time per key (Shared's control block serialises it).
+    `on_release(value)` runs when the box is garbage-collected (e.g. to close a connection pool)."""
     from apache_beam.utils.shared import Shared
 
     full_key = (os.getpid(), key)
@@ -48,7 +50,13 @@ def per_process(key: Hashable, build: Callable[[], T]) -> Held:
         handle = _HANDLES.get(full_key)
         if handle is None:
             handle = _HANDLES[full_key] = Shared()
-    return handle.acquire(lambda: Held(build()))
+    def make() -> Held:
+        held = Held(build())
+        if on_release is not None:
+            weakref.finalize(held, on_release, held.value)
+        return held
+
+    return handle.acquire(make)
 
 
 def forget_all() -> None:

@@ -1,9 +1,9 @@
 """Client-side pacing for remote captioners: requests/min + tokens/min, retry timing, prices, budget.
 
-Both live on one asyncio event loop (the Gemini backend's background loop), so their state
+Both live on one asyncio event loop (remote.LoopThread, the remote backends' background loop), so their state
 changes happen on one thread and need no locks; every captioner instance in the process
 that talks to the same model with the same limits shares one `RateLimiter` and one
-`CostBudget` (see `gemini._shared_state`), because the provider's quota is per project and
+`CostBudget` (see `remote.shared_limits`), because the provider's quota is per project and
 model, not per Beam DoFn thread.
 
 Pacing is virtual scheduling (GCRA without burst): each request reserves the earliest slot
