@@ -3,6 +3,7 @@
     from textok.pipeline.captioners import build_captioner
     cap = build_captioner("template", {"template": "a photo of a {class_name}"})
     cap = build_captioner("gemini", {"model_id": "gemini-2.5-flash-lite", "rpm": 1000})
+    cap = build_captioner("openai", {"openai_base_url": ["http://gpu-box:8000/v1"], "model_id": "Qwen/Qwen2.5-VL-7B-Instruct"})
     cap = build_captioner("my_pkg.captioners:from_options", {...})   # a plugin
 
 Each backend module exposes `from_options(options: dict) -> Captioner`; modules are imported
@@ -21,10 +22,11 @@ from textok.pipeline.captioners.base import (PIPELINE_KEYS, Captioner, CaptionRe
 
 # name -> (module, factory attribute)
 BACKENDS: dict[str, tuple[str, str]] = {
-    "provided": ("pipeline.captioners.simple", "provided_from_options"),
-    "template": ("pipeline.captioners.simple", "template_from_options"),
-    "gemini": ("pipeline.captioners.gemini", "from_options"),
-    "local": ("pipeline.captioners.local", "from_options"),
+    "provided": ("textok.pipeline.captioners.simple", "provided_from_options"),
+    "template": ("textok.pipeline.captioners.simple", "template_from_options"),
+    "gemini": ("textok.pipeline.captioners.gemini", "from_options"),
+    "local": ("textok.pipeline.captioners.local", "from_options"),
+    "openai": ("textok.pipeline.captioners.openai_compat", "from_options"),
 }
 
 # Every option key the CLI may set (`textok caption --help` documents them). A backend
@@ -32,7 +34,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
 OPTION_KEYS = (
     "model_id", "template", "max_words", "class_hint", "rpm", "tpm", "max_in_flight", "timeout_s",
     "max_retries", "max_cost_usd", "base_url", "vertex_project", "vertex_location", "price_table",
-    "batch_size", "device", "max_new_tokens", "task_prompt", "dtype",
+    "batch_size", "device", "max_new_tokens", "task_prompt", "dtype", "openai_base_url", "api_key_env",
 )
 
 __all__ = ["BACKENDS", "OPTION_KEYS", "PIPELINE_KEYS", "Captioner", "CaptionRequest", "CaptionResult", "build_captioner",
