@@ -1,6 +1,7 @@
-"""Benchmark of the Gemini captioner against the fake server (not a test): prints JSON.
+"""Benchmark of the remote captioners against fake servers (not a test): prints JSON.
 
     .venv/bin/python bench/caption_throughput.py [--n 300] [--rpm 1200] [--latency 0.3] [--beam-n 30]
+    .venv/bin/python bench/caption_throughput.py --only-openai [--openai-servers 2]
 
 Every request takes `--latency` s on a local fake Gemini server (tests/fake_gemini.py); the
 client-side limit is `--rpm`. Measured on the same synthetic images:
@@ -12,6 +13,10 @@ client-side limit is `--rpm`. Measured on the same synthetic images:
    stock `generate_image_from_strings_and_images` request function, one JPEG + prompt per
    element, in a real pipeline on the same runner; pointed at the fake server through
    `GOOGLE_GEMINI_BASE_URL`, which google-genai honours.
+
+`openai_direct`: `--captioner openai` (`OpenAICompatCaptioner.caption_batch`) on the same
+images against `--openai-servers` fake OpenAI-compatible servers (tests/fake_openai.py) with
+the same latency and `--rpm`, reported against that limit as for Gemini.
 
 Rates are requests/s between the first and last request the server saw (steady state), plus
 end-to-end images/s including pipeline start-up. Goals: ours >= 95 % of rpm/60, >= 10x stock.
@@ -31,10 +36,12 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))  # fakes
 
 from PIL import Image  # noqa: E402
 
 from fake_gemini import FakeGemini, ok  # noqa: E402
+from fake_openai import FakeOpenAI  # noqa: E402
 
 FAKE_KEY = "bench-fake-key"
 MODEL = "gemini-2.5-flash"
@@ -72,6 +79,32 @@ def bench_ours_direct(images, rpm: float, latency: float, max_in_flight: int) ->
         return {"requests": len(fake.requests), "ok": sum(r.ok for r in results),
                 "server_req_per_s": round(server_rate(fake), 3), "end_to_end_img_per_s": round(len(reqs) / wall, 3),
                 "max_concurrency_seen_by_server": fake.max_concurrency(), "wall_s": round(wall, 2)}
+
+
+def bench_openai_direct(images, rpm: float, latency: float, max_in_flight: int, servers: int = 1) -> dict:
+    """`--captioner openai` on the same images, spread over `servers` fake OpenAI-compatible servers."""
+    from textok.pipeline.captioners.base import CaptionRequest
+    from textok.pipeline.captioners.openai_compat import OpenAICompatCaptioner
+    from textok.pipeline.captioners.remote import reset_process_state
+
+    reset_process_state()
+    fakes = [FakeOpenAI(default=ok(latency_s=latency)).start() for _ in range(servers)]
+    try:
+        cap = OpenAICompatCaptioner("bench-vlm", [f.base_url for f in fakes], rpm=rpm, max_in_flight=max_in_flight)
+        cap.setup()
+        reqs = [CaptionRequest(key=f"img{i:05d}", image=img) for i, img in enumerate(images)]
+        t0 = time.monotonic()
+        results = cap.caption_batch(reqs)
+        wall = time.monotonic() - t0
+        cap.teardown()
+        t = sorted(x for f in fakes for x in f.arrival_times())
+        rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else float("nan")
+        return {"servers": servers, "requests": sum(len(f.requests) for f in fakes), "ok": sum(r.ok for r in results),
+                "server_req_per_s": round(rate, 3), "end_to_end_img_per_s": round(len(reqs) / wall, 3),
+                "max_concurrency_seen_by_server": max(f.max_concurrency() for f in fakes), "wall_s": round(wall, 2)}
+    finally:
+        for f in fakes:
+            f.stop()
 
 
 def bench_ours_pipeline(folder: str, n: int, rpm: float, latency: float, max_in_flight: int,
@@ -131,6 +164,8 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.3)
     ap.add_argument("--max-in-flight", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=128, help="pipeline batch size for the gemini stage")
+    ap.add_argument("--openai-servers", type=int, default=2, help="fake OpenAI-compatible servers (a fleet)")
+    ap.add_argument("--only-openai", action="store_true", help="skip the Gemini and Beam runs")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ["GEMINI_API_KEY"] = FAKE_KEY
@@ -139,6 +174,13 @@ def main() -> None:
 
     images = make_images(a.n)
     limit = a.rpm / 60.0
+    openai_direct = bench_openai_direct(images, a.rpm, a.latency, a.max_in_flight, servers=a.openai_servers)
+    if a.only_openai:
+        print(json.dumps({"setup": {"latency_s": a.latency, "rpm": a.rpm, "limit_req_per_s": limit, "n": a.n,
+                                    "max_in_flight": a.max_in_flight},
+                          "openai_direct": openai_direct,
+                          "openai_direct_vs_limit": round(openai_direct["server_req_per_s"] / limit, 3)}, indent=2))
+        return
     direct = bench_ours_direct(images, a.rpm, a.latency, a.max_in_flight)
     direct_high = bench_ours_direct(images, a.rpm_high, a.latency, a.max_in_flight)
     with tempfile.TemporaryDirectory() as data:
@@ -151,6 +193,8 @@ def main() -> None:
         "setup": {"latency_s": a.latency, "rpm": a.rpm, "limit_req_per_s": limit, "n": a.n, "beam_n": a.beam_n,
                   "max_in_flight": a.max_in_flight, "model": MODEL},
         "ours_direct": direct, "ours_direct_high_rpm": {"rpm": a.rpm_high, **direct_high},
+        "openai_direct": openai_direct,
+        "openai_direct_vs_limit": round(openai_direct["server_req_per_s"] / limit, 3),
         "ours_pipeline": pipe, "beam_stock": stock,
         "ours_direct_vs_limit": round(direct["server_req_per_s"] / limit, 3),
         "ours_pipeline_vs_limit": round(pipe["server_req_per_s"] / limit, 3),
