@@ -95,9 +95,9 @@ def caption_flags(f: Callable) -> Callable:
 
 def captioner_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The `captioner_options` dict from parsed flags (only flags the user set)."""
-    opts = {key: kwargs[_param_name(flag)] for flag, key, _ in _CAPTIONER_FLAGS}
+    opts = {key: kwargs.get(_param_name(flag)) for flag, key, _ in _CAPTIONER_FLAGS}
     opts["class_hint"] = opts["class_hint"] or None  # an absent flag reads False: do not pass it
-    opts["openai_base_url"] = list(opts["openai_base_url"] or []) or None  # multiple: an absent flag reads ()
+    opts["openai_base_url"] = list(opts.get("openai_base_url") or []) or None  # multiple: an absent flag reads ()
     opts.update(kwargs.get("captioner_opt") or {})
     return {k: v for k, v in opts.items() if v is not None}
 
