@@ -58,32 +58,38 @@ def make_images(n: int, size: int = 256) -> list[Image.Image]:
     return out
 
 
-def server_rate(fake: FakeGemini) -> float:
-    t = fake.arrival_times()
+def server_rate(*fakes) -> float:
+    """Requests/s between the first and the last request any of the servers saw."""
+    t = sorted(x for fake in fakes for x in fake.arrival_times())
     return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else float("nan")
 
 
-def bench_ours_direct(images, rpm: float, latency: float, max_in_flight: int) -> dict:
+def run_direct(cap, images, fakes) -> dict:
+    """`cap.caption_batch` on every image at once; rates as the fake servers saw them."""
     from textok.pipeline.captioners.base import CaptionRequest
+
+    cap.setup()
+    reqs = [CaptionRequest(key=f"img{i:05d}", image=img) for i, img in enumerate(images)]
+    t0 = time.monotonic()
+    results = cap.caption_batch(reqs)
+    wall = time.monotonic() - t0
+    cap.teardown()
+    return {"requests": sum(len(f.requests) for f in fakes), "ok": sum(r.ok for r in results),
+            "server_req_per_s": round(server_rate(*fakes), 3), "end_to_end_img_per_s": round(len(reqs) / wall, 3),
+            "max_concurrency_seen_by_server": max(f.max_concurrency() for f in fakes), "wall_s": round(wall, 2)}
+
+
+def bench_ours_direct(images, rpm: float, latency: float, max_in_flight: int) -> dict:
     from textok.pipeline.captioners.gemini import GeminiCaptioner, reset_process_state
 
     reset_process_state()
     with FakeGemini(default=ok(latency_s=latency)) as fake:
         cap = GeminiCaptioner(MODEL, base_url=fake.url, rpm=rpm, tpm=None, max_in_flight=max_in_flight)
-        cap.setup()
-        reqs = [CaptionRequest(key=f"img{i:05d}", image=img) for i, img in enumerate(images)]
-        t0 = time.monotonic()
-        results = cap.caption_batch(reqs)
-        wall = time.monotonic() - t0
-        cap.teardown()
-        return {"requests": len(fake.requests), "ok": sum(r.ok for r in results),
-                "server_req_per_s": round(server_rate(fake), 3), "end_to_end_img_per_s": round(len(reqs) / wall, 3),
-                "max_concurrency_seen_by_server": fake.max_concurrency(), "wall_s": round(wall, 2)}
+        return run_direct(cap, images, [fake])
 
 
 def bench_openai_direct(images, rpm: float, latency: float, max_in_flight: int, servers: int = 1) -> dict:
     """`--captioner openai` on the same images, spread over `servers` fake OpenAI-compatible servers."""
-    from textok.pipeline.captioners.base import CaptionRequest
     from textok.pipeline.captioners.openai_compat import OpenAICompatCaptioner
     from textok.pipeline.captioners.remote import reset_process_state
 
@@ -91,17 +97,7 @@ def bench_openai_direct(images, rpm: float, latency: float, max_in_flight: int, 
     fakes = [FakeOpenAI(default=ok(latency_s=latency)).start() for _ in range(servers)]
     try:
         cap = OpenAICompatCaptioner("bench-vlm", [f.base_url for f in fakes], rpm=rpm, max_in_flight=max_in_flight)
-        cap.setup()
-        reqs = [CaptionRequest(key=f"img{i:05d}", image=img) for i, img in enumerate(images)]
-        t0 = time.monotonic()
-        results = cap.caption_batch(reqs)
-        wall = time.monotonic() - t0
-        cap.teardown()
-        t = sorted(x for f in fakes for x in f.arrival_times())
-        rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else float("nan")
-        return {"servers": servers, "requests": sum(len(f.requests) for f in fakes), "ok": sum(r.ok for r in results),
-                "server_req_per_s": round(rate, 3), "end_to_end_img_per_s": round(len(reqs) / wall, 3),
-                "max_concurrency_seen_by_server": max(f.max_concurrency() for f in fakes), "wall_s": round(wall, 2)}
+        return {"servers": servers, **run_direct(cap, images, fakes)}
     finally:
         for f in fakes:
             f.stop()

@@ -130,10 +130,9 @@ class FakeGemini:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> "FakeGemini":
-        handler = _make_handler(self)
-        self._server = _Server(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-gemini",
-                                        daemon=True)
+        self._server = _Server(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name=type(self).__name__, daemon=True)
         self._thread.start()
         return self
 
@@ -148,6 +147,9 @@ class FakeGemini:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _handler(self):
+        return _make_handler(self)
 
     @property
     def url(self) -> str:
@@ -295,16 +297,22 @@ def _make_handler(fake: FakeGemini):
     return Handler
 
 
-if __name__ == "__main__":
+def serve_until_interrupted(fake_cls=None, url_attr: str = "url") -> None:
+    """`python tests/fake_<api>.py --latency S`: serve on 127.0.0.1, print the URL, wait for Ctrl-C."""
     import argparse
 
-    p = argparse.ArgumentParser(description="Serve a fake Gemini API on 127.0.0.1")
+    fake_cls = fake_cls or FakeGemini
+    p = argparse.ArgumentParser(description=f"Serve a {fake_cls.__name__} API on 127.0.0.1")
     p.add_argument("--latency", type=float, default=0.0)
     a = p.parse_args()
-    with FakeGemini(default=ok(latency_s=a.latency)) as fake:
-        print(fake.url, flush=True)
+    with fake_cls(default=ok(latency_s=a.latency)) as fake:
+        print(getattr(fake, url_attr), flush=True)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+
+
+if __name__ == "__main__":
+    serve_until_interrupted()

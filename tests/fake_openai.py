@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-from fake_gemini import Behaviour, FakeGemini, RecordedRequest, _Server, mean_rgb, ok
+import fake_gemini
+from fake_gemini import Behaviour, FakeGemini, RecordedRequest, mean_rgb
 
 PATH = "/v1/chat/completions"
 
@@ -47,12 +47,8 @@ class FakeOpenAI(FakeGemini):
         super().__init__(script=script, default=default, api_key=api_key)
         self.models = models
 
-    def start(self) -> "FakeOpenAI":
-        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-openai",
-                                        daemon=True)
-        self._thread.start()
-        return self
+    def _handler(self):
+        return _make_handler(self)
 
     @property
     def base_url(self) -> str:
@@ -65,36 +61,8 @@ def _error(status: int, message: str) -> dict[str, Any]:
 
 
 def _make_handler(fake: FakeOpenAI):
-    from http.server import BaseHTTPRequestHandler
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:
-            pass
-
-        def _send(self, status: int, payload: Union[bytes, dict], headers: Optional[dict] = None) -> None:
-            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server naming
-            self._req: Optional[RecordedRequest] = None
-            try:
-                self._serve()
-            except Exception as e:  # a bug in a test script must show as a 500
-                self._send(500, _error(500, f"fake server bug: {e!r}"))
-            if self._req is not None:
-                self._req.t_done = time.monotonic()
-
+    # FakeGemini's handler sends, records and times requests; only the route and shapes differ.
+    class Handler(fake_gemini._make_handler(fake)):
         def _serve(self) -> None:
             t = time.monotonic()
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -146,15 +114,4 @@ def _make_handler(fake: FakeOpenAI):
 
 
 if __name__ == "__main__":
-    import argparse
-
-    p = argparse.ArgumentParser(description="Serve a fake OpenAI-compatible API on 127.0.0.1")
-    p.add_argument("--latency", type=float, default=0.0)
-    a = p.parse_args()
-    with FakeOpenAI(default=ok(latency_s=a.latency)) as fake:
-        print(fake.base_url, flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    fake_gemini.serve_until_interrupted(FakeOpenAI, "base_url")

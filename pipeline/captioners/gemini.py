@@ -35,13 +35,12 @@ import math
 import os
 from typing import Any, Optional
 
-from textok.pipeline.captioners.base import CaptionRequest, CaptionResult, check_options
-from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, build_prompt, prompt_template
-from textok.pipeline.captioners.ratelimit import DEFAULT_PRICES, retry_hint_s
+from textok.pipeline.captioners.base import CaptionRequest, check_options
+from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, prompt_template
+from textok.pipeline.captioners.ratelimit import retry_hint_s
 from textok.pipeline.captioners.remote import Attempt as _Attempt
 from textok.pipeline.captioners.remote import LoopThread as _LoopThread
 from textok.pipeline.captioners.remote import RemoteCaptioner, reset_process_state, transport_errors
-from textok.pipeline.images import downscale_max_side, encode_image
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +226,6 @@ class GeminiCaptioner(RemoteCaptioner):
         }
 
     # -- internals -----------------------------------------------------------------------
-    def _prepare(self, req: CaptionRequest) -> tuple[CaptionRequest, Optional[bytes], str]:
-        prompt = build_prompt(req.class_name, self.class_hint, self.max_words)
-        if req.image is None:
-            return req, None, prompt
-        img = downscale_max_side(req.image.convert("RGB"), self.image_max_side)
-        return req, encode_image(img, "jpeg", self.jpeg_quality), prompt
-
     def _estimate_input_tokens(self, prompt: str) -> int:
         return estimate_input_tokens(prompt)
 

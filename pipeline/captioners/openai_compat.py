@@ -31,10 +31,9 @@ import os
 from typing import Any, Optional
 
 from textok.pipeline.captioners.base import CaptionRequest, check_options
-from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, build_prompt, prompt_template
+from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, prompt_template
 from textok.pipeline.captioners.ratelimit import retry_hint_s
 from textok.pipeline.captioners.remote import Attempt, LoopThread, RemoteCaptioner
-from textok.pipeline.images import downscale_max_side, encode_image
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 IMAGE_MAX_SIDE = 384
@@ -172,13 +171,6 @@ class OpenAICompatCaptioner(RemoteCaptioner):
                 self.max_cost_usd)
 
     # -- requests ------------------------------------------------------------------------
-    def _prepare(self, req: CaptionRequest) -> tuple[CaptionRequest, Optional[bytes], str]:
-        prompt = build_prompt(req.class_name, self.class_hint, self.max_words)
-        if req.image is None:
-            return req, None, prompt
-        img = downscale_max_side(req.image.convert("RGB"), self.image_max_side)
-        return req, encode_image(img, "jpeg", self.jpeg_quality), prompt
-
     def _estimate_input_tokens(self, prompt: str) -> int:
         return IMAGE_TOKENS_ESTIMATE + math.ceil(len(prompt) / 4) + 8
 

@@ -1,7 +1,6 @@
 """What every HTTP-API captioner shares: one event loop, pacing, retries, budget, usage.
 
     class MyApiCaptioner(RemoteCaptioner):        # gemini.py, openai_compat.py
-        def _prepare(self, req): ...              # -> (req, payload or None, prompt), on the caller's thread
         def _estimate_input_tokens(self, prompt): ...
         async def _attempt(self, payload, prompt) -> Attempt: ...   # one HTTP request, classified
 
@@ -30,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from textok.pipeline.captioners.prompt import build_prompt
 from textok.pipeline.captioners.ratelimit import CostBudget, RateLimiter, backoff_s, load_price_table
+from textok.pipeline.images import downscale_max_side, encode_image
 
 # --------------------------------------------------------------------------- shared loop + limits
 
@@ -121,10 +122,15 @@ class Attempt:
 class RemoteCaptioner(Captioner):
     """Requests in flight on the shared loop, paced, retried, budgeted and counted.
 
-    Subclasses set in `__init__` (through `_init_remote`) the limits, and define `_prepare`,
-    `_estimate_input_tokens`, `_attempt` and `_limits_key`; `setup()` ends with `_start()`."""
+    Subclasses set in `__init__` the limits (through `_init_remote`), `class_hint`, `max_words`,
+    `image_max_side` and `jpeg_quality`, and define `_estimate_input_tokens`, `_attempt` and
+    `_limits_key`; `setup()` ends with `_start()`."""
 
     max_output_tokens: int = 256
+    class_hint: bool = False
+    max_words: int = 75
+    image_max_side: int = 384
+    jpeg_quality: int = 90
     _secret: Optional[str] = None   # the API key, for scrubbing messages; never pickled
 
     def _init_remote(self, *, rpm, tpm, max_in_flight, timeout_s, max_retries, max_cost_usd, price_table,
@@ -139,10 +145,12 @@ class RemoteCaptioner(Captioner):
         self.max_cost_usd = max_cost_usd
         self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
         self.price_table_path = price_table
-        self.prices = load_price_table(price_table).get(self.model_id)
+        table = load_price_table(price_table)
+        self.prices = table.get(self.model_id)
         if max_cost_usd is not None and self.prices is None:
             raise error_cls(
-                f"--max-cost-usd needs a price for model {self.model_id!r}. Pass --price-table prices.json with "
+                f"--max-cost-usd needs a price for model {self.model_id!r}; known: {sorted(table)}. "
+                "Pass --price-table prices.json with "
                 "{\"" + self.model_id + "\": {\"input_per_1m\": ..., \"output_per_1m\": ...}}")
         self._stats: dict[str, Any] = {}
         self._stats_lock: Optional[threading.Lock] = None
@@ -163,8 +171,13 @@ class RemoteCaptioner(Captioner):
     def _limits_key(self) -> tuple:
         raise NotImplementedError
 
-    def _prepare(self, req: CaptionRequest) -> tuple[CaptionRequest, Optional[Any], str]:
-        raise NotImplementedError
+    def _prepare(self, req: CaptionRequest) -> tuple[CaptionRequest, Optional[bytes], str]:
+        """(request, JPEG of the image downscaled to `image_max_side`, prompt): CPU work, on the caller's thread."""
+        prompt = build_prompt(req.class_name, self.class_hint, self.max_words)
+        if req.image is None:
+            return req, None, prompt
+        img = downscale_max_side(req.image.convert("RGB"), self.image_max_side)
+        return req, encode_image(img, "jpeg", self.jpeg_quality), prompt
 
     def _estimate_input_tokens(self, prompt: str) -> int:
         raise NotImplementedError
