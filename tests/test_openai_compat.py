@@ -178,3 +178,45 @@ def test_server_without_key_and_comma_separated_fleet(serve, monkeypatch):
     cap.setup()
     assert all(r.ok for r in cap.caption_batch(_requests(2)))
     assert _headers(a.requests[0])["authorization"] == "Bearer EMPTY"
+
+
+def test_pipeline_end_to_end_each_key_once_with_its_own_caption(serve, tmp_path, caplog):
+    """run_caption through Beam: every key ends once in captions (or deferred), each caption names
+    its own image's colour, the captioner is recorded, and the key is in no output file or log."""
+    import pyarrow.parquet as pq
+
+    from textok.pipeline.caption_pipeline import run_caption
+    from textok.pipeline.caption_store import CAPTIONS, list_table_files
+
+    caplog.set_level(logging.DEBUG)
+    data = tmp_path / "data"
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    for name, rgb in colours.items():
+        (data / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40 + i, 30), rgb).save(data / "train" / name / f"{i}.png")
+    fake = serve(script=[error(429, retry_after="0.05"), error(500)], api_key=FAKE_KEY, default=ok(latency_s=0.05))
+    out = tmp_path / "out"
+    s = run_caption(str(data), str(out), captioner="openai", batch_size=4,
+                    captioner_options={"openai_base_url": [fake.base_url], "model_id": "qwen-vl",
+                                       "max_in_flight": 4})
+    assert (s["captioned"], s["dead_letter"], s["deferred"]) == (9, 0, 0)
+    assert len(fake.requests) == 11                                    # 9 images + the two retried failures
+    files = list_table_files(str(out), CAPTIONS)
+    rows = pq.read_table(files).to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(f"{c}/{i}" for c in colours for i in range(3))
+    for r in rows:
+        assert _names_its_colour(r["caption"], colours[r["key"].split("/")[0]]), r
+        assert r["captioner"] == "openai:qwen-vl" and r["output_tokens"] > 0
+    blobs = [caplog.text] + [open(f, "rb").read().decode("latin-1") for f in files] + \
+        [p.read_bytes().decode("latin-1") for p in out.rglob("*") if p.is_file()]
+    assert not any(FAKE_KEY in b for b in blobs)
+
+
+def test_instances_in_one_process_share_one_client_per_server(serve):
+    a = serve()
+    c1, c2 = _captioner(a.base_url), _captioner(a.base_url)
+    assert c1._held[0].value is c2._held[0].value
+    reset_process_state()
+    c3 = _captioner(a.base_url)
+    assert c3._held[0].value is not c1._held[0].value                 # forgotten: a fresh client
