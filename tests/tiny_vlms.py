@@ -48,7 +48,13 @@ def chat_template(image: str, bos: str = "") -> str:
             "{% if add_generation_prompt %} <|assistant|>{% endif %}")
 
 
-def _save(model, processor, out: str, specials: list[str], video_config: dict | None = None) -> str:
+def _save(model, processor, out: str, specials: list[str], video_config: dict | None = None,
+          widen: float | None = None) -> str:
+    if widen:  # the default init (0.02) lets a tiny random model ignore the image; wider weights let
+        with torch.no_grad():  # captions differ per image, so a test can see a caption on the wrong image
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, widen)
     model.generation_config.suppress_tokens = list(range(len(specials)))
     model.eval()
     model.save_pretrained(out)
@@ -152,7 +158,7 @@ def build_florence2(out: str) -> str:
                            window_size=2, projection_dim=32, drop_path_rate=0.0, max_position_embeddings=16),
         image_token_id=vocab["<image>"])
     torch.manual_seed(0)
-    return _save(Florence2ForConditionalGeneration(cfg), processor, out, specials)
+    return _save(Florence2ForConditionalGeneration(cfg), processor, out, specials, widen=0.2)
 
 
 def build_paligemma(out: str) -> str:
@@ -173,7 +179,7 @@ def build_paligemma(out: str) -> str:
                                 eos_token_id=1, bos_token_id=2),
         image_token_index=vocab["<image>"], projection_dim=32, hidden_size=32, vocab_size=len(vocab))
     torch.manual_seed(0)
-    return _save(PaliGemmaForConditionalGeneration(cfg), processor, out, specials)
+    return _save(PaliGemmaForConditionalGeneration(cfg), processor, out, specials, widen=0.2)
 
 
 # --------------------------------------------------------------------------- chat VLMs
@@ -221,7 +227,7 @@ def _qwen(out: str, version: str) -> str:
         vision_config=vision, image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
         vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
     torch.manual_seed(0)
-    return _save(model_cls(cfg), processor, out, specials,
+    return _save(model_cls(cfg), processor, out, specials, widen=0.2,
                  video_config={"video_processor_type": "Qwen2VLVideoProcessor", **ip_kw})
 
 
@@ -297,7 +303,10 @@ def build_gemma3(out: str) -> str:
         mm_tokens_per_image=4, boi_token_index=vocab["<start_of_image>"], eoi_token_index=vocab["<end_of_image>"],
         image_token_index=vocab["<image_soft_token>"])
     torch.manual_seed(0)
-    return _save(tf.Gemma3ForConditionalGeneration(cfg), processor, out, specials)
+    model = tf.Gemma3ForConditionalGeneration(cfg)
+    with torch.no_grad():  # initialised to zeros (trained checkpoints fill it): the image would not matter
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.2)
+    return _save(model, processor, out, specials, widen=0.2)
 
 
 BUILDERS: dict[str, Callable[[str], str]] = {
