@@ -134,3 +134,22 @@ def test_instances_in_one_process_share_one_model_copy(tiny_blip):
     for t in threads:
         t.join()
     assert [r.text for r in out["a"]] == [r.text for r in out["b"]]
+
+
+def test_fallback_to_one_by_one_logs_its_cause(tiny_blip, caplog, monkeypatch):
+    import logging
+
+    cap = LocalVLMCaptioner(tiny_blip, task_prompt="a picture of", max_new_tokens=4, device="cpu")
+    cap.setup()
+    real = cap._generate
+
+    def only_single(reqs):
+        if len(reqs) > 1:
+            raise ValueError("The number of <image> tokens in each prompt should be the same as the number of images")
+        return real(reqs)
+
+    monkeypatch.setattr(cap, "_generate", only_single)
+    with caplog.at_level(logging.WARNING, logger="textok.pipeline.captioners.local"):
+        res = cap.caption_batch(_requests(3))
+    assert all(r.ok for r in res)
+    assert "ValueError: The number of <image> tokens in each prompt" in caplog.text
