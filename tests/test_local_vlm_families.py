@@ -107,3 +107,24 @@ def test_remote_code_checkpoint_fails_clearly(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(LocalVLMConfigError, match="florence-community/Florence-2"):
         LocalVLMCaptioner(str(tmp_path), task_prompt="<MORE_DETAILED_CAPTION>", device="cpu").setup()
+
+
+def test_checkpoint_with_missing_weights_fails_instead_of_random_init(saved, tmp_path):
+    """A checkpoint laid out for remote code loads into the built-in class with holes that
+    transformers fills randomly; the captioner refuses it."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = saved("florence2")
+    dst = tmp_path / "florence-remote-layout"
+    shutil.copytree(src, dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "vision_tower" not in k}, str(dst / "model.safetensors"),
+              metadata={"format": "pt"})
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration"}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LocalVLMConfigError, match="not in the checkpoint.*remote code.*florence-community"):
+        LocalVLMCaptioner(str(dst), task_prompt="<MORE_DETAILED_CAPTION>", device="cpu").setup()

@@ -200,7 +200,8 @@ class LocalVLMCaptioner(Captioner):
 
         try:
             processor = load_processor(self.model_id)
-            model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=self._dtype)
+            model, info = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=self._dtype,
+                                                                      output_loading_info=True)
         except LocalVLMConfigError:
             raise
         except ImportError as e:
@@ -215,6 +216,15 @@ class LocalVLMCaptioner(Captioner):
             raise LocalVLMConfigError(
                 f"{self.model_id!r} is not an image-text-to-text model transformers can load with "
                 f"AutoModelForImageTextToText ({str(e).splitlines()[0][:300]}).{hint}") from None
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # transformers would fill them with random values: captions would be noise
+            remote = _needs_remote_code(self.model_id)
+            raise LocalVLMConfigError(
+                f"{self.model_id!r}: {len(missing)} weight tensor(s) of {type(model).__name__} are not in the "
+                f"checkpoint (e.g. {missing[0]!r}), so its layout is not the built-in class's" +
+                (". It needs its own remote code, which textok never runs; use a checkpoint converted for "
+                 "transformers (for Florence-2: florence-community/Florence-2-large or -base)" if remote else
+                 "; use a checkpoint saved for this transformers version"))
         model.to(self._device).eval()
         return _Loaded(processor, model)
 
