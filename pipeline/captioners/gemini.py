@@ -3,7 +3,7 @@
     export GEMINI_API_KEY=...            # or GOOGLE_API_KEY, or --vertex-project/--vertex-location
     textok caption --input imgs/ --output out/ --captioner gemini --rpm 1000 --max-cost-usd 5
 
-    python -m pipeline.captioners.gemini cat.jpg dog.png [--model gemini-2.5-flash] [--base-url URL]
+    python -m textok.pipeline.captioners.gemini cat.jpg dog.png [--model gemini-2.5-flash] [--base-url URL]
 
 How a batch is captioned (the machinery is `remote.RemoteCaptioner`, shared with the
 OpenAI-compatible backend): images are downscaled to ≤384 px (Gemini 2.x bills such an image

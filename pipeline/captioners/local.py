@@ -3,7 +3,7 @@
     huggingface-cli download Salesforce/blip-image-captioning-large --local-dir models/blip
     textok caption --input imgs/ --output out/ --captioner local --model models/blip --task-prompt "a picture of"
 
-    python -m pipeline.captioners.local --model PATH_OR_ID [--task-prompt TEXT] a.jpg b.png
+    python -m textok.pipeline.captioners.local --model PATH_OR_ID [--task-prompt TEXT] a.jpg b.png
 
 Loading goes through `AutoProcessor` + `AutoModelForImageTextToText` (transformers 5 maps
 BLIP, BLIP-2, Florence-2, GIT, Idefics3/SmolVLM, Kosmos-2, LLaVA, PaliGemma, Pix2Struct,
@@ -17,6 +17,15 @@ Qwen2-VL, ... there; `AutoModelForVision2Seq` is gone). Two ways to ask:
   stripped from the answer), a Florence-2 task token such as "<MORE_DETAILED_CAPTION>",
   or "" for BLIP's unconditional captioning. The prompt version recorded is then
   "task:<prompt>", since our v1 wording was not used.
+
+Batches are padded on the left; chat prompts carry one image each, passed as one image list
+per prompt, and are tokenized as `apply_chat_template(tokenize=True)` does (no second BOS).
+Tested batched on tiny models of Florence-2 (the converted florence-community checkpoints),
+BLIP, BLIP-2, LLaVA, PaliGemma, Idefics3, SmolVLM2, Gemma 3, Qwen2-VL and Qwen2.5-VL
+(tests/tiny_vlms.py). Processors whose video part needs torchvision (Qwen2-VL, Qwen2.5-VL,
+SmolVLM) load without it; a checkpoint that needs remote code, or a missing package, stops
+setup() with one line saying what to do. The model loads once per worker process
+(worker_shared.per_process, Beam's Shared).
 
 GPU: cuda when available, in bf16; CPU in fp32 (both settings: `device`, `dtype`).
 Greedy decoding, so a caption depends only on the image, the prompt and the weights.

@@ -14,7 +14,7 @@ achieved rate converges to the configured one; and requests never burst, so any 
 60 s window holds at most `rpm` requests. A server `retryDelay` pauses the whole limiter,
 since a 429 means the shared quota, not one request, is exhausted.
 
-    python -m pipeline.captioners.ratelimit --rpm 600 --n 50   # prints achieved req/s
+    python -m textok.pipeline.captioners.ratelimit --rpm 600 --n 50   # prints achieved req/s
 """
 from __future__ import annotations
 
