@@ -220,3 +220,19 @@ def test_instances_in_one_process_share_one_client_per_server(serve):
     reset_process_state()
     c3 = _captioner(a.base_url)
     assert c3._held[0].value is not c1._held[0].value                 # forgotten: a fresh client
+
+
+def test_unreachable_server_defers_and_a_hang_times_out(serve):
+    from fake_gemini import hang
+
+    gone = serve()
+    url = gone.base_url
+    gone.stop()
+    cap = _captioner(url, max_retries=1)
+    res = cap.caption_batch(_requests(2))
+    assert [r.error_type for r in res] == ["connection_error"] * 2
+    assert all(r.retryable and r.attempts == 2 for r in res)        # deferred to a rerun, not dead-lettered
+    slow = serve(script=[hang(3.0)])
+    cap = _captioner(slow.base_url, timeout_s=0.3, max_retries=0)
+    res = cap.caption_batch(_requests(1))
+    assert res[0].error_type == "timeout" and not res[0].retryable

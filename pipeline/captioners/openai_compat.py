@@ -122,11 +122,10 @@ class OpenAICompatCaptioner(RemoteCaptioner):
                           error_cls=OpenAICompatConfigError)
         self.prompt_text = prompt_template(self.class_hint, self.max_words)
         self._held: list = []          # worker_shared.Held(AsyncOpenAI), one per base URL
-        self._in_flight: list[int] = []
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_held=[], _in_flight=[], **self._transient_state())
+        state.update(_held=[], **self._transient_state())
         return state
 
     def __repr__(self) -> str:
@@ -157,7 +156,6 @@ class OpenAICompatCaptioner(RemoteCaptioner):
         # One client (HTTP pool) per server, process and key, shared by every DoFn thread.
         self._held = [per_process(("openai-client", url, self.timeout_s, digest), make(url), on_release=_close)
                       for url in self.base_urls]
-        self._in_flight = [0] * len(self.base_urls)
         self._start()
 
     def teardown(self) -> None:
@@ -174,15 +172,14 @@ class OpenAICompatCaptioner(RemoteCaptioner):
     def _estimate_input_tokens(self, prompt: str) -> int:
         return IMAGE_TOKENS_ESTIMATE + math.ceil(len(prompt) / 4) + 8
 
-    def _pick_server(self) -> int:
-        """The server with the fewest of our requests in flight (ties: the first); runs on the loop."""
-        return min(range(len(self._in_flight)), key=self._in_flight.__getitem__)
-
     async def _attempt(self, jpeg: bytes, prompt: str) -> Attempt:
         import openai
 
-        i = self._pick_server()
-        self._in_flight[i] += 1
+        # The server with the fewest requests in flight from this process (shared by every
+        # instance; only the loop thread touches the counts), ties to the first.
+        load = self._shared.in_flight
+        i = min(range(len(self.base_urls)), key=lambda j: load.get(j, 0))
+        load[i] = load.get(i, 0) + 1
         try:
             resp = await asyncio.wait_for(
                 self._held[i].value.chat.completions.create(
@@ -200,7 +197,7 @@ class OpenAICompatCaptioner(RemoteCaptioner):
             return Attempt(error_type="malformed_response", message=f"{type(e).__name__}: {str(e)[:300]}",
                            retry=True)
         finally:
-            self._in_flight[i] -= 1
+            load[i] -= 1
         return parse_completion(resp)
 
     def _status_error(self, e, url: str) -> Attempt:

@@ -25,7 +25,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
@@ -61,6 +61,7 @@ class SharedLimits:
     budget: CostBudget
     max_in_flight: int
     semaphore: Optional[asyncio.Semaphore] = None  # created on the loop on first use
+    in_flight: dict = field(default_factory=dict)  # per server, for backends that spread over a fleet
 
     def sem(self) -> asyncio.Semaphore:
         if self.semaphore is None:
