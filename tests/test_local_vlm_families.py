@@ -128,3 +128,25 @@ def test_checkpoint_with_missing_weights_fails_instead_of_random_init(saved, tmp
     (dst / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LocalVLMConfigError, match="not in the checkpoint.*remote code.*florence-community"):
         LocalVLMCaptioner(str(dst), task_prompt="<MORE_DETAILED_CAPTION>", device="cpu").setup()
+
+
+def test_pipeline_batch_12_equals_batch_1(saved, tmp_path):
+    """As a user runs it: `run_caption --captioner local` on 12 images of mixed sizes, batch 12 vs 1."""
+    import pyarrow.parquet as pq
+
+    from textok.pipeline.caption_pipeline import run_caption
+    from textok.pipeline.caption_store import CAPTIONS, list_table_files
+
+    data = tmp_path / "data" / "train" / "shapes"
+    data.mkdir(parents=True)
+    for r in _requests(12):
+        r.image.save(data / f"{r.key}.png")
+    captions = {}
+    for batch in (12, 1):
+        out = tmp_path / f"out{batch}"
+        s = run_caption(str(tmp_path / "data"), str(out), captioner="local", batch_size=batch,
+                        captioner_options={"model_id": saved("qwen2_vl"), "max_new_tokens": 4, "device": "cpu"})
+        assert (s["captioned"], s["dead_letter"]) == (12, 0)
+        rows = pq.read_table(list_table_files(str(out), CAPTIONS)).to_pylist()
+        captions[batch] = {r["key"]: r["caption"] for r in rows}
+    assert captions[12] == captions[1] and len(set(captions[12].values())) > 1
