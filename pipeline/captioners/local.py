@@ -163,6 +163,7 @@ class LocalVLMCaptioner(Captioner):
         self._model = None
         self._processor = None
         self._lock = None
+        self._chat_template = None
         self._device = None
         self._dtype = None
 
@@ -198,10 +199,14 @@ class LocalVLMCaptioner(Captioner):
             raise LocalVLMConfigError(f"{self.model_id!r}: its processor has no tokenizer to decode answers")
         # Decoder-only VLMs continue the prompt: pad on the left so every row ends at its prompt.
         tok.padding_side = "left"
-        if self.task_prompt is None and not getattr(self._processor, "chat_template", None):
+        template = getattr(self._processor, "chat_template", None)
+        if isinstance(template, dict):  # several named templates: transformers renders "default"
+            template = template.get("default")
+        if self.task_prompt is None and not template:
             raise LocalVLMConfigError(
-                f"{self.model_id!r} has no chat template, so it cannot take our instruction prompt; pass "
+                f"{self.model_id!r} has no (default) chat template, so it cannot take our instruction prompt; pass "
                 f"--task-prompt (e.g. \"a picture of\" or \"\" for BLIP, \"<MORE_DETAILED_CAPTION>\" for Florence-2)")
+        self._chat_template = template
         log.info("local captioner %s on %s (%s)", self.model_id, self._device, self._dtype)
 
     def _load(self) -> _Loaded:
@@ -304,7 +309,7 @@ class LocalVLMCaptioner(Captioner):
                 [{"role": "user", "content": [
                     {"type": "image"},
                     {"type": "text", "text": build_prompt(r.class_name, self.class_hint, self.max_words)}]}],
-                chat_template=self._processor.chat_template, add_generation_prompt=True, tokenize=False)
+                chat_template=self._chat_template, add_generation_prompt=True, tokenize=False)
                 for r in reqs]
             kwargs.update(text=texts, images=[[img] for img in images], padding=True)
             if tok.bos_token and texts[0].startswith(tok.bos_token):
