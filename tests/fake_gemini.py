@@ -241,6 +241,26 @@ def _make_handler(fake: FakeGemini):
             if self._req is not None:
                 self._req.t_done = time.monotonic()
 
+        def _behave(self, req: RecordedRequest, error_body: Callable[[int, Behaviour], dict]) -> Optional[Behaviour]:
+            """Pick the scripted behaviour, wait its latency, and answer hangs and errors here
+            (None: answered); otherwise the 200 answer is the caller's to shape."""
+            b = fake._next_behaviour(req)
+            req.kind = b.kind
+            if b.latency_s:
+                fake._stop.wait(b.latency_s)
+            if b.kind == "hang":
+                fake._stop.wait(b.hang_s)
+                req.status = 504
+                self._send(504, error_body(504, b))
+                return None
+            if b.kind == "error":
+                req.status = b.status
+                headers = {"Retry-After": b.retry_after} if b.retry_after else None
+                self._send(b.status, error_body(b.status, b), headers)
+                return None
+            req.status = 200
+            return b
+
         def _serve(self) -> None:
             t = time.monotonic()
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -262,19 +282,9 @@ def _make_handler(fake: FakeGemini):
                 err["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
                                             "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]
                 return self._send(400, err)
-            b = fake._next_behaviour(req)
-            req.kind = b.kind
-            if b.latency_s:
-                fake._stop.wait(b.latency_s)
-            if b.kind == "hang":
-                fake._stop.wait(b.hang_s)
-                req.status = 504
-                return self._send(504, _error_body(504, None))
-            if b.kind == "error":
-                req.status = b.status
-                headers = {"Retry-After": b.retry_after} if b.retry_after else None
-                return self._send(b.status, _error_body(b.status, b.retry_delay_s), headers)
-            req.status = 200
+            b = self._behave(req, lambda status, b: _error_body(status, b.retry_delay_s))
+            if b is None:
+                return None
             if b.kind == "malformed":
                 return self._send(200, b'{"candidates": [{"content": {"parts": [{"text": "A ca')
             if b.kind == "empty":

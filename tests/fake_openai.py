@@ -82,19 +82,9 @@ def _make_handler(fake: FakeOpenAI):
             if fake.models is not None and req.model not in fake.models:
                 req.kind, req.status = "unknown_model", 404
                 return self._send(404, _error(404, f"The model `{req.model}` does not exist."))
-            b = fake._next_behaviour(req)
-            req.kind = b.kind
-            if b.latency_s:
-                fake._stop.wait(b.latency_s)
-            if b.kind == "hang":
-                fake._stop.wait(b.hang_s)
-                req.status = 504
-                return self._send(504, _error(504, "hung"))
-            if b.kind == "error":
-                req.status = b.status
-                headers = {"Retry-After": b.retry_after} if b.retry_after else None
-                return self._send(b.status, _error(b.status, f"fake server error {b.status}"), headers)
-            req.status = 200
+            b = self._behave(req, lambda status, b: _error(status, f"fake server error {status}"))
+            if b is None:
+                return None
             if b.kind == "malformed":
                 return self._send(200, b'{"choices": [{"message": {"content": "A ca')
             rgb = mean_rgb(image_of(req))

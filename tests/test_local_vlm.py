@@ -153,3 +153,9 @@ def test_fallback_to_one_by_one_logs_its_cause(tiny_blip, caplog, monkeypatch):
         res = cap.caption_batch(_requests(3))
     assert all(r.ok for r in res)
     assert "ValueError: The number of <image> tokens in each prompt" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_device_without_gpu_is_a_config_error(tiny_blip):
+    with pytest.raises(LocalVLMConfigError, match="--device cuda.*no CUDA device"):
+        LocalVLMCaptioner(tiny_blip, task_prompt="", device="cuda").setup()
