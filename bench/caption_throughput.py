@@ -14,9 +14,10 @@ client-side limit is `--rpm`. Measured on the same synthetic images:
    element, in a real pipeline on the same runner; pointed at the fake server through
    `GOOGLE_GEMINI_BASE_URL`, which google-genai honours.
 
-`openai_direct`: `--captioner openai` (`OpenAICompatCaptioner.caption_batch`) on the same
-images against `--openai-servers` fake OpenAI-compatible servers (tests/fake_openai.py) with
-the same latency and `--rpm`, reported against that limit as for Gemini.
+`openai_direct` / `openai_pipeline`: `--captioner openai` on the same images, alone
+(`OpenAICompatCaptioner.caption_batch` against `--openai-servers` fake OpenAI-compatible
+servers, tests/fake_openai.py) and through `run_caption` (one server), with the same latency
+and `--rpm`, reported against that limit as for Gemini.
 
 Rates are requests/s between the first and last request the server saw (steady state), plus
 end-to-end images/s including pipeline start-up. Goals: ours >= 95 % of rpm/60, >= 10x stock.
@@ -104,15 +105,19 @@ def bench_openai_direct(images, rpm: float, latency: float, max_in_flight: int, 
 
 
 def bench_ours_pipeline(folder: str, n: int, rpm: float, latency: float, max_in_flight: int,
-                        batch_size: int) -> dict:
+                        batch_size: int, captioner: str = "gemini") -> dict:
+    """`run_caption` (the real Beam stage) with the gemini or openai backend against its fake server."""
     from textok.pipeline.caption_pipeline import run_caption
-    from textok.pipeline.captioners.gemini import reset_process_state
+    from textok.pipeline.captioners.remote import reset_process_state
 
     reset_process_state()
-    with FakeGemini(default=ok(latency_s=latency)) as fake, tempfile.TemporaryDirectory() as out:
+    fake_cls = FakeGemini if captioner == "gemini" else FakeOpenAI
+    with fake_cls(default=ok(latency_s=latency)) as fake, tempfile.TemporaryDirectory() as out:
+        where = {"base_url": fake.url} if captioner == "gemini" else {"openai_base_url": [fake.base_url],
+                                                                      "model_id": "bench-vlm"}
         t0 = time.monotonic()
-        s = run_caption(folder, out, captioner="gemini", batch_size=batch_size,
-                        captioner_options={"base_url": fake.url, "rpm": rpm, "max_in_flight": max_in_flight})
+        s = run_caption(folder, out, captioner=captioner, batch_size=batch_size,
+                        captioner_options={**where, "rpm": rpm, "max_in_flight": max_in_flight})
         wall = time.monotonic() - t0
         return {"batch_size": batch_size, "requests": len(fake.requests), "captioned": s["captioned"],
                 "server_req_per_s": round(server_rate(fake), 3), "end_to_end_img_per_s": round(n / wall, 3),
@@ -171,26 +176,29 @@ def main() -> None:
     images = make_images(a.n)
     limit = a.rpm / 60.0
     openai_direct = bench_openai_direct(images, a.rpm, a.latency, a.max_in_flight, servers=a.openai_servers)
-    if a.only_openai:
-        print(json.dumps({"setup": {"latency_s": a.latency, "rpm": a.rpm, "limit_req_per_s": limit, "n": a.n,
-                                    "max_in_flight": a.max_in_flight},
-                          "openai_direct": openai_direct,
-                          "openai_direct_vs_limit": round(openai_direct["server_req_per_s"] / limit, 3)}, indent=2))
-        return
-    direct = bench_ours_direct(images, a.rpm, a.latency, a.max_in_flight)
-    direct_high = bench_ours_direct(images, a.rpm_high, a.latency, a.max_in_flight)
     with tempfile.TemporaryDirectory() as data:
         os.makedirs(os.path.join(data, "train", "shapes"))
         for i, img in enumerate(images):
             img.save(os.path.join(data, "train", "shapes", f"{i:05d}.png"))
-        pipe = bench_ours_pipeline(data, a.n, a.rpm, a.latency, a.max_in_flight, a.batch_size)
+        openai_pipe = bench_ours_pipeline(data, a.n, a.rpm, a.latency, a.max_in_flight, a.batch_size, "openai")
+        pipe = None if a.only_openai else bench_ours_pipeline(data, a.n, a.rpm, a.latency, a.max_in_flight,
+                                                              a.batch_size)
+    openai = {"openai_direct": openai_direct, "openai_pipeline": openai_pipe,
+              "openai_direct_vs_limit": round(openai_direct["server_req_per_s"] / limit, 3),
+              "openai_pipeline_vs_limit": round(openai_pipe["server_req_per_s"] / limit, 3)}
+    if a.only_openai:
+        print(json.dumps({"setup": {"latency_s": a.latency, "rpm": a.rpm, "limit_req_per_s": limit, "n": a.n,
+                                    "max_in_flight": a.max_in_flight, "openai_servers": a.openai_servers},
+                          **openai}, indent=2))
+        return
+    direct = bench_ours_direct(images, a.rpm, a.latency, a.max_in_flight)
+    direct_high = bench_ours_direct(images, a.rpm_high, a.latency, a.max_in_flight)
     stock = bench_beam_stock(images[:a.beam_n], a.latency)
     print(json.dumps({
         "setup": {"latency_s": a.latency, "rpm": a.rpm, "limit_req_per_s": limit, "n": a.n, "beam_n": a.beam_n,
                   "max_in_flight": a.max_in_flight, "model": MODEL},
         "ours_direct": direct, "ours_direct_high_rpm": {"rpm": a.rpm_high, **direct_high},
-        "openai_direct": openai_direct,
-        "openai_direct_vs_limit": round(openai_direct["server_req_per_s"] / limit, 3),
+        **openai,
         "ours_pipeline": pipe, "beam_stock": stock,
         "ours_direct_vs_limit": round(direct["server_req_per_s"] / limit, 3),
         "ours_pipeline_vs_limit": round(pipe["server_req_per_s"] / limit, 3),
