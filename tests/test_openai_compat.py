@@ -236,3 +236,20 @@ def test_unreachable_server_defers_and_a_hang_times_out(serve):
     cap = _captioner(slow.base_url, timeout_s=0.3, max_retries=0)
     res = cap.caption_batch(_requests(1))
     assert res[0].error_type == "timeout" and not res[0].retryable
+
+
+def test_budget_needs_a_price_and_stops_before_it_is_passed(serve, tmp_path):
+    fake = serve()
+    with pytest.raises(OpenAICompatConfigError, match="--price-table"):
+        OpenAICompatCaptioner("qwen-vl", fake.base_url, max_cost_usd=1.0)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"qwen-vl": {"input_per_1m": 1000.0, "output_per_1m": 1000.0}}))
+    # worst case per request: (~400 input + 256 output tokens) * $1000/1M = ~$0.66: two fit in $1.5
+    cap = OpenAICompatCaptioner("qwen-vl", fake.base_url, max_cost_usd=1.5, price_table=str(prices), timeout_s=5,
+                                max_in_flight=1)
+    cap.setup()
+    res = cap.caption_batch(_requests(5))
+    assert sum(r.ok for r in res) >= 2 and len(fake.requests) == sum(r.ok for r in res)
+    stopped = [r for r in res if not r.ok]
+    assert stopped and all(r.error_type == "budget_exhausted" and r.retryable for r in stopped)
+    assert cap.usage_summary()["cost_usd"] <= 1.5
