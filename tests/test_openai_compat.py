@@ -148,6 +148,7 @@ def test_configuration_errors(serve, monkeypatch):
     with pytest.raises(OpenAICompatConfigError, match="rejected the credentials.*OPENAI_API_KEY") as exc:
         cap.caption_batch(_requests(1))
     assert FAKE_KEY not in str(exc.value)
+    assert exc.value.__cause__ is None and exc.value.__suppress_context__   # no raw body chained below it
     monkeypatch.setenv("OPENAI_API_KEY", "the-right-key")
     reset_process_state()
     cap = OpenAICompatCaptioner("other", fake.base_url, timeout_s=5)

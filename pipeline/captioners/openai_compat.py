@@ -203,12 +203,15 @@ class OpenAICompatCaptioner(RemoteCaptioner):
     def _status_error(self, e, url: str) -> Attempt:
         code = int(e.status_code)
         msg = self._redact(f"HTTP {code} from {url}: {str(getattr(e, 'message', '') or e)[:300]}")
+        # `from None`: this runs inside `except APIStatusError`, whose unredacted body (a server
+        # or proxy may quote the key there) would otherwise print as the chained context.
         if code in (401, 403):
-            raise OpenAICompatConfigError(f"the server rejected the credentials ({msg}); check {self.api_key_env}")
+            raise OpenAICompatConfigError(
+                f"the server rejected the credentials ({msg}); check {self.api_key_env}") from None
         if code == 404:
             raise OpenAICompatConfigError(
                 f"{msg}: the server does not serve model {self.model_id!r} or the URL lacks /v1; check --model "
-                "against GET {base_url}/models and --openai-base-url")
+                "against GET {base_url}/models and --openai-base-url") from None
         retry = code in (408, 409, 429) or code >= 500
         return Attempt(error_type=f"http_{code}", message=msg, retry=retry, maybe_billed=False,
                        hint_s=retry_hint_s(e) if retry else None)
