@@ -12,27 +12,36 @@ from typing import Any, Callable, Sequence
 
 import click
 
-CAPTIONER_CHOICES = ("provided", "template", "gemini", "local")
+CAPTIONER_CHOICES = ("provided", "template", "gemini", "local", "openai")
 
 # (flag, options-dict key, click kwargs); every default is None so a backend only sees what
 # the user set and keeps its own defaults (and rejects flags that do not apply to it).
 _CAPTIONER_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--model", "model_id", dict(help="Model id or local path (gemini: e.g. gemini-2.5-flash-lite; local: HF id/path).")),
+    ("--model", "model_id", dict(help="Model id or local path (gemini: e.g. gemini-2.5-flash-lite; local: HF id/path; "
+                                      "openai: the name the server serves).")),
     ("--template", "template", dict(help='template captioner: format string, e.g. "a photo of a {class_name}".')),
     ("--class-hint", "class_hint", dict(is_flag=True, default=None, help="Tell the VLM the class name in the prompt.")),
-    ("--rpm", "rpm", dict(type=float, help="gemini: client-side requests-per-minute limit.")),
-    ("--tpm", "tpm", dict(type=float, help="gemini: client-side tokens-per-minute limit.")),
+    ("--rpm", "rpm", dict(type=float, help="gemini/openai: client-side requests-per-minute limit.")),
+    ("--tpm", "tpm", dict(type=float, help="gemini/openai: client-side tokens-per-minute limit.")),
     ("--max-in-flight", "max_in_flight",
-     dict(type=int, help="gemini: concurrent requests per worker process (shared by its threads).")),
-    ("--timeout", "timeout_s", dict(type=float, help="gemini: seconds per request before it counts as a timeout.")),
-    ("--max-retries", "max_retries", dict(type=int, help="gemini: retries on 429/5xx/timeouts.")),
-    ("--max-cost-usd", "max_cost_usd", dict(type=float, help="gemini: stop sending (defer the rest) past this cost.")),
+     dict(type=int, help="gemini/openai: concurrent requests per worker process (shared by its threads).")),
+    ("--timeout", "timeout_s",
+     dict(type=float, help="gemini/openai: seconds per request before it counts as a timeout.")),
+    ("--max-retries", "max_retries", dict(type=int, help="gemini/openai: retries on 429/5xx/timeouts.")),
+    ("--max-cost-usd", "max_cost_usd",
+     dict(type=float, help="gemini/openai: stop sending (defer the rest) past this cost.")),
+    ("--openai-base-url", "openai_base_url",
+     dict(multiple=True, help="openai: server URL such as http://gpu-box:8000/v1 (vLLM, SGLang, TGI, Ollama, "
+                              "LM Studio); repeat for a fleet.")),
+    ("--api-key-env", "api_key_env",
+     dict(help="openai: environment variable holding the key (default OPENAI_API_KEY; none needed for a "
+               "server without --api-key).")),
     ("--gemini-base-url", "base_url", dict(help="gemini: API base URL (a proxy or a local fake server).")),
     ("--vertex-project", "vertex_project", dict(help="gemini: use Vertex AI in this project.")),
     ("--vertex-location", "vertex_location", dict(help="gemini: Vertex AI location, e.g. us-central1.")),
-    ("--price-table", "price_table", dict(help="gemini: JSON file of USD prices per 1M tokens by model.")),
+    ("--price-table", "price_table", dict(help="gemini/openai: JSON file of USD prices per 1M tokens by model.")),
     ("--device", "device", dict(help="local: torch device (default: cuda when present).")),
-    ("--max-new-tokens", "max_new_tokens", dict(type=int, help="local: generation length limit.")),
+    ("--max-new-tokens", "max_new_tokens", dict(type=int, help="local/gemini/openai: generation length limit.")),
     ("--task-prompt", "task_prompt", dict(help="local: task prompt, e.g. <MORE_DETAILED_CAPTION> for Florence-2.")),
     ("--dtype", "dtype", dict(help="local: torch dtype (bfloat16, float32, ...).")),
 ]
@@ -86,8 +95,9 @@ def caption_flags(f: Callable) -> Callable:
 
 def captioner_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The `captioner_options` dict from parsed flags (only flags the user set)."""
-    opts = {key: kwargs[_param_name(flag)] for flag, key, _ in _CAPTIONER_FLAGS}
+    opts = {key: kwargs.get(_param_name(flag)) for flag, key, _ in _CAPTIONER_FLAGS}
     opts["class_hint"] = opts["class_hint"] or None  # an absent flag reads False: do not pass it
+    opts["openai_base_url"] = list(opts.get("openai_base_url") or []) or None  # multiple: an absent flag reads ()
     opts.update(kwargs.get("captioner_opt") or {})
     return {k: v for k, v in opts.items() if v is not None}
 

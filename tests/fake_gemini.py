@@ -130,10 +130,9 @@ class FakeGemini:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> "FakeGemini":
-        handler = _make_handler(self)
-        self._server = _Server(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-gemini",
-                                        daemon=True)
+        self._server = _Server(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name=type(self).__name__, daemon=True)
         self._thread.start()
         return self
 
@@ -148,6 +147,9 @@ class FakeGemini:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _handler(self):
+        return _make_handler(self)
 
     @property
     def url(self) -> str:
@@ -239,6 +241,26 @@ def _make_handler(fake: FakeGemini):
             if self._req is not None:
                 self._req.t_done = time.monotonic()
 
+        def _behave(self, req: RecordedRequest, error_body: Callable[[int, Behaviour], dict]) -> Optional[Behaviour]:
+            """Pick the scripted behaviour, wait its latency, and answer hangs and errors here
+            (None: answered); otherwise the 200 answer is the caller's to shape."""
+            b = fake._next_behaviour(req)
+            req.kind = b.kind
+            if b.latency_s:
+                fake._stop.wait(b.latency_s)
+            if b.kind == "hang":
+                fake._stop.wait(b.hang_s)
+                req.status = 504
+                self._send(504, error_body(504, b))
+                return None
+            if b.kind == "error":
+                req.status = b.status
+                headers = {"Retry-After": b.retry_after} if b.retry_after else None
+                self._send(b.status, error_body(b.status, b), headers)
+                return None
+            req.status = 200
+            return b
+
         def _serve(self) -> None:
             t = time.monotonic()
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -260,19 +282,9 @@ def _make_handler(fake: FakeGemini):
                 err["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
                                             "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]
                 return self._send(400, err)
-            b = fake._next_behaviour(req)
-            req.kind = b.kind
-            if b.latency_s:
-                fake._stop.wait(b.latency_s)
-            if b.kind == "hang":
-                fake._stop.wait(b.hang_s)
-                req.status = 504
-                return self._send(504, _error_body(504, None))
-            if b.kind == "error":
-                req.status = b.status
-                headers = {"Retry-After": b.retry_after} if b.retry_after else None
-                return self._send(b.status, _error_body(b.status, b.retry_delay_s), headers)
-            req.status = 200
+            b = self._behave(req, lambda status, b: _error_body(status, b.retry_delay_s))
+            if b is None:
+                return None
             if b.kind == "malformed":
                 return self._send(200, b'{"candidates": [{"content": {"parts": [{"text": "A ca')
             if b.kind == "empty":
@@ -295,16 +307,22 @@ def _make_handler(fake: FakeGemini):
     return Handler
 
 
-if __name__ == "__main__":
+def serve_until_interrupted(fake_cls=None, url_attr: str = "url") -> None:
+    """`python tests/fake_<api>.py --latency S`: serve on 127.0.0.1, print the URL, wait for Ctrl-C."""
     import argparse
 
-    p = argparse.ArgumentParser(description="Serve a fake Gemini API on 127.0.0.1")
+    fake_cls = fake_cls or FakeGemini
+    p = argparse.ArgumentParser(description=f"Serve a {fake_cls.__name__} API on 127.0.0.1")
     p.add_argument("--latency", type=float, default=0.0)
     a = p.parse_args()
-    with FakeGemini(default=ok(latency_s=a.latency)) as fake:
-        print(fake.url, flush=True)
+    with fake_cls(default=ok(latency_s=a.latency)) as fake:
+        print(getattr(fake, url_attr), flush=True)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+
+
+if __name__ == "__main__":
+    serve_until_interrupted()

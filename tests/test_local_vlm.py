@@ -12,77 +12,21 @@ from PIL import Image
 
 from textok.pipeline.captioners.base import CaptionRequest
 from textok.pipeline.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, from_options
+from tiny_vlms import WORDS, build_blip, build_llava
 
-WORDS = ["a", "picture", "of", "red", "green", "blue", "square", "circle", "cat", "dog", "on", "the", "grass",
-         "small", "large", "white", "background", "sky", "tree", "car"]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
 
 
 @pytest.fixture(scope="module")
 def tiny_blip(tmp_path_factory) -> str:
     """A 2-layer BLIP (random weights) + an offline-built processor, saved like a Hub checkpoint."""
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
-    tok = BertTokenizer(vocab=vocab, bos_token="[DEC]")
-    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
-    ids = {t: vocab[t] for t in SPECIALS}
-    cfg = BlipConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64, encoder_hidden_size=32,
-                         bos_token_id=ids["[DEC]"], pad_token_id=ids["[PAD]"], sep_token_id=ids["[SEP]"],
-                         eos_token_id=ids["[SEP]"], initializer_range=0.2),
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                           image_size=32, patch_size=8, initializer_range=0.2),
-        # BLIP's default init (0.02) makes a tiny random model ignore the image; wider weights
-        # let captions differ per image, so the order checks below can see a shuffle.
-        projection_dim=32, initializer_range=0.2)
-    torch.manual_seed(0)
-    model = BlipForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # random weights could stop at once or emit special tokens: keep to words
-        for t in SPECIALS:
-            model.text_decoder.cls.predictions.bias[ids[t]] = -1e4
-    out = tmp_path_factory.mktemp("tiny-blip")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return str(out)
+    return build_blip(str(tmp_path_factory.mktemp("tiny-blip")))
 
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory) -> str:
-    """A decoder-only chat VLM (CLIP vision + Llama text, random weights) with a chat template and a
-    WordLevel tokenizer built offline: exercises the instruction-prompt path and left padding."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
-
-    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                  eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
-    template = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
-                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
-                "{% if add_generation_prompt %} ASSISTANT:{% endif %}")
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", chat_template=template,
-        image_token="<image>", num_additional_image_tokens=1)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32),
-        text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                                pad_token_id=0, bos_token_id=2, eos_token_id=3),
-        image_token_id=vocab["<image>"], vision_feature_layer=-1, vision_feature_select_strategy="default")
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(cfg).eval()
-    out = tmp_path_factory.mktemp("tiny-llava")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return str(out)
+    """A decoder-only chat VLM (CLIP vision + Llama text) with a chat template: the instruction-prompt
+    path and left padding."""
+    return build_llava(str(tmp_path_factory.mktemp("tiny-llava")))
 
 
 def _requests(n: int) -> list[CaptionRequest]:
@@ -143,7 +87,7 @@ def test_chat_mode_left_pads_prompts_of_different_lengths(tiny_llava):
     single = [cap.caption_batch([r])[0] for r in reqs]
     assert [r.key for r in batched] == [r.key for r in reqs]
     assert [r.text for r in batched] == [r.text for r in single]
-    assert all(r.ok and "USER:" not in r.text and "ASSISTANT:" not in r.text for r in batched)
+    assert all(r.ok and "<|user|>" not in r.text and "<|assistant|>" not in r.text for r in batched)
     assert len({r.input_tokens for r in batched}) > 1  # really different prompt lengths
     assert cap.prompt_version == "v1" and "{class_name}" in cap.prompt_text
 
@@ -190,3 +134,28 @@ def test_instances_in_one_process_share_one_model_copy(tiny_blip):
     for t in threads:
         t.join()
     assert [r.text for r in out["a"]] == [r.text for r in out["b"]]
+
+
+def test_fallback_to_one_by_one_logs_its_cause(tiny_blip, caplog, monkeypatch):
+    import logging
+
+    cap = LocalVLMCaptioner(tiny_blip, task_prompt="a picture of", max_new_tokens=4, device="cpu")
+    cap.setup()
+    real = cap._generate
+
+    def only_single(reqs):
+        if len(reqs) > 1:
+            raise ValueError("The number of <image> tokens in each prompt should be the same as the number of images")
+        return real(reqs)
+
+    monkeypatch.setattr(cap, "_generate", only_single)
+    with caplog.at_level(logging.WARNING, logger="textok.pipeline.captioners.local"):
+        res = cap.caption_batch(_requests(3))
+    assert all(r.ok for r in res)
+    assert "ValueError: The number of <image> tokens in each prompt" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_device_without_gpu_is_a_config_error(tiny_blip):
+    with pytest.raises(LocalVLMConfigError, match="--device cuda.*no CUDA device"):
+        LocalVLMCaptioner(tiny_blip, task_prompt="", device="cuda").setup()

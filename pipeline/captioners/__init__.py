@@ -3,6 +3,7 @@
     from textok.pipeline.captioners import build_captioner
     cap = build_captioner("template", {"template": "a photo of a {class_name}"})
     cap = build_captioner("gemini", {"model_id": "gemini-2.5-flash-lite", "rpm": 1000})
+    cap = build_captioner("openai", {"openai_base_url": ["http://gpu-box:8000/v1"], "model_id": "Qwen/Qwen2.5-VL-7B-Instruct"})
     cap = build_captioner("my_pkg.captioners:from_options", {...})   # a plugin
 
 Each backend module exposes `from_options(options: dict) -> Captioner`; modules are imported
@@ -14,7 +15,10 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+# Backends import what they share from `base`, never from this registry, so importing a
+# backend never imports the registry back (no import cycle).
+from textok.pipeline.captioners.base import (PIPELINE_KEYS, Captioner, CaptionRequest, CaptionResult,
+                                             check_options)
 
 # name -> (module, factory attribute)
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -22,6 +26,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "template": ("textok.pipeline.captioners.simple", "template_from_options"),
     "gemini": ("textok.pipeline.captioners.gemini", "from_options"),
     "local": ("textok.pipeline.captioners.local", "from_options"),
+    "openai": ("textok.pipeline.captioners.openai_compat", "from_options"),
 }
 
 # Every option key the CLI may set (`textok caption --help` documents them). A backend
@@ -29,12 +34,10 @@ BACKENDS: dict[str, tuple[str, str]] = {
 OPTION_KEYS = (
     "model_id", "template", "max_words", "class_hint", "rpm", "tpm", "max_in_flight", "timeout_s",
     "max_retries", "max_cost_usd", "base_url", "vertex_project", "vertex_location", "price_table",
-    "batch_size", "device", "max_new_tokens", "task_prompt", "dtype",
+    "batch_size", "device", "max_new_tokens", "task_prompt", "dtype", "openai_base_url", "api_key_env",
 )
-# Pipeline-level keys every backend may receive and ignore (the pipeline applies them).
-PIPELINE_KEYS = frozenset({"max_words", "batch_size"})
 
-__all__ = ["BACKENDS", "OPTION_KEYS", "Captioner", "CaptionRequest", "CaptionResult", "build_captioner",
+__all__ = ["BACKENDS", "OPTION_KEYS", "PIPELINE_KEYS", "Captioner", "CaptionRequest", "CaptionResult", "build_captioner",
            "check_options"]
 
 
@@ -69,11 +72,3 @@ def build_captioner(name: str, options: dict[str, Any] | None = None) -> Caption
         raise TypeError(f"captioner {name!r}: factory returned {type(captioner).__name__}, "
                         "expected a pipeline.captioners.base.Captioner")
     return captioner
-
-
-def check_options(backend: str, options: dict[str, Any], accepted: set[str] | frozenset[str]) -> None:
-    """Refuse options that `backend` would silently ignore (a typo or the wrong backend)."""
-    unused = sorted(set(options) - set(accepted) - PIPELINE_KEYS)
-    if unused:
-        raise ValueError(f"captioner {backend!r} does not use option(s) {unused}; it accepts "
-                         f"{sorted(set(accepted) | PIPELINE_KEYS)} (remove the matching --flags)")

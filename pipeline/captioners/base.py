@@ -83,3 +83,15 @@ class Captioner(abc.ABC):
     def usage_summary(self) -> dict[str, Any]:
         """Per-process totals (tokens, requests, cost...) for logs; the run summary uses Beam counters."""
         return {}
+
+
+# Pipeline-level keys every backend may receive and ignore (the pipeline applies them).
+PIPELINE_KEYS = frozenset({"max_words", "batch_size"})
+
+
+def check_options(backend: str, options: dict[str, Any], accepted: set[str] | frozenset[str]) -> None:
+    """Refuse options that `backend` would silently ignore (a typo or the wrong backend)."""
+    unused = sorted(set(options) - set(accepted) - PIPELINE_KEYS)
+    if unused:
+        raise ValueError(f"captioner {backend!r} does not use option(s) {unused}; it accepts "
+                         f"{sorted(set(accepted) | PIPELINE_KEYS)} (remove the matching --flags)")

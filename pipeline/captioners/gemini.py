@@ -3,9 +3,10 @@
     export GEMINI_API_KEY=...            # or GOOGLE_API_KEY, or --vertex-project/--vertex-location
     textok caption --input imgs/ --output out/ --captioner gemini --rpm 1000 --max-cost-usd 5
 
-    python -m pipeline.captioners.gemini cat.jpg dog.png [--model gemini-2.5-flash] [--base-url URL]
+    python -m textok.pipeline.captioners.gemini cat.jpg dog.png [--model gemini-2.5-flash] [--base-url URL]
 
-How a batch is captioned: images are downscaled to ≤384 px (Gemini 2.x bills such an image
+How a batch is captioned (the machinery is `remote.RemoteCaptioner`, shared with the
+OpenAI-compatible backend): images are downscaled to ≤384 px (Gemini 2.x bills such an image
 as 258 tokens instead of tiling a large one) and JPEG-encoded on the calling thread, then
 every request of the batch is scheduled on one process-wide asyncio loop running in a
 background thread. On that loop all captioner instances of the process (Beam makes one per
@@ -27,21 +28,19 @@ Authentication / unknown-model errors are configuration errors and raise `Gemini
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import hashlib
 import json
 import logging
 import math
 import os
-import threading
-import time
-from dataclasses import dataclass
 from typing import Any, Optional
 
-from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
-from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, build_prompt, prompt_template
-from textok.pipeline.captioners.ratelimit import (DEFAULT_PRICES, CostBudget, RateLimiter, backoff_s, load_price_table,
-                                          retry_hint_s)
-from textok.pipeline.images import downscale_max_side, encode_image
+from textok.pipeline.captioners.base import CaptionRequest, check_options
+from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, prompt_template
+from textok.pipeline.captioners.ratelimit import retry_hint_s
+from textok.pipeline.captioners.remote import Attempt as _Attempt
+from textok.pipeline.captioners.remote import LoopThread as _LoopThread
+from textok.pipeline.captioners.remote import RemoteCaptioner, reset_process_state, transport_errors
 
 log = logging.getLogger(__name__)
 
@@ -59,57 +58,17 @@ class GeminiConfigError(RuntimeError):
     """Missing/invalid credentials, unknown model or bad settings: stop the run, fix the setting."""
 
 
-# --------------------------------------------------------------------------- shared loop
+__all__ = ["GeminiCaptioner", "GeminiConfigError", "estimate_input_tokens", "from_options", "parse_response",
+           "reset_process_state"]
 
 
-class _LoopThread:
-    """One asyncio loop per process, in a daemon thread. Recreated after a fork."""
-
-    _lock = threading.Lock()
-    _loop: Optional[asyncio.AbstractEventLoop] = None
-    _pid: Optional[int] = None
-
-    @classmethod
-    def get(cls) -> asyncio.AbstractEventLoop:
-        with cls._lock:
-            if cls._loop is None or cls._pid != os.getpid():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="gemini-captioner-loop", daemon=True).start()
-                cls._loop, cls._pid = loop, os.getpid()
-            return cls._loop
-
-
-@dataclass
-class _Shared:
-    """Per-process state shared by every captioner instance with the same model and limits."""
-
-    limiter: RateLimiter
-    budget: CostBudget
-    max_in_flight: int
-    semaphore: Optional[asyncio.Semaphore] = None  # created on the loop on first use
-
-    def sem(self) -> asyncio.Semaphore:
-        if self.semaphore is None:
-            self.semaphore = asyncio.Semaphore(self.max_in_flight)
-        return self.semaphore
-
-
-_SHARED: dict[tuple, _Shared] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def _shared_state(key: tuple, rpm, tpm, max_cost_usd, max_in_flight) -> _Shared:
-    key = (os.getpid(), *key)  # a forked child has its own loop, so its own limiter and semaphore
-    with _SHARED_LOCK:
-        if key not in _SHARED:
-            _SHARED[key] = _Shared(RateLimiter(rpm, tpm), CostBudget(max_cost_usd), max_in_flight)
-        return _SHARED[key]
-
-
-def reset_process_state() -> None:
-    """Forget the process-wide limiters and budgets (tests, or a notebook starting a new run)."""
-    with _SHARED_LOCK:
-        _SHARED.clear()
+def _close_client(client) -> None:
+    """Close a shared client's async HTTP pool on the loop that used it (best effort, no wait:
+    this runs when the last holder lets go, possibly on that loop's own thread)."""
+    try:
+        asyncio.run_coroutine_threadsafe(client.aio.aclose(), _LoopThread.get())
+    except Exception as e:  # the process may be ending anyway
+        log.debug("closing the Gemini client failed: %s", type(e).__name__)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -118,33 +77,6 @@ def reset_process_state() -> None:
 def estimate_input_tokens(prompt: str, n_images: int = 1) -> int:
     """Before sending: 258 tokens per ≤384 px image + ~4 characters per text token."""
     return IMAGE_TOKENS * n_images + math.ceil(len(prompt) / 4) + 4
-
-
-def _transport_errors() -> tuple[tuple, tuple]:
-    """(timeout, transport) exception classes of whichever httpx flavour google-genai uses."""
-    timeouts, transports = [asyncio.TimeoutError], []
-    for mod in ("httpx", "httpx2"):
-        try:
-            m = __import__(mod)
-        except ImportError:
-            continue
-        timeouts.append(m.TimeoutException)
-        transports.append(m.TransportError)
-    return tuple(timeouts), tuple(transports)
-
-
-@dataclass
-class _Attempt:
-    """What one request came back with."""
-
-    text: Optional[str] = None
-    error_type: Optional[str] = None
-    message: str = ""
-    retry: bool = False
-    hint_s: Optional[float] = None
-    input_tokens: Optional[int] = None
-    output_tokens: Optional[int] = None
-    maybe_billed: bool = True   # without usage, assume the worst case was billed
 
 
 def parse_response(resp: Any) -> _Attempt:
@@ -185,7 +117,7 @@ def parse_response(resp: Any) -> _Attempt:
 # --------------------------------------------------------------------------- captioner
 
 
-class GeminiCaptioner(Captioner):
+class GeminiCaptioner(RemoteCaptioner):
     backend = "gemini"
     prompt_version = PROMPT_VERSION
 
@@ -198,47 +130,33 @@ class GeminiCaptioner(Captioner):
                  temperature: Optional[float] = None, thinking_budget: Optional[int] = None,
                  image_max_side: int = IMAGE_MAX_SIDE, jpeg_quality: int = 90,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 60.0):
-        if max_in_flight < 1:
-            raise GeminiConfigError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        if timeout_s <= 0 or max_retries < 0 or max_output_tokens < 1:
-            raise GeminiConfigError(f"need timeout_s > 0, max_retries >= 0, max_new_tokens >= 1; got "
-                                    f"{timeout_s}, {max_retries}, {max_output_tokens}")
         if bool(vertex_project) != bool(vertex_location):
             raise GeminiConfigError("Vertex AI needs both --vertex-project and --vertex-location")
         self.model_id = model_id
         self.max_words, self.class_hint = int(max_words), bool(class_hint)
-        self.rpm, self.tpm, self.max_in_flight = rpm, tpm, int(max_in_flight)
-        self.timeout_s, self.max_retries = float(timeout_s), int(max_retries)
-        self.max_cost_usd = max_cost_usd
+        self.max_output_tokens = int(max_output_tokens)
+        self._init_remote(rpm=rpm, tpm=tpm, max_in_flight=max_in_flight, timeout_s=timeout_s,
+                          max_retries=max_retries, max_cost_usd=max_cost_usd, price_table=price_table,
+                          backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s, error_cls=GeminiConfigError)
         # GOOGLE_GEMINI_BASE_URL is what google-genai itself honours; resolve it now so
         # settings() records where requests really go.
         self.base_url = base_url or (None if vertex_project else os.environ.get("GOOGLE_GEMINI_BASE_URL"))
         self.vertex_project, self.vertex_location = vertex_project, vertex_location
-        self.max_output_tokens, self.temperature = int(max_output_tokens), temperature
+        self.temperature = temperature
         # Captioning needs no reasoning, and 2.5 Flash models think by default and bill it as
         # output; they accept a budget of 0. Pro models reject 0, so they keep their default.
         self.thinking_budget = thinking_budget if thinking_budget is not None else (
             0 if "flash" in model_id else None)
         self.image_max_side, self.jpeg_quality = int(image_max_side), int(jpeg_quality)
-        self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
-        self.price_table_path = price_table
-        self.prices = load_price_table(price_table).get(model_id)
-        if max_cost_usd is not None and self.prices is None:
-            raise GeminiConfigError(
-                f"--max-cost-usd needs a price for model {model_id!r}; known: {sorted(DEFAULT_PRICES)}. "
-                "Pass --price-table prices.json with {\"" + model_id + "\": {\"input_per_1m\": ..., "
-                "\"output_per_1m\": ...}}")
         self.prompt_text = prompt_template(self.class_hint, self.max_words)
         self._client = None
+        self._held = None   # worker_shared.Held(client): one client per process and credentials
         self._api_key: Optional[str] = None
-        self._stats: dict[str, Any] = {}
-        self._stats_lock: Optional[threading.Lock] = None
-        self._shared: Optional[_Shared] = None
 
     # -- pickling (Beam ships the captioner to workers before setup) ----------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_client=None, _api_key=None, _stats={}, _stats_lock=None, _shared=None)
+        state.update(_client=None, _held=None, _api_key=None, **self._transient_state())
         return state
 
     def __repr__(self) -> str:
@@ -252,54 +170,49 @@ class GeminiCaptioner(Captioner):
         from google import genai
         from google.genai import types
 
+        from textok.pipeline.worker_shared import per_process
+
         if self._client is not None:
             return
-        http = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000))
-        if self.vertex_project:
-            self._client = genai.Client(vertexai=True, project=self.vertex_project,
-                                        location=self.vertex_location, http_options=http)
-        else:
+        if not self.vertex_project:
             self._api_key = next((os.environ[k].strip() for k in API_KEY_ENV_VARS if os.environ.get(k, "").strip()),
                                  None)
             if not self._api_key:
                 raise GeminiConfigError(
                     "the gemini captioner needs credentials: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the "
                     "environment, or use Vertex AI with --vertex-project and --vertex-location")
-            self._client = genai.Client(api_key=self._api_key, http_options=http)
-        self._stats_lock = threading.Lock()
-        self._stats = {"requests": 0, "ok": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
-                       "errors": {}}
-        key = (self._endpoint(), self.base_url, self.model_id, self.rpm, self.tpm, self.max_in_flight,
-               self.max_cost_usd)
-        self._shared = _shared_state(key, self.rpm, self.tpm, self.max_cost_usd, self.max_in_flight)
+        self._secret = self._api_key
+        http = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000))
+
+        def make_client():
+            if self.vertex_project:
+                return genai.Client(vertexai=True, project=self.vertex_project, location=self.vertex_location,
+                                    http_options=http)
+            return genai.Client(api_key=self._api_key, http_options=http)
+
+        # One client (one HTTP connection pool) per worker process and credentials, shared by
+        # every DoFn thread; the key holds a digest of the API key, never the key.
+        key_digest = hashlib.sha256((self._api_key or "").encode()).hexdigest()[:16]
+        self._held = per_process(("gemini-client", self._endpoint(), self.base_url, self.vertex_project,
+                                  self.vertex_location, self.timeout_s, key_digest), make_client,
+                                 on_release=_close_client)
+        self._client = self._held.value
+        self._start()
+
+    def _limits_key(self) -> tuple:
+        return ("gemini", self._endpoint(), self.base_url, self.model_id, self.rpm, self.tpm, self.max_in_flight,
+                self.max_cost_usd)
+
+    def _ready(self) -> bool:
+        return self._client is not None
 
     def teardown(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:  # close the async HTTP pool on the loop that used it
-            try:
-                asyncio.run_coroutine_threadsafe(client.aio.aclose(), _LoopThread.get()).result(timeout=10)
-            except Exception as e:  # closing is best effort; the process may be ending anyway
-                log.debug("closing the Gemini client failed: %s", self._redact(str(e)))
-        self._api_key = None
+        # The client is shared: dropping our reference lets Beam's Shared close it once no
+        # instance of the process holds it (see _close_client).
+        self._client = self._held = None
+        self._api_key = self._secret = None
 
     # -- public API ----------------------------------------------------------------------
-    def caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        return self.submit_batch(requests).result()
-
-    def submit_batch(self, requests: list[CaptionRequest]) -> "concurrent.futures.Future[list[CaptionResult]]":
-        """Start captioning and return at once. A caller that keeps several batches pending
-        (a DoFn emitting finished batches as they complete) avoids waiting on each batch's
-        slowest request before the next batch starts."""
-        if self._client is None:
-            raise RuntimeError("GeminiCaptioner.setup() must run before caption_batch()")
-        prepared = [self._prepare(r) for r in requests]  # CPU work on the caller's thread
-        return asyncio.run_coroutine_threadsafe(self._caption_all(prepared), _LoopThread.get())
-
-    def estimate_cost_usd(self, input_tokens: int, output_tokens: int) -> Optional[float]:
-        if self.prices is None:
-            return None
-        return (input_tokens * self.prices["input_per_1m"] + output_tokens * self.prices["output_per_1m"]) / 1e6
-
     def settings(self) -> dict[str, Any]:
         return {
             "model_id": self.model_id, "endpoint": self._endpoint(), "base_url": self.base_url,
@@ -312,32 +225,9 @@ class GeminiCaptioner(Captioner):
             "max_cost_usd": self.max_cost_usd, "prices_per_1m_usd_estimate": self.prices,
         }
 
-    def usage_summary(self) -> dict[str, Any]:
-        if self._stats_lock is None:
-            return {}
-        with self._stats_lock:
-            return json.loads(json.dumps(self._stats))
-
     # -- internals -----------------------------------------------------------------------
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "[REDACTED]") if self._api_key else text
-
-    def _prepare(self, req: CaptionRequest) -> tuple[CaptionRequest, Optional[bytes], str]:
-        prompt = build_prompt(req.class_name, self.class_hint, self.max_words)
-        if req.image is None:
-            return req, None, prompt
-        img = downscale_max_side(req.image.convert("RGB"), self.image_max_side)
-        return req, encode_image(img, "jpeg", self.jpeg_quality), prompt
-
-    async def _caption_all(self, prepared) -> list[CaptionResult]:
-        tasks = [asyncio.ensure_future(self._caption_one(*p)) for p in prepared]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for t in tasks:  # a config error stops the batch: do not leave requests running
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+    def _estimate_input_tokens(self, prompt: str) -> int:
+        return estimate_input_tokens(prompt)
 
     def _generation_config(self):
         from google.genai import types
@@ -349,52 +239,11 @@ class GeminiCaptioner(Captioner):
             cfg["thinking_config"] = types.ThinkingConfig(thinking_budget=self.thinking_budget)
         return types.GenerateContentConfig(**cfg)
 
-    async def _caption_one(self, req: CaptionRequest, jpeg: Optional[bytes], prompt: str) -> CaptionResult:
-        if jpeg is None:
-            return CaptionResult(req.key, error_type="missing_image", attempts=0,
-                                 message="the gemini captioner needs pixels; the request has no image")
-        est_in = estimate_input_tokens(prompt)
-        est_tokens = est_in + self.max_output_tokens
-        worst_usd = self.estimate_cost_usd(est_in, self.max_output_tokens) or 0.0
-        shared = self._shared
-        attempts, last = 0, _Attempt()
-        # The in-flight slot stays held through backoff sleeps: under a 429 storm, fewer
-        # concurrent requests is what the server is asking for.
-        async with shared.sem():
-            while True:
-                if not shared.budget.try_reserve(worst_usd):
-                    self._count("budget_exhausted")
-                    return CaptionResult(
-                        req.key, error_type="budget_exhausted", attempts=attempts, retryable=True,
-                        message=f"stopped before exceeding --max-cost-usd {self.max_cost_usd}: estimated spend "
-                                f"${shared.budget.spent_usd:.4f} + in flight ${shared.budget.reserved_usd:.4f} "
-                                f"+ this request up to ${worst_usd:.6f}; rerun with a larger budget to continue")
-                await shared.limiter.acquire(est_tokens)
-                attempts += 1
-                last = await self._attempt(jpeg, prompt)
-                billed = self.estimate_cost_usd(last.input_tokens or 0, last.output_tokens or 0) or 0.0
-                if last.maybe_billed and last.error_type in ("timeout", "malformed_response"):
-                    billed = worst_usd  # the server may have done (and billed) the work
-                shared.budget.settle(worst_usd, billed)
-                if last.input_tokens is not None:
-                    shared.limiter.reconcile(est_tokens, last.input_tokens + (last.output_tokens or 0))
-                self._record(last, billed)
-                if not last.retry or attempts > self.max_retries:
-                    break
-                if last.hint_s is not None:
-                    shared.limiter.pause_until(time.monotonic() + last.hint_s)
-                await asyncio.sleep(backoff_s(attempts, self.backoff_base_s, self.backoff_max_s, last.hint_s))
-        return CaptionResult(req.key, text=last.text, error_type=last.error_type, message=self._redact(last.message),
-                             attempts=attempts, input_tokens=last.input_tokens, output_tokens=last.output_tokens,
-                             # quota or an unreachable endpoint, not the item: defer to a rerun instead of
-                             # dead-lettering (a wrong --gemini-base-url must not dead-letter a dataset)
-                             retryable=last.error_type in ("http_429", "connection_error"))
-
     async def _attempt(self, jpeg: bytes, prompt: str) -> _Attempt:
         from google.auth import exceptions as auth_errors
         from google.genai import errors, types
 
-        timeouts, transports = _transport_errors()
+        timeouts, transports = transport_errors()
         try:
             resp = await asyncio.wait_for(
                 self._client.aio.models.generate_content(
@@ -434,22 +283,6 @@ class GeminiCaptioner(Captioner):
         return _Attempt(error_type=f"http_{code}", message=msg, retry=retry, maybe_billed=False,
                         hint_s=retry_hint_s(e) if retry else None)
 
-    def _record(self, a: _Attempt, cost: float) -> None:
-        with self._stats_lock:
-            s = self._stats
-            s["requests"] += 1
-            s["ok"] += a.error_type is None
-            s["input_tokens"] += a.input_tokens or 0
-            s["output_tokens"] += a.output_tokens or 0
-            s["cost_usd"] += cost
-            if a.error_type:
-                s["errors"][a.error_type] = s["errors"].get(a.error_type, 0) + 1
-
-    def _count(self, error_type: str) -> None:
-        with self._stats_lock:
-            self._stats["errors"][error_type] = self._stats["errors"].get(error_type, 0) + 1
-
-
 _OPTION_KEYS = {"model_id", "max_words", "class_hint", "rpm", "tpm", "max_in_flight", "timeout_s", "max_retries",
                 "max_cost_usd", "base_url", "vertex_project", "vertex_location", "price_table", "temperature",
                 "thinking_budget", "image_max_side", "jpeg_quality", "backoff_base_s", "backoff_max_s"}
@@ -460,8 +293,6 @@ def from_options(options: dict) -> GeminiCaptioner:
 
     `max_new_tokens` is Gemini's `max_output_tokens`; `batch_size` only sizes the pipeline's
     batches (in-flight requests are bounded by `max_in_flight`)."""
-    from textok.pipeline.captioners import check_options
-
     opts = {k: v for k, v in options.items() if v is not None}
     check_options("gemini", opts, _OPTION_KEYS | {"max_new_tokens"})
     kwargs = {k: v for k, v in opts.items() if k in _OPTION_KEYS}

@@ -6,8 +6,8 @@ then need not store. The wording is ours. Changing it changes the captions, so a
 must bump PROMPT_VERSION: the version and the full text are recorded in the captions
 table metadata, and every caption row carries `prompt_version`.
 
-    python -m pipeline.captioners.prompt                 # print the prompt
-    python -m pipeline.captioners.prompt --class tench   # with the class-name hint
+    python -m textok.pipeline.captioners.prompt                 # print the prompt
+    python -m textok.pipeline.captioners.prompt --class tench   # with the class-name hint
 """
 from __future__ import annotations
 

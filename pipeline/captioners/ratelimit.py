@@ -1,9 +1,9 @@
 """Client-side pacing for remote captioners: requests/min + tokens/min, retry timing, prices, budget.
 
-Both live on one asyncio event loop (the Gemini backend's background loop), so their state
+Both live on one asyncio event loop (remote.LoopThread, the remote backends' background loop), so their state
 changes happen on one thread and need no locks; every captioner instance in the process
 that talks to the same model with the same limits shares one `RateLimiter` and one
-`CostBudget` (see `gemini._shared_state`), because the provider's quota is per project and
+`CostBudget` (see `remote.shared_limits`), because the provider's quota is per project and
 model, not per Beam DoFn thread.
 
 Pacing is virtual scheduling (GCRA without burst): each request reserves the earliest slot
@@ -14,7 +14,7 @@ achieved rate converges to the configured one; and requests never burst, so any 
 60 s window holds at most `rpm` requests. A server `retryDelay` pauses the whole limiter,
 since a 429 means the shared quota, not one request, is exhausted.
 
-    python -m pipeline.captioners.ratelimit --rpm 600 --n 50   # prints achieved req/s
+    python -m textok.pipeline.captioners.ratelimit --rpm 600 --n 50   # prints achieved req/s
 """
 from __future__ import annotations
 

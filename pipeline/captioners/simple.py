@@ -16,8 +16,7 @@ import hashlib
 import string
 from typing import Any
 
-from textok.pipeline.captioners import check_options
-from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult, check_options
 
 DEFAULT_TEMPLATE = "a photo of a {class_name}"
 TEMPLATE_FIELDS = ("class_name", "label")
