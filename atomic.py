@@ -38,14 +38,24 @@ def is_temp(name: str) -> bool:
     return os.path.basename(name.rstrip("/")).startswith(TEMP_PREFIX)
 
 
-def clean_temps(folder: str) -> list[str]:
+def final_name_of(temp: str) -> str:
+    """The final file name a temp name stands for ("" when `temp` is not one of ours)."""
+    name = os.path.basename(temp.rstrip("/"))
+    if not name.startswith(TEMP_PREFIX):
+        return ""
+    body = name[len(TEMP_PREFIX) + 33:]  # uuid hex (32) + "-"
+    return body[:-len(TEMP_SUFFIX)] if body.endswith(TEMP_SUFFIX) else body
+
+
+def clean_temps(folder: str, final_prefix: str = "") -> list[str]:
     """Remove temp files and temp folders a killed writer left in `folder` (local paths; a missing
-    folder is fine). Returns what was removed."""
+    folder is fine), only those standing for a final name that starts with `final_prefix` (a writer
+    sharing a folder with others, e.g. one split's encode, removes only its own). Returns them."""
     if "://" in folder or not os.path.isdir(folder):
         return []
     removed = []
     for entry in os.scandir(folder):
-        if entry.name.startswith(TEMP_PREFIX):
+        if entry.name.startswith(TEMP_PREFIX) and final_name_of(entry.name).startswith(final_prefix):
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
@@ -85,3 +95,25 @@ def require_output_dir(path: str, flag: str = "--output") -> None:
     if "://" not in str(path) and os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{flag} {path}: this is an existing file, not a folder; pass a folder path "
                          f"(it is created if missing)")
+
+
+def write_json_atomic(obj, path: str) -> None:
+    """JSON to `path` (local: temp + rename; other Beam filesystems: one upload, atomic on object stores)."""
+    import json
+
+    data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -138,7 +138,7 @@ def extract_latents(cfg: ExtractConfig) -> dict:
         model = TexTok.from_pretrained(tok_path).eval().to(dist.device)
         files = resolve_shards(cfg.shards, cfg.split)
         shard_meta = check_shard_meta(files, text_dim=model.cfg.text_dim)
-        check_text_encoder(tok_path, shard_meta, cfg.shards)
+        check_text_encoder(tok_path, shard_meta, cfg.shards, require_record=model.cfg.text_mode != "none")
         names = [os.path.basename(f) for f in files]
         if len(set(names)) != len(names):
             raise ValueError(f"{cfg.shards}: shard file names repeat across folders; latent files are named after "

@@ -115,19 +115,30 @@ def read_text_encoder(tok_dir: str) -> dict | None:
         return json.load(f)
 
 
-def check_text_encoder(tok_path: str, shard_meta: dict, shards: str) -> None:
-    """Refuse shards encoded by another text encoder than the tokenizer was trained on (both
-    sides must record one: tokenizers saved before text_encoder.json existed are not checked)."""
+def check_text_encoder(tok_path: str, shard_meta: dict, shards: str, require_record: bool = False) -> None:
+    """Refuse shards encoded by another text encoder than the tokenizer was trained on. Identity
+    is the weights' hash when both sides record one (the same T5 through another path is the same
+    encoder), else the encoder id (pipeline.encoder_identity). A tokenizer without a record is
+    refused when `require_record` (extract-latents and eval-tokenizer of a text-reading
+    tokenizer: its text tokens would be read in a space it never saw) and unchecked otherwise."""
+    from textok.pipeline.encoder_identity import encoder_differences
+
     recorded = read_text_encoder(tok_path)
-    if not recorded or not recorded.get("encoder") or not shard_meta.get("encoder"):
+    if not recorded or not recorded.get("encoder"):
+        if require_record:
+            raise SchemaError(f"{tok_path}: no {TEXT_ENCODER_FILE}, so nothing says which text encoder this tokenizer "
+                              f"was trained with; use the tokenizer/ folder train-tokenizer exports, or write "
+                              f"{TEXT_ENCODER_FILE} (trainer.training.train_tokenizer.write_text_encoder) for it")
         return
-    for key in ("encoder", "encoder_hash", "encoder_revision"):
-        theirs, ours = recorded.get(key), shard_meta.get(key)
-        if theirs is not None and ours is not None and theirs != ours:
-            raise SchemaError(f"{shards}: the shards were encoded with text encoder {key}={ours!r}, but tokenizer "
-                              f"{tok_path} was trained on shards of {key}={theirs!r} (its {TEXT_ENCODER_FILE}); "
-                              f"encode the shards with {recorded['encoder']!r} or use a tokenizer trained on "
-                              f"{shard_meta['encoder']!r} embeddings")
+    if not shard_meta.get("encoder"):
+        return
+    diffs = encoder_differences(shard_meta, recorded)
+    if diffs:
+        key = diffs[0]
+        raise SchemaError(f"{shards}: the shards were encoded with text encoder {key}={shard_meta.get(key)!r}, but "
+                          f"tokenizer {tok_path} was trained on shards of {key}={recorded.get(key)!r} (its "
+                          f"{TEXT_ENCODER_FILE}); encode the shards with {recorded['encoder']!r} or use a tokenizer "
+                          f"trained on {shard_meta['encoder']!r} embeddings")
 
 
 # ----------------------------------------------------------------------------- builders
