@@ -34,6 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from textok.atomic import clean_temps, require_output_dir, write_json_atomic
+from textok.faults import maybe_fail
 from textok.schemas.common import SchemaError, validate_file, with_metadata, write_table_atomic
 from textok.schemas.latents import latents_schema, moments, read_latent_meta, z_column, z_view
 from textok.schemas.shards import text_emb_views
@@ -139,6 +141,11 @@ def extract_latents(cfg: ExtractConfig) -> dict:
         files = resolve_shards(cfg.shards, cfg.split)
         shard_meta = check_shard_meta(files, text_dim=model.cfg.text_dim)
         check_text_encoder(tok_path, shard_meta, cfg.shards, require_record=model.cfg.text_mode != "none")
+        require_output_dir(cfg.output)
+        if dist.is_main:
+            clean_temps(cfg.output)  # temp files of a killed run (none in flight: ranks start together)
+        if dist.enabled:
+            torch.distributed.barrier()
         names = [os.path.basename(f) for f in files]
         if len(set(names)) != len(names):
             raise ValueError(f"{cfg.shards}: shard file names repeat across folders; latent files are named after "
@@ -161,7 +168,9 @@ def extract_latents(cfg: ExtractConfig) -> dict:
             z = np.stack([zs[k] for k in keys])
             meta = dict(_latent_meta(shard_meta, tok_path, tok_sha, model, cfg.with_text),
                         source=shard, num_rows=len(keys))
-            write_table_atomic(latent_table(source, z, meta, cfg.with_text), out, row_group_size=LATENT_ROW_GROUP)
+            write_table_atomic(latent_table(source, z, meta, cfg.with_text), out, row_group_size=LATENT_ROW_GROUP,
+                               fault_point="latents.after_write_before_rename")
+            maybe_fail("latents.after_rename")
             rows += len(keys)
             done += 1
             log.info("latents %s: %d rows", out, len(keys))
@@ -172,8 +181,7 @@ def extract_latents(cfg: ExtractConfig) -> dict:
                    "rows_this_rank": rows, "count": stats["count"], "mean": stats["mean"], "std": stats["std"],
                    "tokenizer": tok_path, "wall_s": round(time.time() - start, 2)}
         if dist.is_main:
-            with open(os.path.join(cfg.output, "stats.json"), "w") as f:
-                json.dump({k: v for k, v in stats.items() if k != "moments"}, f, indent=2, default=str)
+            write_json_atomic({k: v for k, v in stats.items() if k != "moments"}, os.path.join(cfg.output, "stats.json"))
         return summary
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from textok.atomic import atomic_dir, write_json_atomic
 from textok.trainer.evaluation.grid import plot_metrics, save_pairs
 from textok.trainer.data.latents import LatentLoader, max_label
 from textok.trainer.training.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
@@ -221,10 +222,9 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
 
     out = os.path.join(cfg.output, "dit")
     if dist.is_main:
-        with ema.swapped(model):
-            model.save_pretrained(out)
-        with open(os.path.join(out, STATS_NAME), "w") as f:
-            json.dump(stats, f, indent=2)
+        with atomic_dir(out) as tmp, ema.swapped(model):  # readers never see a half-written dit/
+            model.save_pretrained(tmp)
+            write_json_atomic(stats, os.path.join(tmp, STATS_NAME))
         plot_metrics(logger.path, os.path.join(cfg.output, "loss.png"))
     return out
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from textok.atomic import atomic_dir, write_json_atomic
 from textok.schemas.common import SchemaError
 from textok.trainer.data.loader import ShardLoader
 from textok.trainer.evaluation.grid import plot_metrics, save_pairs
@@ -100,9 +101,7 @@ def write_text_encoder(shard_meta: dict, *dirs: str) -> dict:
     the tokenizer only understands embeddings of that encoder, so extract-latents checks it."""
     record = {k: shard_meta[k] for k in TEXT_ENCODER_KEYS if shard_meta.get(k) is not None}
     for d in dirs:
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, TEXT_ENCODER_FILE), "w") as f:
-            json.dump(record, f, indent=2)
+        write_json_atomic(record, os.path.join(d, TEXT_ENCODER_FILE))
     return record
 
 
@@ -284,9 +283,9 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
 
     out = os.path.join(cfg.output, "tokenizer")
     if dist.is_main:
-        with ema.swapped(model):
-            model.save_pretrained(out)
-        write_text_encoder(loader.meta, out)
+        with atomic_dir(out) as tmp, ema.swapped(model):  # readers never see a half-written tokenizer/
+            model.save_pretrained(tmp)
+            write_text_encoder(loader.meta, tmp)
         plot_metrics(logger.path, os.path.join(cfg.output, "loss.png"))
     return out
 
