@@ -195,15 +195,16 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     pools_dir = os.path.join(output_dir, "pools")
     out_path = os.path.join(pools_dir, f"{split}.parquet")
     summary_path = os.path.join(pools_dir, f"{split}_summary.json")
-    if os.path.exists(out_path) and os.path.exists(summary_path) and read_meta(out_path)["meta"] == meta:
+    part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
+    clean_temps(pools_dir, final_prefix=f"{split}")  # a killed run's temp files
+    up_to_date = os.path.exists(out_path) and os.path.exists(summary_path) and read_meta(out_path)["meta"] == meta
+    for stale in glob.glob(os.path.join(pools_dir, f".parts-{split}-*")):
+        if stale != part_dir or up_to_date:  # other settings' parts, or parts already merged
+            shutil.rmtree(stale, ignore_errors=True)
+    if up_to_date:
         log.info("pools %s: %s is up to date, nothing to do", split, out_path)
         with open(summary_path) as f:
             return json.load(f)
-    part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
-    clean_temps(pools_dir, final_prefix=f"{split}")  # a killed run's temp files
-    for stale in glob.glob(os.path.join(pools_dir, f".parts-{split}-*")):
-        if stale != part_dir:  # parts of other settings: never merged, only taking space
-            shutil.rmtree(stale, ignore_errors=True)
     clean_temps(part_dir)
     os.makedirs(part_dir, exist_ok=True)
     with make_pipeline(beam_args) as p:
