@@ -160,3 +160,17 @@ def test_empty_and_very_long_captions(tmp_path):
     caps = {r["key"]: r for r in read_table(out, CAPTIONS)}
     assert caps["long"]["num_words"] == 75
     assert {r["key"] for r in read_table(out, DEAD)} == {"empty", "blank"}
+
+
+@pytest.mark.parametrize("command", [["encode", "--captions", "CAP", "--encoder", "x"],
+                                     ["pools", "--captions", "CAP", "--encoder", "x"],
+                                     ["extract-latents", "--tokenizer", "TOK", "--shards", "CAP"]])
+def test_output_that_is_a_file_is_refused_by_every_writer(tmp_path, command):
+    from textok.cli import main
+
+    target = tmp_path / "taken.txt"
+    target.write_text("x")
+    argv = [str(tmp_path) if a in ("CAP", "TOK") else a for a in command] + ["--output", str(target)]
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert f"Error: --output {target}: this is an existing file" in res.output

@@ -134,6 +134,7 @@ def extract_latents(cfg: ExtractConfig) -> dict:
     from textok.trainer.models.textok import TexTok
 
     start = time.time()
+    require_output_dir(cfg.output)
     with distributed(cfg.device) as dist:
         tok_path = tokenizer_dir(cfg.tokenizer)
         tok_sha = file_sha256(os.path.join(tok_path, "model.safetensors"))
@@ -141,7 +142,6 @@ def extract_latents(cfg: ExtractConfig) -> dict:
         files = resolve_shards(cfg.shards, cfg.split)
         shard_meta = check_shard_meta(files, text_dim=model.cfg.text_dim)
         check_text_encoder(tok_path, shard_meta, cfg.shards, require_record=model.cfg.text_mode != "none")
-        require_output_dir(cfg.output)
         if dist.is_main:
             clean_temps(cfg.output)  # temp files of a killed run (none in flight: ranks start together)
         if dist.enabled:
