@@ -13,7 +13,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -281,3 +280,24 @@ def test_sigkill_at_a_named_point_then_rerun_loses_and_duplicates_nothing(inputs
     assert again.returncode == 0, again.stderr.decode(errors="replace")[-3000:]
     w.verify(inputs, out, str(tmp_path / "hf-cache"))
     no_temps(out)
+
+
+def test_a_kill_between_write_and_rename_leaves_nothing_a_parquet_glob_reads(tmp_path):
+    """The trial's reproduction in miniature: SIGKILL after the temp file is written, before the rename."""
+    import duckdb
+
+    folder = tmp_path / "shards"
+    script = ("import pyarrow as pa; from textok.schemas.common import write_table_atomic; "
+              f"write_table_atomic(pa.table({{'key': ['a', 'b']}}), {str(folder / 'train-0.parquet')!r}, "
+              "fault_point='shards.after_write_before_rename')")
+    env = dict(os.environ, **{faults.ENV: "shards.after_write_before_rename"})
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    assert res.returncode == -signal.SIGKILL, res.stderr.decode()
+    left = os.listdir(folder)
+    assert len(left) == 1 and left[0].startswith(".tmp-") and not fnmatch.fnmatch(left[0], "*.parquet")
+    with duckdb.connect() as con:  # DuckDB's glob does not skip hidden files: the name itself must not match
+        with pytest.raises(duckdb.IOException, match="No files found"):
+            con.execute(f"SELECT count(*) FROM read_parquet('{folder}/*.parquet')").fetchone()
+    from textok.atomic import clean_temps
+
+    assert clean_temps(str(folder), final_prefix="train-") == [str(folder / left[0])] and not os.listdir(folder)

@@ -22,7 +22,6 @@ combined from them exactly, whatever the file split, and also written to OUTPUT/
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time

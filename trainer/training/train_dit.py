@@ -18,7 +18,6 @@ at the end dit/ (EMA weights via DiT.save_pretrained + latent_stats.json: what `
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
