@@ -77,9 +77,15 @@ def inputs(tmp_path_factory):
                device="cpu")
     with open(os.path.join(root, "train.json"), "w") as f:
         json.dump(TRAIN_CFG, f)
-    return {"root": root, "manifest": manifest, "caption_keys": caption_keys, "cap": caps, "t5": t5,
+    tok = make_tokenizer(os.path.join(root, "tok"), text_dim=TEXT_DIM, encoder=t5)
+    from textok.trainer.data.latents import ExtractConfig, extract_latents
+
+    latents = os.path.join(root, "latents")
+    extract_latents(ExtractConfig(tokenizer=os.path.join(root, "tok"), shards=os.path.join(data, "shards"),
+                                  output=latents, batch_size=8, device="cpu", with_text=False, num_workers=0))
+    return {"root": root, "manifest": manifest, "latents": latents, "caption_keys": caption_keys, "cap": caps, "t5": t5,
             "shards": os.path.join(data, "shards"), "train_cfg": os.path.join(root, "train.json"),
-            "tok": make_tokenizer(os.path.join(root, "tok"), text_dim=TEXT_DIM, encoder=t5),
+            "tok": tok,
             "train_keys": read_captions(caps, "train", columns=["key", "split"])["key"].to_pylist(),
             "val_labels": sorted(set(read_captions(caps, "val", columns=["key", "split", "label"])["label"]
                                      .to_pylist()))}
@@ -208,6 +214,20 @@ def _verify_train(inp, out, cache) -> int:
     return 0
 
 
+def _verify_dit(inp, out, cache) -> int:
+    import torch
+
+    from textok.trainer.models.dit import DiT
+
+    ck = os.path.join(out, "checkpoints")
+    latest = open(os.path.join(ck, "latest")).read().strip()
+    assert latest == "step-000002"
+    assert torch.load(os.path.join(ck, latest, "state.pt"), weights_only=True)["step"] == 2
+    DiT.from_pretrained(os.path.join(out, "dit"))
+    assert json.load(open(os.path.join(out, "dit", "latent_stats.json")))["mean"]
+    return 0
+
+
 MP = ("--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
 WRITERS = {
     "caption": Writer("caption", _caption_cmd(), _verify_captions, watch=("captions", "dead_letter")),
@@ -226,6 +246,9 @@ WRITERS = {
         "--num-workers", "0", "--batch-size", "8"], _verify_latents, watch=("",)),
     "train": Writer("train", lambda inp, out: [
         "train-tokenizer", "--config", inp["train_cfg"], "--shards", inp["shards"], "--output", out], _verify_train),
+    "train-dit": Writer("train-dit", lambda inp, out: [
+        "train-dit", "--latents", inp["latents"], "--output", out, "--preset", "tiny", "--steps", "2",
+        "--batch-size", "4", "--save-every", "2", "--num-workers", "0", "--device", "cpu"], _verify_dit),
 }
 
 # (writer, TEXTOK_FAULT value): every named point of textok.faults, in every writer that has it
@@ -240,6 +263,7 @@ CASES = [
     ("pools", "pools.part_written:2"), ("pools", "pools.merged_before_cleanup"),
     ("latents", "latents.after_write_before_rename:2"), ("latents", "latents.after_rename"),
     ("train", "checkpoint.temp_written:2"), ("train", "checkpoint.before_latest"), ("train", "export.temp_written"),
+    ("train-dit", "export.temp_written"),
 ]
 # One case per pipeline writer stays in the quick set; the rest (each ~10 s: two process starts
 # with Beam and torch) are marked slow: `pytest -m "not slow"` skips them, the full suite runs them.
@@ -276,7 +300,7 @@ def test_sigkill_at_a_named_point_then_rerun_loses_and_duplicates_nothing(inputs
         assert died.returncode == -signal.SIGKILL, (died.returncode, died.stderr.decode(errors="replace")[-2000:])
     for sub in w.watch:  # a temp file must never be what a *.parquet glob picks up
         assert not [n for n in parquet_names(os.path.join(out, sub)) if n.startswith(".")]
-    again = _run(w.command(inputs, out) + (["--resume"] if writer == "train" else []))
+    again = _run(w.command(inputs, out) + (["--resume"] if writer.startswith("train") else []))
     assert again.returncode == 0, again.stderr.decode(errors="replace")[-3000:]
     w.verify(inputs, out, str(tmp_path / "hf-cache"))
     no_temps(out)
