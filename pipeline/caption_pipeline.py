@@ -38,8 +38,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.windowed_value import WindowedValue
 
+from textok.atomic import require_output_dir
 from textok.pipeline.caption_rules import DEFAULT_MAX_WORDS, clean_caption, count_words
-from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, compact,
+from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, clean_caption_temps,
+                                           compact,
                                     has_parts, list_table_files, open_parquet, read_key_splits,
                                     write_json_atomic)
 from textok.pipeline.captioners import build_captioner
@@ -74,6 +76,10 @@ class ReadDecodeFn(beam.DoFn):
         self.needs_pixels = needs_pixels
 
     def process(self, record):  # -> (record, image) | TaggedOutput(dead_letter)
+        if getattr(record, "error_type", None):  # the source listed it but could not accept it
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(record, "source", record.error_type,
+                                                                        record.error_message or record.error_type))
+            return
         if not self.needs_pixels:
             yield record, None
             return
@@ -373,6 +379,7 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
     from textok.pipeline.beam_utils import make_pipeline
 
     t0 = time.monotonic()
+    require_output_dir(output_dir)
     if "://" not in output_dir:  # workers (other processes, other cwd) get the same absolute paths
         output_dir = os.path.abspath(output_dir)
     options = {k: v for k, v in (captioner_options or {}).items() if v is not None}
@@ -384,6 +391,7 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
     batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
     cap = build_captioner(captioner, options)  # fail on bad options before listing a million files
     records = list_records(input_path, source, split, **(source_options or {}))
+    clean_caption_temps(output_dir)  # a killed run's temp files; none can be in flight before the run
     plan = plan_caption_run(records, output_dir, retry_dead_letters)
     log.info("caption %s [%s]: %d records, %d already done, %d to caption with %s",
              input_path, split, len(records), plan.skipped_existing, len(plan.records), cap.name)

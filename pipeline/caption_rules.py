@@ -111,12 +111,16 @@ def clean_caption(text: str | None, max_words: int = DEFAULT_MAX_WORDS) -> tuple
     """Apply the caption rules to one raw answer.
 
     Returns (caption, None, note) on success, where note says what was cut (or is ""),
-    and (None, error_type, message) on failure, error_type in {"empty", "refusal"}.
+    and (None, error_type, message) on failure, error_type in {"empty", "refusal", "invalid_utf8"}.
     """
     if max_words < 1:
         raise ValueError(f"max_words must be at least 1, got {max_words} (setting --max-words)")
     if text is None or not text.strip():
         return None, "empty", "answer is empty"
+    try:  # Parquet stores UTF-8: a lone surrogate would fail the whole commit, not this row
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return None, "invalid_utf8", f"caption is not valid UTF-8 (lone surrogate or undecodable byte at character {e.start})"
     raw_words = count_words(text)
     cleaned = _strip_wrappers(text.strip())
     if _REFUSAL_OPENERS.match(cleaned) or _REFUSAL_ANYWHERE.search(cleaned):

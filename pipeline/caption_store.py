@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from textok.atomic import clean_temps, write_json_atomic  # noqa: F401 (re-exported)
+from textok.faults import maybe_fail
 from textok.schemas.captions import CAPTIONS_SCHEMA, DEAD_LETTER_SCHEMA
 from textok.schemas.common import KEY_META, SchemaError, with_metadata, write_table_atomic
 
@@ -95,19 +97,6 @@ def done_keys(output_dir: str) -> tuple[set[str], set[str]]:
     return read_keys(output_dir, CAPTIONS), read_keys(output_dir, DEAD_LETTER)
 
 
-def write_json_atomic(obj: Any, path: str) -> None:
-    data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
-    if "://" in path:
-        with FileSystems.create(path) as f:
-            f.write(data)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 class WritePartsFn(beam.DoFn):
     """Sink DoFn: buffer rows of one table and commit them as small atomic Parquet parts.
 
@@ -156,7 +145,8 @@ class WritePartsFn(beam.DoFn):
             return
         table = pa.Table.from_pylist(self._buffer, schema=self._schema)
         name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
-        write_table_atomic(table, FileSystems.join(self._dir, name))
+        write_table_atomic(table, FileSystems.join(self._dir, name), fault_point="caption.part_temp_written")
+        maybe_fail("caption.part_committed")
         self._rows_total += len(self._buffer)
         self._parts_total += 1
         self.parts_written.inc()
@@ -228,6 +218,7 @@ def _rewrite(output_dir: str, table: str, exclude_keys: set[str], rows_per_file:
     # Delete the inputs only once every output is in place, older compacted files before
     # parts: a crash at any point leaves duplicates whose newest copy is still the one the
     # next compaction keeps (parts rank newest), never a lost row.
+    maybe_fail("compact.outputs_written")
     stale = [p for p in inputs if p not in set(outputs)]
     stale += [m.path for m in FileSystems.match([FileSystems.join(table_dir(output_dir, table), ".tmp-*")])[0]
               .metadata_list]
@@ -235,6 +226,7 @@ def _rewrite(output_dir: str, table: str, exclude_keys: set[str], rows_per_file:
         batch = [p for p in stale if os.path.basename(p).startswith(PART_PREFIX) == is_part]
         if batch:
             FileSystems.delete(batch)
+            maybe_fail("compact.between_deletes")
     stats = {"files_in": len(inputs), "files_out": len(outputs), "rows": len(newest),
              "duplicates_dropped": len(keys) - len(newest) - len(excluded)}
     if excluded:
@@ -255,6 +247,12 @@ def compact(output_dir: str, rows_per_file: int = COMPACT_ROWS_PER_FILE) -> dict
     stats = {CAPTIONS: cap_stats, DEAD_LETTER: dead_stats, "seconds": round(time.monotonic() - t0, 3)}
     log.info("compacted %s: %s", output_dir, stats)
     return stats
+
+
+def clean_caption_temps(output_dir: str) -> list[str]:
+    """Temp files a killed caption run left (local folders; remote writes are single uploads).
+    Called by the launcher before a run, never by a worker (another worker's may be in flight)."""
+    return [p for d in ("", CAPTIONS, DEAD_LETTER) for p in clean_temps(os.path.join(output_dir, d))]
 
 
 def has_parts(output_dir: str) -> bool:

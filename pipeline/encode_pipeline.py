@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from textok.atomic import clean_temps, require_output_dir, write_json_atomic
+from textok.faults import maybe_fail
 from textok.errors import FlagError
 from textok.progress import open_stage, stage_progress
 from textok.schemas.captions import DEAD_LETTER_SCHEMA
@@ -291,9 +293,12 @@ class WriteShardFn(beam.DoFn):
         path = os.path.join(self.output_dir, "dead_letter", f"encode-{task.name}.parquet")
         if dead:
             write_table_atomic(dead_letter_table(dead, meta), path)
+            maybe_fail("encode.dead_letter_written")
         elif os.path.exists(path):  # left by a killed attempt whose failed reads now succeed
             os.remove(path)
-        write_table_atomic(shards_table(rows, meta), _ShardPath(self.output_dir)(task), row_group_size=ROW_GROUP_SIZE)
+        write_table_atomic(shards_table(rows, meta), _ShardPath(self.output_dir)(task), row_group_size=ROW_GROUP_SIZE,
+                           fault_point="shards.after_write_before_rename")
+        maybe_fail("shards.after_rename")
         yield {"shard": task.name, "rows": len(rows), "dead_letter": len(dead)}
 
 
@@ -351,9 +356,7 @@ def _check_plan(output_dir: str, split: str, keys: list[str], plan: list[ShardTa
                                f"{changed} (old {[old.get(k) for k in changed]}, now {[record.get(k) for k in changed]}). "
                                f"Write to a new --output, or delete {os.path.dirname(path)} to re-encode.")
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
+    write_json_atomic(record, path)
 
 
 def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "train",
@@ -368,6 +371,10 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
 
     start = time.time()
     require_local(captions=captions, output=output_dir)
+    require_output_dir(output_dir)
+    for folder in ("shards", "dead_letter"):  # temp files a killed run of this split left
+        clean_temps(os.path.join(output_dir, folder), final_prefix=f"encode-{split}-" if folder == "dead_letter"
+                    else f"{split}-")
     if not 0.0 <= pool_holdout_fraction < 1.0:
         raise FlagError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
     _check_against_pools(output_dir, split, pool_holdout_fraction, seed)
@@ -378,6 +385,9 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     if not all_keys:
         raise ValueError(f"{captions}: no captions of split {split!r}")
     meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
+    from textok.pipeline.encoder_identity import check_output_encoder
+
+    check_output_encoder(output_dir, meta, "pools", "encode")  # before any shard: other pools, other encoder
     keys = [k for k in all_keys if not in_holdout(k, pool_holdout_fraction, seed)]
     if rows_per_shard is None:
         rows_per_shard = (_estimate_rows_per_shard(files, keys, split, shard_mb, meta["D"], max_tokens, image_size)
@@ -409,8 +419,7 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
                    shards_skipped_done=len(plan) - len(todo), rows_per_shard=rows_per_shard,
                    wall_s=round(time.time() - start, 2), encoder=encoder, D=meta["D"], image_mode=image_mode)
     summary["captions_per_s"] = round(sum(t.num_keys for t in todo) / max(summary["wall_s"], 1e-9), 2)
-    with open(os.path.join(output_dir, f"encode_summary_{split}.json"), "w") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
+    write_json_atomic(summary, os.path.join(output_dir, f"encode_summary_{split}.json"))
     return summary
 
 

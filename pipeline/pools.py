@@ -17,13 +17,13 @@ finish (a rerun skips them), then merged in label order into `pools/{split}.parq
 from __future__ import annotations
 
 import collections
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-import uuid
 from typing import Any, Sequence
 
 import apache_beam as beam
@@ -35,6 +35,9 @@ from textok.pipeline.encode_pipeline import (EncodeCaptions, caption_files, enco
                                       read_captions, require_local)
 from textok.errors import FlagError
 from textok.progress import open_stage
+from textok.atomic import clean_temps, require_output_dir, temp_path, write_json_atomic
+from textok.faults import maybe_fail
+from textok.pipeline.encoder_identity import check_output_encoder
 from textok.schemas.common import read_meta, with_metadata, write_table_atomic
 from textok.schemas.pools import pools_schema
 
@@ -73,6 +76,7 @@ class WritePoolPartFn(beam.DoFn):
     def process(self, element):
         label, rows, _ = element
         write_table_atomic(pools_table(rows, self.meta), _PartPath(self.part_dir)(label))
+        maybe_fail("pools.part_written")
         yield label, len(rows)
 
 
@@ -104,7 +108,7 @@ def _pool_candidates(path: str, split: str, holdout_fraction: float, seed: int) 
 
 def _merge_parts(part_files: list[str], path: str) -> None:
     """Concatenate part files (label order) into one file, one row group per class, atomically."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    tmp = temp_path(path)
     try:
         writer = None
         for f in part_files:
@@ -162,6 +166,7 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
 
     start = time.time()
     require_local(captions=captions, output=output_dir)
+    require_output_dir(output_dir)
     if per_class <= 0:
         raise FlagError(f"--per-class must be positive, got {per_class}")
     if pool_holdout_fraction:
@@ -183,6 +188,7 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
         raise ValueError(f"{captions}: no labelled captions for pools in split {split!r}"
                          + (f" (hold-out fraction {pool_holdout_fraction}, seed {seed})" if pool_holdout_fraction else ""))
     meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
+    check_output_encoder(output_dir, meta, "shards", "pools")  # pools must speak the shards' encoder
     opts = encoder_options(meta, batch_size, revision)
     meta.pop("device")
     meta.update(per_class=per_class, seed=seed, source_split=split, pool_holdout_fraction=pool_holdout_fraction,
@@ -192,11 +198,17 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     pools_dir = os.path.join(output_dir, "pools")
     out_path = os.path.join(pools_dir, f"{split}.parquet")
     summary_path = os.path.join(pools_dir, f"{split}_summary.json")
-    if os.path.exists(out_path) and os.path.exists(summary_path) and read_meta(out_path)["meta"] == meta:
+    part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
+    clean_temps(pools_dir, final_prefix=f"{split}")  # a killed run's temp files
+    up_to_date = os.path.exists(out_path) and os.path.exists(summary_path) and read_meta(out_path)["meta"] == meta
+    for stale in glob.glob(os.path.join(pools_dir, f".parts-{split}-*")):
+        if stale != part_dir or up_to_date:  # other settings' parts, or parts already merged
+            shutil.rmtree(stale, ignore_errors=True)
+    if up_to_date:
         log.info("pools %s: %s is up to date, nothing to do", split, out_path)
         with open(summary_path) as f:
             return json.load(f)
-    part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
+    clean_temps(part_dir)
     os.makedirs(part_dir, exist_ok=True)
     per_label = collections.Counter(int(r["label"]) for r in index if r["label"] is not None)
     to_encode = sum(min(n, per_class) for label, n in per_label.items()  # classes a killed run finished are skipped
@@ -215,8 +227,8 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
                            per_class, unlabelled)
     summary.update(path=out_path, source_split=split, seed=seed, pool_holdout_fraction=pool_holdout_fraction,
                    encoder=encoder, wall_s=round(time.time() - start, 2))
-    with open(summary_path, "w") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
+    write_json_atomic(summary, summary_path)
+    maybe_fail("pools.merged_before_cleanup")
     shutil.rmtree(part_dir)
     if summary["short_classes"]:
         log.warning("pools %s: %d classes have fewer than %d captions: %s", split, len(summary["short_classes"]),

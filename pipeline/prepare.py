@@ -21,6 +21,7 @@ def run_prepare(input_path: str, output_dir: str, *, captioner: str, encoder: st
                 shard_mb: float | None = None, captioner_options: dict[str, Any] | None = None,
                 max_words: int = 75, caption_batch_size: int | None = None,
                 source_options: dict[str, Any] | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
+    from textok.atomic import require_output_dir
     from textok.pipeline.caption_pipeline import run_caption
     from textok.pipeline.encode_pipeline import require_local, run_encode
     from textok.pipeline.pools import run_pools
@@ -31,6 +32,7 @@ def run_prepare(input_path: str, output_dir: str, *, captioner: str, encoder: st
                dtype=encoder_dtype, device=encoder_device)
     # fail on a remote output or a missing encoder before paying for any caption
     require_local(output=output_dir)
+    require_output_dir(output_dir)
     describe_encoder(encoder, max_tokens=max_tokens, device=encoder_device, dtype=encoder_dtype, revision=revision,
                      fingerprint=False)
     splits = [train_split] + ([] if no_pools or pool_holdout_fraction else [pool_split])

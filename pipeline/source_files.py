@@ -26,6 +26,10 @@ class ImageRecord:
     label: int | None = None
     class_name: str | None = None
     caption: str | None = None      # provided caption (manifest / dataset column)
+    # A row the source could list but not accept (unknown split value, caption that is not
+    # UTF-8): the caption stage dead-letters it with this reason instead of dropping it.
+    error_type: str | None = None
+    error_message: str | None = None
 
 
 # ---------------------------------------------------------------- file system helpers

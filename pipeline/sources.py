@@ -131,6 +131,30 @@ def _folder_records(root: str, split: str, class_names: list[str] | None) -> lis
 
 
 # ---------------------------------------------------------------- manifests
+def _decode_manifest(path: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+                         f"re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {posixpath.basename(path)}`") from None
+
+
+def _check_caption_column(path: str, table) -> None:
+    """Captions must be text: string, or binary holding UTF-8 (decoded per row). Anything else
+    (a list, a number) would be stored as its Python repr, so it is refused."""
+    import pyarrow as pa
+
+    if "caption" not in table.column_names:
+        return
+    t = table.schema.field("caption").type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or pa.types.is_null(t)):
+        raise ValueError(f"{path}: column 'caption' has type {t}; captions must be strings (or binary holding "
+                         f"UTF-8): convert the column, e.g. join a list of sentences into one string")
+
+
 def _read_manifest_rows(path: str) -> list[tuple[int, dict]]:
     """(row number for messages, row dict). CSV rows count from 2 (line 1 is the header)."""
     lower = path.lower()
@@ -138,8 +162,9 @@ def _read_manifest_rows(path: str) -> list[tuple[int, dict]]:
         import pyarrow.parquet as pq
 
         table = pq.read_table(io.BytesIO(read_bytes(path)))
+        _check_caption_column(path, table)
         return list(enumerate(table.to_pylist(), start=1))
-    text = read_bytes(path).decode("utf-8-sig")
+    text = _decode_manifest(path, read_bytes(path))
     if lower.endswith(".csv"):
         reader = csv.DictReader(io.StringIO(text))
         return [(i, {k: (v if v != "" else None) for k, v in row.items()}) for i, row in enumerate(reader, start=2)]
@@ -172,6 +197,52 @@ def _to_label(value, where: str) -> int | None:
         raise ValueError(f"{where}: label {value!r} is not an integer") from None
 
 
+def _utf8_text(value, where: str, column: str) -> str:
+    """A text field that must be stored as-is (key, uri, class name): valid UTF-8 or a clear error."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: column {column!r} is not valid UTF-8 (character {e.start}: "
+                         f"{text[e.start]!r}); fix the manifest") from None
+    return text
+
+
+def caption_text(value, where: str) -> str | None:
+    """A provided caption as text. Binary is decoded as UTF-8; bytes that are not UTF-8 are kept as
+    surrogate escapes, which `caption_problem` reports, so the row is dead-lettered, not mangled."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    raise ValueError(f"{where}: column 'caption' holds {type(value).__name__} ({str(value)[:40]!r}); captions must "
+                     f"be strings: fix this row of the manifest")
+
+
+def caption_problem(caption: str | None) -> tuple[str, str] | None:
+    """(error_type, message) when a caption cannot be stored as UTF-8, else None."""
+    if caption is None:
+        return None
+    try:
+        caption.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return "invalid_utf8", (f"caption is not valid UTF-8 (a lone surrogate or undecodable byte at character "
+                                f"{e.start}); fix the caption in the input data")
+    return None
+
+
+def _split_of(row: dict, split: str) -> str:
+    """The row's split compared with the requested one, case-insensitively: "match", "other" (a
+    known split name; that run takes it), or "unknown". No split value: the requested split's."""
+    value = row.get("split")
+    if value is None or str(value).strip() == "":
+        return "match"
+    norm = str(value).strip().lower()
+    if norm == split.lower():
+        return "match"
+    return "other" if norm in SPLIT_DIR_NAMES else "unknown"
+
+
 def _manifest_records(path: str, split: str, class_names: list[str] | None) -> list[ImageRecord]:
     rows = _read_manifest_rows(path)
     if not rows:
@@ -179,20 +250,20 @@ def _manifest_records(path: str, split: str, class_names: list[str] | None) -> l
     if not any("uri" in row for _, row in rows):
         raise ValueError(f"{path}: manifest has no 'uri' column (columns: {sorted(rows[0][1])})")
     base = parent_dir(path)
-    has_split = any("split" in row for _, row in rows)
     records, seen = [], {}
     for num, row in rows:
         where = f"{path} row {num}"
-        if has_split and row.get("split") != split:
+        belongs = _split_of(row, split)
+        if belongs == "other":
             continue
         uri = row.get("uri")
         if not uri:
             raise ValueError(f"{where}: empty 'uri'")
-        uri = str(uri)
+        uri = _utf8_text(uri, where, "uri")
         full = uri if (is_remote(uri) or os.path.isabs(uri)) else join_path(base, uri)
         scheme, sep, rest = full.rpartition("://")
         full = scheme + sep + (posixpath.normpath(rest) if sep else os.path.normpath(rest))  # resolve "../"
-        key = str(row["key"]) if row.get("key") is not None else strip_ext(uri)
+        key = _utf8_text(row["key"], where, "key") if row.get("key") is not None else strip_ext(uri)
         if key in seen:
             raise ValueError(f"{path}: duplicate key {key!r} in row {seen[key]} and row {num}")
         seen[key] = num
@@ -202,9 +273,14 @@ def _manifest_records(path: str, split: str, class_names: list[str] | None) -> l
             if not 0 <= label < len(class_names):
                 raise ValueError(f"{where}: label {label} outside the {len(class_names)} given class names")
             class_name = class_names[label]
-        caption = row.get("caption")
-        records.append(ImageRecord(key, split, full, label, None if class_name is None else str(class_name),
-                                   None if caption is None else str(caption)))
+        caption = caption_text(row.get("caption"), where)
+        problem = caption_problem(caption)
+        if belongs == "unknown":
+            problem = ("unknown_split", f"split {row['split']!r} is neither the requested {split!r} nor a known "
+                                        f"split name ({', '.join(sorted(SPLIT_DIR_NAMES))}); fix the manifest row")
+        records.append(ImageRecord(key, split, full, label,
+                                   None if class_name is None else _utf8_text(class_name, where, "class_name"),
+                                   None if problem else caption, *(problem or (None, None))))
     if not records:
         raise ValueError(f"{path}: no rows with split={split!r}")
     return records
@@ -263,7 +339,10 @@ def _hf_records(input_path: str, split: str, image_column: str, label_column: st
             raise ValueError(f"{target} [{hf_split}] row {i}: label {label} outside the {len(names)} class names")
         cname = names[label] if names is not None and label is not None else None
         uri = f"hf://{target}?split={hf_split}&column={image_column}#{i}"
-        records.append(ImageRecord(keys[i], split, uri, label, cname, captions[i]))
+        caption = caption_text(captions[i], f"{target} [{hf_split}] row {i}")
+        problem = caption_problem(caption)
+        records.append(ImageRecord(keys[i], split, uri, label, cname, None if problem else caption,
+                                   *(problem or (None, None))))
     return records
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -100,18 +99,27 @@ def read_meta(path: str) -> dict[str, Any]:
 
 
 def write_table_atomic(table: pa.Table, path: str, row_group_size: int | None = None,
-                       compression: str = "zstd", **kwargs) -> str:
+                       compression: str = "zstd", fault_point: str | None = None, **kwargs) -> str:
     """Write a Parquet file to `path` atomically (temp file + rename), local or remote.
 
-    Local paths use os.replace; other filesystems (gs://, s3://) go through Beam's
-    FileSystems, whose object stores make a single upload atomic anyway.
+    Local paths use os.replace from a temp name that never matches `*.parquet`
+    (`textok.atomic.temp_path`), so a kill between write and rename leaves nothing a reader
+    globbing `*.parquet` would count; the writer's next run removes it (`clean_temps`). Other
+    filesystems (gs://, s3://) go through Beam's FileSystems, whose object stores make a single
+    upload atomic anyway. `fault_point` names the moment between write and rename for the
+    fault-matrix tests (textok.faults).
     """
+    from textok.atomic import temp_path
+    from textok.faults import maybe_fail
+
     if "://" not in path:
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        tmp = temp_path(os.path.join(d, os.path.basename(path)))
         try:
             pq.write_table(table, tmp, row_group_size=row_group_size, compression=compression, **kwargs)
+            if fault_point:
+                maybe_fail(fault_point)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -117,9 +117,10 @@ class _Server(ThreadingHTTPServer):
 
 class FakeGemini:
     def __init__(self, script: Script = None, default: Optional[Behaviour] = None,
-                 api_key: Optional[str] = None):
+                 api_key: Optional[str] = None, echo_key: bool = False):
         self.default = default or ok()
         self.api_key = api_key            # when set, other keys get the real API_KEY_INVALID 400
+        self.echo_key = echo_key          # hostile: every error body quotes the key it received
         self.requests: list[RecordedRequest] = []
         self._script = script
         self._queue = list(script) if isinstance(script, list) else None
@@ -220,6 +221,10 @@ def _make_handler(fake: FakeGemini):
             pass
 
         def _send(self, status: int, payload: Union[bytes, dict], headers: Optional[dict] = None) -> None:
+            if fake.echo_key and status >= 400 and isinstance(payload, dict) and "error" in payload:
+                key = self.headers.get("x-goog-api-key")
+                payload = {"error": dict(payload["error"], message=f"{payload['error'].get('message')} "
+                                                                   f"(key={key}, url={self.path}?key={key})")}
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             try:
                 self.send_response(status)

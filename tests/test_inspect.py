@@ -118,10 +118,14 @@ def test_cli_prepare_from_images(t5_dir, tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
-    n_train = s["caption_train"]["captioned"] if "captioned" in s["caption_train"] else None
-    assert s["encode"]["rows"] + s["encode"]["dead_letter"] == sum(
+    with open(tmp_path / "demo" / "manifest.jsonl") as f:
+        n_train = sum(json.loads(line).get("split", "train") == "train" for line in f if line.strip())
+    assert 0 < n_train < 30
+    # every train row of the manifest is captioned (provided captions, valid images), then encoded
+    assert s["caption_train"]["captioned"] == n_train and s["caption_train"]["dead_letter"] == 0
+    assert n_train == sum(
         pq.ParquetFile(f).metadata.num_rows for f in _files(os.path.join(out, "caption", "train", "captions")))
-    assert n_train is None or n_train == s["encode"]["rows"]
+    assert s["encode"]["rows"] == n_train and s["encode"]["dead_letter"] == 0
     assert os.path.exists(os.path.join(out, "pools", "val.parquet")) and s["pools"]["rows"] > 0
     # rerun: nothing re-captioned, nothing re-encoded
     r2 = CliRunner().invoke(main, args)

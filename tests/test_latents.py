@@ -17,12 +17,18 @@ from textok.trainer.data.latents import ExtractConfig, LatentLoader, extract_lat
 TEXT_DIM, MAX_TOKENS, NUM_TOKENS = 16, 8, 8
 
 
-def make_tokenizer(path, seed: int = 0, text_dim: int = TEXT_DIM) -> str:
+def make_tokenizer(path, seed: int = 0, text_dim: int = TEXT_DIM, encoder: str | None = "tiny-t5",
+                   text_mode: str = "both") -> str:
+    """A tiny random TexTok saved as train-tokenizer exports it: with the record of its text
+    encoder (`encoder=None`: without one, as a hand-saved model)."""
     from textok.trainer.models.textok import TexTok, textok_config
+    from textok.trainer.training.train_tokenizer import write_text_encoder
 
     torch.manual_seed(seed)
-    TexTok(textok_config("tiny", text_dim=text_dim, max_text_tokens=MAX_TOKENS, num_tokens=NUM_TOKENS)) \
-        .save_pretrained(str(path))
+    TexTok(textok_config("tiny", text_dim=text_dim, max_text_tokens=MAX_TOKENS, num_tokens=NUM_TOKENS,
+                         text_mode=text_mode)).save_pretrained(str(path))
+    if encoder is not None:
+        write_text_encoder({"encoder": encoder, "D": text_dim, "max_tokens": MAX_TOKENS}, str(path))
     return str(path)
 
 
@@ -33,7 +39,7 @@ def make_latents(root, encoder: str = "tiny-t5", with_text: bool = True, rows_pe
              "latents": os.path.join(root, "latents")}
     write_shards(paths["shards"], num_files=2, rows_per_file=rows_per_file, dim=text_dim, max_tokens=MAX_TOKENS,
                  image_size=32, encoder=encoder)
-    make_tokenizer(paths["tok"], text_dim=text_dim)
+    make_tokenizer(paths["tok"], text_dim=text_dim, encoder=encoder)
     paths["summary"] = extract_latents(ExtractConfig(tokenizer=paths["tok"], shards=paths["shards"],
                                                      output=paths["latents"], batch_size=5, device="cpu",
                                                      with_text=with_text, num_workers=0))
@@ -148,7 +154,25 @@ def test_shards_of_another_text_encoder_refused(lat, tmp_path):
     check_text_encoder(tok, {"encoder": "tiny-t5", "encoder_hash": "sha256:aaa"}, "shards")
     with pytest.raises(SchemaError, match="encoder_hash='sha256:bbb'.*encoder_hash='sha256:aaa'"):
         check_text_encoder(tok, {"encoder": "tiny-t5", "encoder_hash": "sha256:bbb"}, "shards")
-    check_text_encoder(lat["tok"], {"encoder": "other"}, "shards")  # a tokenizer without a record: unchecked
+    # the same weights through another path: the hash decides, not the path string
+    write_text_encoder({"encoder": "/models/a/t5", "encoder_hash": "sha256:aaa", "D": TEXT_DIM}, tok)
+    check_text_encoder(tok, {"encoder": "/mnt/copy/t5", "encoder_hash": "sha256:aaa", "D": TEXT_DIM}, "shards")
+    with pytest.raises(SchemaError, match="D=32.*D=16"):
+        check_text_encoder(tok, {"encoder": "/mnt/copy/t5", "encoder_hash": "sha256:aaa", "D": 32}, "shards")
+
+
+def test_tokenizer_without_an_encoder_record_is_refused_unless_it_ignores_text(lat, tmp_path):
+    """Decision (issue 10): a text-reading tokenizer with no text_encoder.json cannot prove which
+    embedding space it learned, so extract-latents refuses it instead of accepting any encoder."""
+    bare = make_tokenizer(tmp_path / "bare", encoder=None)
+    with pytest.raises(SchemaError, match="no text_encoder.json.*tokenizer/ folder train-tokenizer exports"):
+        extract_latents(ExtractConfig(tokenizer=bare, shards=lat["shards"], output=str(tmp_path / "out"),
+                                      device="cpu", num_workers=0))
+    assert not os.path.exists(tmp_path / "out")
+    no_text = make_tokenizer(tmp_path / "none", encoder=None, text_mode="none")
+    s = extract_latents(ExtractConfig(tokenizer=no_text, shards=lat["shards"], output=str(tmp_path / "out2"),
+                                      device="cpu", num_workers=0))
+    assert s["files_written"] == 2
 
 
 def test_loader_batches_resume_and_text(lat):

@@ -201,27 +201,33 @@ def test_eval_tokenizer_writes_json_and_grid(shards, tmp_path):
     assert grid.size == (2 + 2 * 34, 2 + 3 * 34)  # originals | reconstructions of the first batch (3 rows)
 
 
-def test_compare_table_has_gain_vs_no_text_baseline(tmp_path):
+def test_compare_table_has_gain_vs_no_text_baseline(shards, tmp_path):
+    """The table compares real eval-tokenizer results: a text run against its no-text baseline at the same N."""
     from click.testing import CliRunner
 
     from textok.cli import main
 
-    def fake_eval(name, mode, n, rfid):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "eval.json").write_text(json.dumps(
-            {"image_size": 256, "num_tokens": n, "text_mode": mode, "rfid": rfid, "psnr": 20.0, "ssim": 0.5,
-             "lpips": None, "inception_score": None, "num_samples": 100}))
-        return str(tmp_path / name)
-
-    runs = [fake_eval("tok32", "both", 32, 2.4), fake_eval("base32", "none", 32, 3.8),
-            fake_eval("tok64", "both", 64, 1.53), fake_eval("base64", "none", 64, 2.04)]
-    res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--compare", *runs])
+    runs = {}
+    for mode in ("both", "none"):
+        train(tiny(shards, tmp_path / mode, steps=2, text_mode=mode))
+        res = CliRunner().invoke(main, ["eval-tokenizer", "--ckpt", str(tmp_path / mode), "--shards", shards,
+                                        "--split", "train", "--output", str(tmp_path / mode / "eval"),
+                                        "--num-samples", "6", "--batch-size", "3", "--num-workers", "0",
+                                        "--device", "cpu"])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        runs[mode] = json.load(open(tmp_path / mode / "eval" / "eval.json"))
+        assert runs[mode]["text_mode"] == mode and runs[mode]["num_tokens"] == 8 and runs[mode]["rfid"] > 0
+    assert runs["both"]["rfid"] != runs["none"]["rfid"]  # two different models were measured
+    res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--compare",
+                                    str(tmp_path / "both" / "eval"), str(tmp_path / "none" / "eval")])
     assert res.exit_code == 0, res.output
-    lines = (tmp_path / "cmp.md").read_text().splitlines()
-    assert len(lines) == 6
-    assert "tok32 | both | 256 | 32 | 2.400 | -36.8 % |" in lines[3]
-    assert "tok64 | both | 256 | 64 | 1.530 | -25.0 % |" in lines[5]
-    assert "base32 | none | 256 | 32 | 3.800 | — |" in lines[2]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in (tmp_path / "cmp.md").read_text().splitlines()[2:]]
+    assert len(rows) == 2
+    gain = 100 * (runs["both"]["rfid"] - runs["none"]["rfid"]) / runs["none"]["rfid"]
+    both, none = (next(r for r in rows if r[1] == mode) for mode in ("both", "none"))
+    assert both[1:4] == ["both", "32", "8"] and none[1:4] == ["none", "32", "8"]
+    assert float(both[4]) == pytest.approx(runs["both"]["rfid"], abs=5e-4)
+    assert both[5] == f"{gain:+.1f} %" and none[5] == "—"
 
 
 def test_config_file_yaml_and_json_overrides_and_unknown_key(tmp_path):

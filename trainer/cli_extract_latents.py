@@ -23,4 +23,8 @@ def extract_latents_cmd(**kw):
     """Run the tokenizer over the shards (centre crop, no flip); write latent shards + Z statistics."""
     from textok.trainer.data.latents import ExtractConfig, extract_latents
 
-    click.echo(json.dumps(extract_latents(ExtractConfig(**kw)), indent=2))
+    try:
+        summary = extract_latents(ExtractConfig(**kw))
+    except (ValueError, FileNotFoundError) as e:  # SchemaError is a ValueError: bad input, one clear line
+        raise click.ClickException(str(e)) from e
+    click.echo(json.dumps(summary, indent=2))

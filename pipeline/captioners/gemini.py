@@ -259,10 +259,10 @@ class GeminiCaptioner(RemoteCaptioner):
             return _Attempt(error_type="connection_error", message=f"{type(e).__name__}: {e}", retry=True,
                             maybe_billed=False)
         except auth_errors.GoogleAuthError as e:  # Vertex AI: no or unusable application-default credentials
-            raise GeminiConfigError(
+            raise GeminiConfigError(self._redact(
                 f"Vertex AI credentials for project {self.vertex_project!r} are missing or invalid "
                 f"({type(e).__name__}: {e}); run `gcloud auth application-default login` or set "
-                "GOOGLE_APPLICATION_CREDENTIALS, or use the Developer API with GEMINI_API_KEY") from e
+                "GOOGLE_APPLICATION_CREDENTIALS, or use the Developer API with GEMINI_API_KEY")) from None
         except ValueError as e:  # json.JSONDecodeError, pydantic ValidationError: a garbled body
             return _Attempt(error_type="malformed_response", message=f"{type(e).__name__}: {str(e)[:300]}",
                             retry=True)
@@ -276,9 +276,11 @@ class GeminiCaptioner(RemoteCaptioner):
         msg = self._redact(f"HTTP {code} {status}: {e.message or ''}".strip())
         if code in (401, 403) or reasons & _AUTH_REASONS:
             where = "Vertex AI project/location" if self.vertex_project else "GEMINI_API_KEY / GOOGLE_API_KEY"
-            raise GeminiConfigError(f"Gemini rejected the credentials ({msg}); check {where}")
+            # `from None`: this runs inside `except APIError`, whose text (the raw body, which a
+            # server or proxy may fill with the key) would otherwise print as the chained context
+            raise GeminiConfigError(f"Gemini rejected the credentials ({msg}); check {where}") from None
         if code == 404:
-            raise GeminiConfigError(f"Gemini does not know model {self.model_id!r} ({msg}); check --model")
+            raise GeminiConfigError(f"Gemini does not know model {self.model_id!r} ({msg}); check --model") from None
         retry = code in (408, 429) or code >= 500
         return _Attempt(error_type=f"http_{code}", message=msg, retry=retry, maybe_billed=False,
                         hint_s=retry_hint_s(e) if retry else None)

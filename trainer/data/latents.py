@@ -22,7 +22,6 @@ combined from them exactly, whatever the file split, and also written to OUTPUT/
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -34,6 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from textok.atomic import clean_temps, require_output_dir, write_json_atomic
+from textok.faults import maybe_fail
 from textok.progress import Progress
 from textok.schemas.common import SchemaError, count_rows, validate_file, with_metadata, write_table_atomic
 from textok.schemas.latents import latents_schema, moments, read_latent_meta, z_column, z_view
@@ -136,13 +137,18 @@ def extract_latents(cfg: ExtractConfig) -> dict:
     from textok.trainer.models.textok import TexTok
 
     start = time.time()
+    require_output_dir(cfg.output)
     with distributed(cfg.device) as dist:
         tok_path = tokenizer_dir(cfg.tokenizer, "--tokenizer")
         tok_sha = file_sha256(os.path.join(tok_path, "model.safetensors"))
         model = TexTok.from_pretrained(tok_path).eval().to(dist.device)
         files = resolve_shards(cfg.shards, cfg.split)
         shard_meta = check_shard_meta(files, text_dim=model.cfg.text_dim)
-        check_text_encoder(tok_path, shard_meta, cfg.shards)
+        check_text_encoder(tok_path, shard_meta, cfg.shards, require_record=model.cfg.text_mode != "none")
+        if dist.is_main:
+            clean_temps(cfg.output)  # temp files of a killed run (none in flight: ranks start together)
+        if dist.enabled:
+            torch.distributed.barrier()
         names = [os.path.basename(f) for f in files]
         if len(set(names)) != len(names):
             raise ValueError(f"{cfg.shards}: shard file names repeat across folders; latent files are named after "
@@ -168,7 +174,9 @@ def extract_latents(cfg: ExtractConfig) -> dict:
             z = np.stack([zs[k] for k in keys])
             meta = dict(_latent_meta(shard_meta, tok_path, tok_sha, model, cfg.with_text),
                         source=shard, num_rows=len(keys))
-            write_table_atomic(latent_table(source, z, meta, cfg.with_text), out, row_group_size=LATENT_ROW_GROUP)
+            write_table_atomic(latent_table(source, z, meta, cfg.with_text), out, row_group_size=LATENT_ROW_GROUP,
+                               fault_point="latents.after_write_before_rename")
+            maybe_fail("latents.after_rename")
             rows += len(keys)
             done += 1
             log.debug("latents %s: %d rows", out, len(keys))
@@ -180,8 +188,7 @@ def extract_latents(cfg: ExtractConfig) -> dict:
                    "rows_this_rank": rows, "count": stats["count"], "mean": stats["mean"], "std": stats["std"],
                    "tokenizer": tok_path, "wall_s": round(time.time() - start, 2)}
         if dist.is_main:
-            with open(os.path.join(cfg.output, "stats.json"), "w") as f:
-                json.dump({k: v for k, v in stats.items() if k != "moments"}, f, indent=2, default=str)
+            write_json_atomic({k: v for k, v in stats.items() if k != "moments"}, os.path.join(cfg.output, "stats.json"))
         return summary
 
 

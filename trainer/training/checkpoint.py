@@ -21,13 +21,14 @@ import logging
 import os
 import random
 import shutil
-import uuid
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as tdist
 
+from textok.atomic import clean_temps, require_output_dir, temp_name, write_json_atomic
+from textok.faults import maybe_fail
 from textok.trainer.training.distributed import Dist
 
 log = logging.getLogger(__name__)
@@ -108,20 +109,23 @@ class Checkpointer:
             return None
         name = f"step-{step:06d}"
         final = os.path.join(self.root, name)
-        tmp = os.path.join(self.root, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+        clean_temps(self.root)  # what a save killed earlier left (only rank 0 writes here)
+        tmp = os.path.join(self.root, temp_name(name))
         os.makedirs(tmp)
         try:
             for wname, sd in weights.items():
                 save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()},
                           os.path.join(tmp, f"{wname}.safetensors"))
             torch.save(plain({"step": step, **state}), os.path.join(tmp, "state.pt"))
+            maybe_fail("checkpoint.temp_written")
             if os.path.exists(final):  # re-saving the same step (e.g. final == last periodic)
                 shutil.rmtree(final)
             os.replace(tmp, final)
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)
-        pointer_tmp = os.path.join(self.root, f".latest-{uuid.uuid4().hex[:8]}")
+        maybe_fail("checkpoint.before_latest")
+        pointer_tmp = os.path.join(self.root, temp_name("latest"))
         with open(pointer_tmp, "w") as f:
             f.write(name)
         os.replace(pointer_tmp, os.path.join(self.root, "latest"))
@@ -185,6 +189,7 @@ def start_or_resume(output: str, resolved: dict, resume: bool, ckpt: Checkpointe
     """With `resume`, continue from the latest checkpoint (`restore(path)` -> its step) after checking
     OUTPUT/config.json describes the same model and loss; then (rank 0) write `resolved` there.
     Returns the step to start from."""
+    require_output_dir(output)
     config_path = os.path.join(output, "config.json")
     step, latest = 0, ckpt.latest() if resume else None
     if latest:
@@ -194,7 +199,5 @@ def start_or_resume(output: str, resolved: dict, resume: bool, ckpt: Checkpointe
     elif resume:
         log.warning("--resume: no checkpoint under %s yet; starting from step 0", ckpt.root)
     if dist.is_main:
-        os.makedirs(output, exist_ok=True)
-        with open(config_path, "w") as f:
-            json.dump(resolved, f, indent=2, default=str)
+        write_json_atomic(resolved, config_path)
     return step

@@ -19,13 +19,13 @@ at the end dit/ (EMA weights via DiT.save_pretrained + latent_stats.json: what `
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from textok.atomic import atomic_dir, write_json_atomic
 from textok.trainer.evaluation.grid import save_pairs
 from textok.trainer.data.latents import LatentLoader, max_label
 from textok.trainer.training.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
@@ -234,11 +234,10 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
 
     out = os.path.join(cfg.output, "dit")
     if dist.is_main:
-        with ema.swapped(model):
-            model.save_pretrained(out, card={"data": cfg.latents, "tokenizer": stats.get("tokenizer"), "steps": step,
+        with atomic_dir(out) as tmp, ema.swapped(model):  # readers never see a half-written dit/
+            model.save_pretrained(tmp, card={"data": cfg.latents, "tokenizer": stats.get("tokenizer"), "steps": step,
                                              "batch size": cfg.batch_size, "metrics": logger.last})
-        with open(os.path.join(out, STATS_NAME), "w") as f:
-            json.dump(stats, f, indent=2)
+            write_json_atomic(stats, os.path.join(tmp, STATS_NAME))
         logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from textok.atomic import atomic_dir, write_json_atomic
 from textok.schemas.common import SchemaError
 from textok.trainer.data.loader import ShardLoader
 from textok.trainer.evaluation.grid import save_pairs
@@ -113,9 +114,7 @@ def write_text_encoder(shard_meta: dict, *dirs: str) -> dict:
     the tokenizer only understands embeddings of that encoder, so extract-latents checks it."""
     record = {k: shard_meta[k] for k in TEXT_ENCODER_KEYS if shard_meta.get(k) is not None}
     for d in dirs:
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, TEXT_ENCODER_FILE), "w") as f:
-            json.dump(record, f, indent=2)
+        write_json_atomic(record, os.path.join(d, TEXT_ENCODER_FILE))
     return record
 
 
@@ -128,19 +127,30 @@ def read_text_encoder(tok_dir: str) -> dict | None:
         return json.load(f)
 
 
-def check_text_encoder(tok_path: str, shard_meta: dict, shards: str) -> None:
-    """Refuse shards encoded by another text encoder than the tokenizer was trained on (both
-    sides must record one: tokenizers saved before text_encoder.json existed are not checked)."""
+def check_text_encoder(tok_path: str, shard_meta: dict, shards: str, require_record: bool = False) -> None:
+    """Refuse shards encoded by another text encoder than the tokenizer was trained on. Identity
+    is the weights' hash when both sides record one (the same T5 through another path is the same
+    encoder), else the encoder id (pipeline.encoder_identity). A tokenizer without a record is
+    refused when `require_record` (extract-latents and eval-tokenizer of a text-reading
+    tokenizer: its text tokens would be read in a space it never saw) and unchecked otherwise."""
+    from textok.pipeline.encoder_identity import encoder_differences
+
     recorded = read_text_encoder(tok_path)
-    if not recorded or not recorded.get("encoder") or not shard_meta.get("encoder"):
+    if not recorded or not recorded.get("encoder"):
+        if require_record:
+            raise SchemaError(f"{tok_path}: no {TEXT_ENCODER_FILE}, so nothing says which text encoder this tokenizer "
+                              f"was trained with; use the tokenizer/ folder train-tokenizer exports, or write "
+                              f"{TEXT_ENCODER_FILE} (trainer.training.train_tokenizer.write_text_encoder) for it")
         return
-    for key in ("encoder", "encoder_hash", "encoder_revision"):
-        theirs, ours = recorded.get(key), shard_meta.get(key)
-        if theirs is not None and ours is not None and theirs != ours:
-            raise SchemaError(f"{shards}: the shards were encoded with text encoder {key}={ours!r}, but tokenizer "
-                              f"{tok_path} was trained on shards of {key}={theirs!r} (its {TEXT_ENCODER_FILE}); "
-                              f"encode the shards with {recorded['encoder']!r} or use a tokenizer trained on "
-                              f"{shard_meta['encoder']!r} embeddings")
+    if not shard_meta.get("encoder"):
+        return
+    diffs = encoder_differences(shard_meta, recorded)
+    if diffs:
+        key = diffs[0]
+        raise SchemaError(f"{shards}: the shards were encoded with text encoder {key}={shard_meta.get(key)!r}, but "
+                          f"tokenizer {tok_path} was trained on shards of {key}={recorded.get(key)!r} (its "
+                          f"{TEXT_ENCODER_FILE}); encode the shards with {recorded['encoder']!r} or use a tokenizer "
+                          f"trained on {shard_meta['encoder']!r} embeddings")
 
 
 # ----------------------------------------------------------------------------- builders
@@ -288,10 +298,10 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
 
     out = os.path.join(cfg.output, "tokenizer")
     if dist.is_main:
-        with ema.swapped(model):
-            model.save_pretrained(out, card={"data": cfg.shards, "steps": step, "batch size": cfg.batch_size,
+        with atomic_dir(out) as tmp, ema.swapped(model):  # readers never see a half-written tokenizer/
+            model.save_pretrained(tmp, card={"data": cfg.shards, "steps": step, "batch size": cfg.batch_size,
                                              "text encoder": loader.meta.get("encoder"), "metrics": logger.last})
-        write_text_encoder(loader.meta, out)
+            write_text_encoder(loader.meta, tmp)
         logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
 
