@@ -8,17 +8,21 @@ import json
 
 import click
 
-from textok.pipeline.cli_options import _progress_logging
+from textok.pipeline.cli_options import _BEAM, _progress_logging
 
 
-@click.command("compact")
+@click.command("compact", context_settings=_BEAM)
 @click.argument("output_dir")
 @click.option("--rows-per-file", type=int, default=200_000, show_default=True)
-def compact_cmd(output_dir: str, rows_per_file: int) -> None:
-    """Merge caption part files in DIR into sorted files, one row per key."""
+@click.pass_context
+def compact_cmd(ctx, output_dir: str, rows_per_file: int) -> None:
+    """Merge caption part files in DIR into sorted files, one row per key (DIR may be gs:// or s3://;
+    filesystem options such as --s3_endpoint_url pass through to Beam)."""
     from textok.pipeline.caption_store import compact
+    from textok.pipeline.remote_io import set_filesystem_options
 
     _progress_logging()
+    set_filesystem_options(ctx.args)
     try:
         stats = compact(output_dir, rows_per_file)
     except (ValueError, FileNotFoundError) as e:

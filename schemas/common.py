@@ -84,7 +84,12 @@ def with_metadata(schema: pa.Schema, table: str, stage: str, meta: dict[str, Any
 
 def read_meta(path: str) -> dict[str, Any]:
     """Return {'schema_version', 'table', 'stage', 'meta'} of a textok Parquet file."""
-    md = pq.read_schema(path).metadata or {}
+    return meta_from_schema(pq.read_schema(parquet_source(path)), path)
+
+
+def meta_from_schema(schema: pa.Schema, path: str) -> dict[str, Any]:
+    """`read_meta` of a schema already read (`path` names the file in errors)."""
+    md = schema.metadata or {}
     if KEY_TABLE not in md:
         raise SchemaError(f"{path}: not a textok table (no {KEY_TABLE.decode()!r} in Parquet key-value metadata)")
     try:
@@ -103,8 +108,8 @@ def write_table_atomic(table: pa.Table, path: str, row_group_size: int | None = 
                        compression: str = "zstd", **kwargs) -> str:
     """Write a Parquet file to `path` atomically (temp file + rename), local or remote.
 
-    Local paths use os.replace; other filesystems (gs://, s3://) go through Beam's
-    FileSystems, whose object stores make a single upload atomic anyway.
+    Local paths use os.replace; other filesystems (gs://, s3://) write an in-flight name outside
+    the `*.parquet` glob and rename it through Beam's FileSystems (`pipeline.remote_io`).
     """
     if "://" not in path:
         d = os.path.dirname(os.path.abspath(path))
@@ -117,17 +122,29 @@ def write_table_atomic(table: pa.Table, path: str, row_group_size: int | None = 
             if os.path.exists(tmp):
                 os.remove(tmp)
         return path
-    from apache_beam.io.filesystems import FileSystems
+    from textok.pipeline.remote_io import write_bytes_atomic
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=row_group_size, compression=compression, **kwargs)
-    with FileSystems.create(path) as f:
-        f.write(sink.getvalue().to_pybytes())
-    return path
+    return write_bytes_atomic(sink.getvalue().to_pybytes(), path)
+
+
+def parquet_source(path: str):
+    """What pyarrow opens: a local path as is, a remote one (gs://, s3://) as a Beam stream."""
+    if "://" not in path:
+        return path
+    from textok.pipeline.remote_io import open_input
+
+    return open_input(path)
 
 
 def list_parquet(path: str) -> list[str]:
-    """Parquet files under a directory (recursively, sorted, hidden/temp files skipped), or [path]."""
+    """Parquet files under a directory (recursively, sorted, hidden/temp files skipped), or [path].
+    Remote folders (gs://, s3://) are listed through Beam's FileSystems."""
+    if "://" in path:
+        from textok.pipeline.remote_io import list_remote_parquet
+
+        return list_remote_parquet(path)
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
@@ -155,10 +172,10 @@ def check_schema(path: str, actual: pa.Schema, expected: pa.Schema) -> None:
 def validate_file(path: str, expect_table: str | None = None) -> dict[str, Any]:
     """Validate one textok Parquet file; return its metadata dict plus 'num_rows'."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(parquet_source(path))
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError on corrupt files
         raise SchemaError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
-    info = read_meta(path)
+    info = meta_from_schema(pf.schema_arrow, path)
     if info["schema_version"] != SCHEMA_VERSION:
         raise SchemaError(f"{path}: metadata textok.schema_version is {info['schema_version']!r}, "
                           f"expected {SCHEMA_VERSION!r}")
