@@ -36,8 +36,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from textok.schemas.common import SchemaError, list_parquet, read_meta
-from textok.schemas.shards import text_emb_views
+from textok.schemas.common import SchemaError, list_parquet
+from textok.schemas.shards import SCALE_COLUMN, text_emb_arrays
+from textok.trainer.data.shard_files import is_remote, list_shard_files, open_parquet, shard_meta
 
 COLUMNS = ["key", "label", "caption", "image", "text_emb", "text_len"]
 
@@ -52,7 +53,12 @@ def resolve_shards(spec: str | Sequence[str], split: str | None = None) -> list[
     if isinstance(spec, (list, tuple)):
         return sorted({f for s in spec for f in resolve_shards(s, split)})
     spec = os.fspath(spec)
-    if any(c in spec for c in "*?["):
+    if is_remote(spec):  # s3:// or gs://, streamed through pyarrow.fs (trainer/data/shard_files.py)
+        files = list_shard_files(spec)
+        named = spec.endswith(".parquet") or any(c in spec for c in "*?[")
+        if split and not named:
+            files = [f for f in files if f.rsplit("/", 1)[-1].startswith(f"{split}-")]
+    elif any(c in spec for c in "*?["):
         files = sorted(glob.glob(spec, recursive=True))
     else:
         files = list_parquet(spec)
@@ -79,7 +85,7 @@ def check_shard_meta(files: Sequence[str], text_dim: int | None = None, max_toke
     source = {k: "the run's config" for k, v in expected.items() if v is not None}
     common = None
     for path in files:
-        info = read_meta(path)
+        info = shard_meta(path)
         if info["table"] != "shards":
             raise SchemaError(f"{path}: metadata textok.table is {info['table']!r}, expected 'shards'")
         meta = info["meta"]
@@ -107,12 +113,15 @@ class Unit:
 
     def read(self, columns: Sequence[str]):
         """This slice's rows of `columns` as a pyarrow Table."""
-        table = pq.ParquetFile(self.path).read_row_group(self.row_group, columns=list(columns))
+        pf = open_parquet(self.path)
+        if SCALE_COLUMN in pf.schema_arrow.names and "text_emb" in columns:  # int8 storage: its scales too
+            columns = list(columns) + [SCALE_COLUMN]
+        table = pf.read_row_group(self.row_group, columns=list(columns))
         return table.take(np.arange(self.offset, table.num_rows, self.stride)) if self.stride > 1 else table
 
 
 def plan_units(files: Sequence[str], num_streams: int) -> list[Unit]:
-    groups = [(f, rg) for f in files for rg in range(pq.ParquetFile(f).num_row_groups)]
+    groups = [(f, rg) for f in files for rg in range(open_parquet(f).num_row_groups)]
     if not groups:
         raise SchemaError(f"{files[0]}...: the shards hold no row groups")
     cuts = max(1, math.ceil(num_streams / len(groups)))
@@ -126,7 +135,7 @@ def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generat
     from textok.pipeline.images import ImageDecodeError, decode_image
 
     try:
-        img = decode_image(data, uri=where)
+        img = decode_image(data, uri=where, min_short_side=image_size)  # JPEG draft mode when >= 2x
     except ImageDecodeError as e:
         raise ValueError(f"{where}: image does not decode ({e.error_type}: {e.message}); the encode stage should have "
                          f"dead-lettered it -- re-run `textok encode` or drop the shard") from e
@@ -197,7 +206,7 @@ class ShardStream(IterableDataset):
     def _rows(self, units: list[Unit]) -> Iterator[tuple]:
         for u in units:
             table = u.read(COLUMNS)
-            embs = text_emb_views(table.column("text_emb"))  # zero-copy float16 [len, D]
+            embs = text_emb_arrays(table)  # float16 [len, D]: zero-copy, or decoded from int8
             cols = {c: table.column(c).to_pylist() for c in ("key", "label", "caption", "image", "text_len")}
             for i in range(table.num_rows):
                 if len(embs[i]) != cols["text_len"][i]:
