@@ -39,7 +39,8 @@ from textok.pipeline import remote_io as rio
 from textok.schemas.captions import DEAD_LETTER_SCHEMA
 from textok.schemas.common import (SchemaError, list_parquet, parquet_source, read_meta, with_metadata,
                                    write_table_atomic)
-from textok.schemas.shards import SCALE_COLUMN, shards_schema, text_emb_column, text_emb_int8_columns
+from textok.schemas.shards import (SCALE_COLUMN, parquet_write_options, shards_schema, text_emb_column,
+                                   text_emb_int8_columns)
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,9 @@ class WriteShardFn(beam.DoFn):
             write_table_atomic(dead_letter_table(dead, meta), path)
         elif rio.exists(path):  # left by a killed attempt whose failed reads now succeed
             rio.remove(path)
-        write_table_atomic(shards_table(rows, meta), _ShardPath(self.output_dir)(task), row_group_size=ROW_GROUP_SIZE)
+        table = shards_table(rows, meta)
+        write_table_atomic(table, _ShardPath(self.output_dir)(task), row_group_size=ROW_GROUP_SIZE,
+                           **parquet_write_options(table.schema))
         yield {"shard": task.name, "rows": len(rows), "dead_letter": len(dead)}
 
 

@@ -32,6 +32,7 @@ from textok.pipeline.encode_pipeline import (EncodeCaptions, caption_files, enco
                                              read_captions)
 from textok.schemas.common import parquet_source, read_meta, with_metadata, write_table_atomic
 from textok.schemas.pools import pools_schema
+from textok.schemas.shards import parquet_write_options
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class WritePoolPartFn(beam.DoFn):
 
     def process(self, element):
         label, rows, _ = element
-        write_table_atomic(pools_table(rows, self.meta), _PartPath(self.part_dir)(label))
+        table = pools_table(rows, self.meta)
+        write_table_atomic(table, _PartPath(self.part_dir)(label), **parquet_write_options(table.schema))
         yield label, len(rows)
 
 
@@ -105,7 +107,7 @@ def _merge_parts(part_files: list[str], path: str) -> None:
         for f in part_files:
             t = pq.read_table(parquet_source(f))
             if writer is None:
-                writer = pq.ParquetWriter(sink, t.schema, compression="zstd")
+                writer = pq.ParquetWriter(sink, t.schema, compression="zstd", **parquet_write_options(t.schema))
             writer.write_table(t)
         writer.close()
 

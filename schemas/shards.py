@@ -57,6 +57,16 @@ def shards_schema(dim: int, dtype: str = "float16") -> pa.Schema:
     ] + scale)
 
 
+def parquet_write_options(schema: pa.Schema) -> dict:
+    """`pq.write_table` options for a table with `text_emb`: float16 values without dictionary
+    encoding. float16 has only 65,536 values, so Parquet dictionary-encodes the column, which makes
+    it larger and its reads ~3.5x slower (measured: 75 vs 20 ms per 32 rows of [55, 1024]), and
+    reading is the loader's cost. int8 keeps it: there the dictionary is both smaller and fast."""
+    if schema.field("text_emb").type.value_type.value_type == pa.float16():
+        return {"use_dictionary": [n for n in schema.names if n != "text_emb"]}
+    return {}
+
+
 def quantize_int8(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float `[len, D]` -> (int8 `[len, D]`, float16 `[len]` scale): symmetric per-token absmax.
 
