@@ -28,9 +28,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR)
 
-# Every bench has CPU-sized defaults (a few minutes in all); gpu_check.py is its own target.
+# Every bench has CPU-sized defaults (a few minutes in all); gpu_check.py is its own target and
+# bench/_*.py are helpers, not benches.
 bench: $(STAMP)
-	for b in $(filter-out bench/gpu_check.py,$(wildcard bench/*.py)); do $(PY) $$b || exit 1; done
+	for b in $(filter-out bench/gpu_check.py bench/_%,$(wildcard bench/*.py)); do $(PY) $$b || exit 1; done
 
 # One call on a lent GPU (<= 8 min): JSON to stdout and bench/results/gpu_check.json.
 # Without CUDA it prints why and exits 0.

@@ -46,6 +46,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _report import emit  # noqa: E402
+
 # google/t5-v1_1-xl's config.json, written out so no download is needed (weights are random).
 T5_XL = dict(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_heads=32,
              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -373,12 +375,7 @@ def main(argv=None) -> int:
         failed = [n for n, r in report["sections"].items() if r["status"] == "error"]
         report["status"] = "failed: " + ", ".join(failed) if failed else "ok"
         code = 1 if failed else 0
-    text = json.dumps(report, indent=1, default=str)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(report, args.out)
     return code
 
 

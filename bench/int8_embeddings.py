@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,6 +26,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _report import emit  # noqa: E402
 
 WORDS = ("a an the red blue green yellow small large circle square triangle star on in near under above left right "
          "corner of with and background dark bright striped photo shows two three several dog cat car tree").split()
@@ -117,9 +119,9 @@ def tokenizer_comparison(tmp: str, images: int, steps: int, seed: int) -> dict:
 
     data = os.path.join(tmp, "demo")
     make_demo_data(data, n=images, size=32, seed=seed, val_fraction=0.2)
-    caps = {split: run_caption(os.path.join(data, "manifest.jsonl"), os.path.join(tmp, "caption", split), split=split,
-                               captioner="provided") and os.path.join(tmp, "caption", split)
-            for split in ("train", "val")}
+    caps = {split: os.path.join(tmp, "caption", split) for split in ("train", "val")}
+    for split, cap in caps.items():
+        run_caption(os.path.join(data, "manifest.jsonl"), cap, split=split, captioner="provided")
     out = {}
     for dtype in ("float16", "int8"):  # the same captions, encoded twice: only the storage differs
         run = os.path.join(tmp, dtype)
@@ -165,11 +167,7 @@ def main(argv=None) -> int:
                             "bytes": embedding_bytes(embs, tmp)}
         if not args.skip_training:
             result["tokenizer"] = tokenizer_comparison(tmp, args.images, args.steps, args.seed)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _report import emit  # noqa: E402
 
 SETS = {"prepared": (256, 256), "imagenet": (500, 375), "large": (1024, 768)}
 
@@ -174,11 +176,7 @@ def main(argv=None) -> int:
         result = {"bench": "loader_throughput", "cpu_count": os.cpu_count(), "python": platform.python_version(),
                   "image_size": args.image_size, "text_dim": args.text_dim, "goal_ratio_per_worker": 0.9,
                   "sets": {name: run_set(name, args, tmp) for name in args.sets.split(",")}}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
     return 0
 
 
