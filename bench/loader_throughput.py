@@ -12,7 +12,9 @@ then measures, in the same run and over the same image bytes:
   Parquet read + JPEG decode + resize + random crop + flip + float conversion + text padding;
   its ratio to the decode bound of the same decode mode is the goal (>= 0.9x per worker);
 - the same loader with draft mode off (full decode), so `draft_speedup` is what draft buys;
-- scaling with `--num-workers` (DataLoader worker processes), and MB/s of shard bytes read.
+- scaling with `--num-workers` (DataLoader worker processes), and MB/s of shard bytes read;
+- where a loader example's time goes: each step timed alone (Parquet read incl. the embedding
+  column, text padding, decode, resize + crop, tensor conversion).
 
 Three image sets: `prepared` (256x256, what `textok encode --image-size 256` stores: the loader
 only crops, so its ratio is the loader's own overhead), `imagenet` (500x375, about the ImageNet
@@ -132,6 +134,42 @@ def loader_rate(shards: str, image_size: int, batch_size: int, num_workers: int,
     return {"examples_per_s": round(n / dt, 1), "MB_per_s_read": round(n * bytes_per_row / dt / 1e6, 1)}
 
 
+def breakdown(shards: str, images: list[bytes], image_size: int, batch_size: int) -> dict:
+    """Milliseconds per example of each step the loader takes, timed alone (one pass, one thread)."""
+    import torch
+
+    from textok.pipeline.images import decode_image
+    from textok.trainer.data.loader import COLUMNS, Unit, pad_text, plan_units, resize_crop
+    from textok.schemas.shards import text_emb_arrays
+
+    units = plan_units(sorted(os.path.join(shards, f) for f in os.listdir(shards)), 1)
+    t0 = time.perf_counter()
+    tables = [Unit.read(u, COLUMNS) for u in units]
+    t_read = time.perf_counter() - t0
+    rows = sum(t.num_rows for t in tables)
+    embs = [e for t in tables for e in text_emb_arrays(t)]
+    t0 = time.perf_counter()
+    for i in range(0, len(embs), batch_size):
+        pad_text(embs[i:i + batch_size], 128, ["-"] * len(embs[i:i + batch_size]))
+    t_pad = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decoded = [decode_image(b, min_short_side=image_size) for b in images]
+    t_decode = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    crops = [resize_crop(img, image_size, True, rng) for img in decoded]
+    t_crop = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(0, len(crops), batch_size):
+        torch.stack([torch.from_numpy(c).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+                     for c in crops[i:i + batch_size]])
+    t_tensor = time.perf_counter() - t0
+    ms = lambda t, n: round(t / n * 1e3, 3)  # noqa: E731
+    return {"parquet_read_incl_text": ms(t_read, rows), "text_pad": ms(t_pad, len(embs)),
+            "decode_as_loader": ms(t_decode, len(images)), "resize_crop": ms(t_crop, len(images)),
+            "to_tensor_stack": ms(t_tensor, len(images))}
+
+
 def run_set(name: str, args, tmp: str) -> dict:
     import pyarrow.parquet as pq
 
@@ -151,6 +189,7 @@ def run_set(name: str, args, tmp: str) -> dict:
            "ratio_vs_decode_bound": round(one["draft"]["examples_per_s"] / bound["draft"], 3),
            "ratio_vs_decode_bound_draft_off": round(one["full"]["examples_per_s"] / bound["full"], 3),
            "draft_speedup": round(one["draft"]["examples_per_s"] / one["full"]["examples_per_s"], 2)}
+    out["breakdown_ms_per_example"] = breakdown(shards, images, args.image_size, args.batch_size)
     out["scaling"] = {str(w): rate(w, True) for w in args.num_workers if w > 0}
     return out
 

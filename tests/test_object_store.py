@@ -22,6 +22,8 @@ from textok.pipeline.pools import run_pools
 from textok.schemas.common import parquet_source, write_table_atomic
 from textok.trainer.data.loader import ShardLoader
 
+pytestmark = pytest.mark.slow  # four Beam pipelines against a local S3 server: ~1 min on 2 cores
+
 MULTI = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
 
 
