@@ -108,7 +108,9 @@ def check_nccl(device: torch.device, s: dict) -> dict:
     backend = "nccl" if device.type == "cuda" else "gloo"  # smoke: the same calls over gloo
     out = {"backend": backend}
     if backend == "nccl":
-        out["nccl_version"] = ".".join(map(str, torch.cuda.nccl.version()))
+        version = torch.cuda.nccl.version()
+        out["nccl_version"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+        torch.cuda.set_device(device.index or 0)
     t0 = time.perf_counter()
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     try:
