@@ -13,7 +13,8 @@
    way `textok encode` writes them (zstd), int8 / float16 -- goal: <= 0.55x;
 3. a tiny TexTok trained on int8 shards and on float16 shards of the same synthetic captioned
    images (MiniLM text), same seed, same steps: PSNR on the held-out split -- goal: within 0.1 dB;
-   beside it, float16 with another seed, the run-to-run spread the int8 gap should be judged by.
+   beside it, float16 with another seed, the run-to-run spread the int8 gap should be judged by,
+   and the float16-trained tokenizer evaluated on int8 val shards (precision alone).
 """
 from __future__ import annotations
 
@@ -88,12 +89,24 @@ def embedding_bytes(embs: list[np.ndarray], tmp: str) -> dict:
             "raw_float16_bytes_per_example": round(float(np.mean([e.size * 2 for e in embs])))}
 
 
-def train_and_eval(shards: str, out: str, steps: int, seed: int) -> dict:
+def val_psnr(tokenizer: str, shards: str) -> tuple[float, int]:
+    """Mean reconstruction PSNR of a saved TexTok over the `val` shards, and the image count."""
     import torch
 
     from textok.trainer.data.loader import ShardLoader
     from textok.trainer.evaluation.metrics import psnr
     from textok.trainer.models.textok import TexTok
+
+    model = TexTok.from_pretrained(tokenizer).eval()
+    values = []
+    with torch.no_grad():
+        for batch in ShardLoader(shards, 32, 64, split="val", train=False):
+            recon, _ = model(batch["images"], batch["text_emb"].float(), batch["text_mask"])
+            values.append(psnr(recon.float().clamp(-1, 1), batch["images"]))
+    return round(float(torch.cat(values).mean()), 4), int(sum(len(v) for v in values))
+
+
+def train_and_eval(shards: str, out: str, steps: int, seed: int) -> dict:
     from textok.trainer.training.train_tokenizer import load_config, train
 
     cfg = load_config(None, shards=shards, output=out, preset="tiny", image_size=32, patch_size=4, num_tokens=2,
@@ -101,15 +114,10 @@ def train_and_eval(shards: str, out: str, steps: int, seed: int) -> dict:
                       disc_start=10 ** 9, num_workers=0, save_every=steps, sample_every=10 ** 9, log_every=10 ** 9,
                       seed=seed, device="cpu")
     t0 = time.perf_counter()
-    model = TexTok.from_pretrained(train(cfg)).eval()
+    tokenizer = train(cfg)
     train_s = time.perf_counter() - t0
-    values = []
-    with torch.no_grad():
-        for batch in ShardLoader(shards, 32, 64, split="val", train=False):
-            recon, _ = model(batch["images"], batch["text_emb"].float(), batch["text_mask"])
-            values.append(psnr(recon.float().clamp(-1, 1), batch["images"]))
-    return {"psnr_val": round(float(torch.cat(values).mean()), 4), "train_s": round(train_s, 1),
-            "val_images": int(sum(len(v) for v in values))}
+    value, n = val_psnr(tokenizer, shards)
+    return {"psnr_val": value, "train_s": round(train_s, 1), "val_images": n, "tokenizer": tokenizer}
 
 
 def tokenizer_comparison(tmp: str, images: int, steps: int, seed: int) -> dict:
@@ -135,6 +143,11 @@ def tokenizer_comparison(tmp: str, images: int, steps: int, seed: int) -> dict:
     other = train_and_eval(os.path.join(tmp, "float16", "shards"), os.path.join(tmp, "float16", "tok2"), steps,
                            seed + 1)
     out["float16_other_seed"] = other
+    # Precision alone, without training's chaos: the float16-trained tokenizer fed int8 val text.
+    swapped, _ = val_psnr(out["float16"]["tokenizer"], os.path.join(tmp, "int8", "shards"))
+    out["float16_model_on_int8_val_psnr_difference_db"] = round(swapped - out["float16"]["psnr_val"], 4)
+    for r in (out["float16"], out["int8"], other):
+        r.pop("tokenizer")
     out["psnr_difference_db"] = round(out["int8"]["psnr_val"] - out["float16"]["psnr_val"], 4)
     out["seed_to_seed_difference_db"] = round(other["psnr_val"] - out["float16"]["psnr_val"], 4)
     out.update(steps=steps, images=images, seed=seed, preset="tiny 32 px, patch 4, N = 2")

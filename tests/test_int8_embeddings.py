@@ -7,9 +7,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
 from test_encode import make_captions_dir
 from test_text_encoder import build_tiny_t5
+from textok.cli import main
 from textok.pipeline.encode_pipeline import run_encode
 from textok.pipeline.inspect_table import inspect_table
 from textok.schemas.common import SchemaError, validate, validate_file, with_metadata
@@ -79,6 +81,8 @@ def test_encode_int8_shards_validate_decode_and_halve_the_embedding_bytes(encode
     ratio = r8["bytes_per_example"]["embedding"] / r16["bytes_per_example"]["embedding"]
     assert ratio < 0.7, ratio  # D = 64 here: (64 + 2) / 128 before compression
     assert r8["projected"]["embedding_GB"] < r16["projected"]["embedding_GB"]
+    r = CliRunner().invoke(main, ["inspect", str(root / "int8" / "shards"), "--project-rows", "1000"])
+    assert r.exit_code == 0 and "(int8)" in r.output and "projected for 1000 rows" in r.output, r.output
     with pytest.raises(RuntimeError, match="emb_dtype"):  # one output folder, one storage dtype
         run_encode(caps, str(root / "int8"), encoder=t5, rows_per_shard=5, device="cpu")
 
