@@ -142,7 +142,9 @@ def resize_crop(img: Image.Image, image_size: int, train: bool, rng: np.random.G
         top, left = int(rng.integers(0, rh - image_size + 1)), int(rng.integers(0, rw - image_size + 1))
     else:
         top, left = (rh - image_size) // 2, (rw - image_size) // 2
-    if scale == 1.0:
+    if (w, h) == (image_size, image_size):  # stored at the training size (encode --image-size): no work
+        pass
+    elif scale == 1.0:
         img = img.crop((left, top, left + image_size, top + image_size))
     else:
         sx, sy = rw / w, rh / h
