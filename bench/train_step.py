@@ -50,11 +50,12 @@ def synthetic_batch(batch: int, image_size: int, text_dim: int, max_tokens: int)
 
 
 def bench(preset: str, batch: int, steps: int, device: torch.device, with_disc: bool, perceptual: str,
-          image_size: int = 256, text_dim: int = 2048, max_tokens: int = 128) -> dict:
+          image_size: int = 256, text_dim: int = 2048, max_tokens: int = 128, num_tokens: int | None = None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     # load_config fills the sizes left unset (num_tokens, token_dim) from the preset, as the trainer does
     cfg = load_config(None, shards="-", output="-", preset=preset, image_size=image_size, patch_size=8,
+                      num_tokens=num_tokens,
                       steps=10_000, batch_size=batch, warmup=0, perceptual=perceptual,
                       disc_start=0 if with_disc else 10**9)
     model, loss_fn = build_model(cfg, text_dim, max_tokens)

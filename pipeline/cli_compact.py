@@ -8,13 +8,19 @@ import json
 
 import click
 
+from textok.pipeline.cli_options import BeamCommand
 
-@click.command("compact")
+
+@click.command("compact", cls=BeamCommand)
 @click.argument("output_dir")
 @click.option("--rows-per-file", type=int, default=200_000, show_default=True)
-def compact_cmd(output_dir: str, rows_per_file: int) -> None:
-    """Merge caption part files in DIR into sorted files, one row per key."""
+@click.pass_context
+def compact_cmd(ctx, output_dir: str, rows_per_file: int) -> None:
+    """Merge caption part files in DIR into sorted files, one row per key (DIR may be gs:// or s3://;
+    filesystem options such as --s3_endpoint_url pass through to Beam)."""
     from textok.pipeline.caption_store import compact
+    from textok.pipeline.remote_io import set_filesystem_options
 
+    set_filesystem_options(ctx.args)
     stats = compact(output_dir, rows_per_file)
     click.echo(json.dumps(stats, indent=2, sort_keys=True))

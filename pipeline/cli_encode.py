@@ -17,11 +17,12 @@ from textok.pipeline.cli_options import BeamCommand, _echo, _encoder_flags, _sha
 @_shard_flags
 @click.pass_context
 def encode_cmd(ctx, captions, output_dir, split, encoder, max_tokens, revision, batch_size, dtype, device,
-               pool_holdout_fraction, seed, image_size, rows_per_shard, shard_mb):
+               pool_holdout_fraction, seed, image_size, rows_per_shard, shard_mb, emb_dtype):
     """Encode captions with a frozen text encoder into training shards (resumable per shard)."""
     from textok.pipeline.encode_pipeline import run_encode
 
     _echo(run_encode(captions, output_dir, encoder=encoder, split=split, batch_size=batch_size,
                      max_tokens=max_tokens, image_size=image_size, rows_per_shard=rows_per_shard,
                      shard_mb=shard_mb, dtype=dtype, device=device, revision=revision,
-                     pool_holdout_fraction=pool_holdout_fraction, seed=seed, beam_args=tuple(ctx.args)))
+                     pool_holdout_fraction=pool_holdout_fraction, seed=seed, emb_dtype=emb_dtype,
+                     beam_args=tuple(ctx.args)))

@@ -170,6 +170,9 @@ def _shard_flags(f: Callable) -> Callable:
     f = click.option("--image-size", type=int, default=None,
                      help="Resize shorter side + centre crop to S px (JPEG q95; PNG stays PNG). "
                           "Default: keep the original bytes.")(f)
+    f = click.option("--emb-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True,
+                     help="Stored text embeddings: float16, or int8 + a float16 scale per token (half the bytes; "
+                          "mean cosine to float16 > 0.999, see bench/int8_embeddings.py).")(f)
     return f
 
 

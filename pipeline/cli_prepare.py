@@ -28,7 +28,7 @@ from textok.pipeline.cli_options import (BeamCommand, _echo, _encoder_flags, _sh
 @click.pass_context
 def prepare_cmd(ctx, input_path, source, output_dir, train_split, pool_split, per_class, no_pools,
                 encoder, max_tokens, revision, encoder_batch_size, encoder_dtype, encoder_device,
-                pool_holdout_fraction, seed, image_size, rows_per_shard, shard_mb, **kwargs):
+                pool_holdout_fraction, seed, image_size, rows_per_shard, shard_mb, emb_dtype, **kwargs):
     """Images -> captions -> shards + pools, as consecutive Beam pipelines, each resumable.
 
     Captions go to DIR/caption/{split}/ (their own artifact: rerunning with another
@@ -42,6 +42,6 @@ def prepare_cmd(ctx, input_path, source, output_dir, train_split, pool_split, pe
         per_class=per_class, no_pools=no_pools, encoder=encoder, max_tokens=max_tokens, revision=revision,
         encoder_batch_size=encoder_batch_size, encoder_dtype=encoder_dtype, encoder_device=encoder_device,
         pool_holdout_fraction=pool_holdout_fraction, seed=seed, image_size=image_size,
-        rows_per_shard=rows_per_shard, shard_mb=shard_mb, captioner=kwargs["captioner"],
+        rows_per_shard=rows_per_shard, shard_mb=shard_mb, emb_dtype=emb_dtype, captioner=kwargs["captioner"],
         captioner_options=captioner_options(kwargs), max_words=kwargs["max_words"],
         caption_batch_size=kwargs["batch_size"], source_options=source_options(kwargs), beam_args=tuple(ctx.args)))

@@ -3,6 +3,8 @@
     textok encode --captions runs/cap --output runs/data --encoder google/t5-v1_1-xl
     textok encode --captions runs/cap --output runs/data --encoder /models/t5-xl --image-size 256 \
         --direct_running_mode multi_processing --direct_num_workers 4
+    textok encode --captions s3://bkt/cap --output s3://bkt/data --encoder /models/t5-xl --emb-dtype int8 \
+        --s3_endpoint_url http://127.0.0.1:9000
 
     from textok.pipeline.encode_pipeline import run_encode
     run_encode("runs/cap", "runs/data", encoder="/models/t5-xl", split="train")
@@ -11,7 +13,9 @@ How resume works: the launcher sorts the split's caption keys and chunks them in
 `rows_per_shard` up front, so shard i of n is a fixed set of keys. Each shard is one Beam
 element; the stage encodes it and writes `shards/{split}-{i:05d}-of-{n:05d}.parquet`
 atomically as soon as it is done (no GroupByKey before the write, so nothing waits for the
-whole run). A file on disk means "done"; a rerun skips those shards. The plan is saved in
+whole run). A file on disk means "done"; a rerun skips those shards. Input and output may be
+local or on any Beam filesystem (gs://, s3://; `pipeline.remote_io`: on object stores a shard is
+uploaded under an in-flight name and renamed, so a shard object exists only when complete). The plan is saved in
 `shards/.plan-{split}.json`; a rerun whose captions no longer match it fails instead of
 mixing two plans. Keys whose image cannot be read go to `dead_letter/` (stage "encode"),
 written before their shard, so every key ends in exactly one of {shard, dead letter}.
@@ -22,7 +26,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -32,13 +35,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from textok.atomic import clean_temps, require_output_dir, write_json_atomic
-from textok.faults import maybe_fail
+from textok.atomic import clean_temps, require_output_dir
 from textok.errors import FlagError
+from textok.faults import maybe_fail
+from textok.pipeline import remote_io as rio
 from textok.progress import open_stage, stage_progress
 from textok.schemas.captions import DEAD_LETTER_SCHEMA
-from textok.schemas.common import SchemaError, list_parquet, read_meta, with_metadata, write_table_atomic
-from textok.schemas.shards import SHARDS_VERSION, image_column, shards_schema, text_emb_column
+from textok.schemas.common import (SchemaError, list_parquet, parquet_source, read_meta, with_metadata,
+                                   write_table_atomic)
+from textok.schemas.shards import (SCALE_COLUMN, SHARDS_VERSION, image_column, parquet_write_options, shards_schema,
+                                   text_emb_column, text_emb_int8_columns)
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +63,10 @@ def in_holdout(key: str, fraction: float, seed: int = 0) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
 
 
-def require_local(**paths: str) -> None:
-    """encode/pools do local file I/O (skip-if-exists, the shard plan, summaries, pool parts), so a
-    remote path must fail before any work (it would read as "no such file", or write a local "gs:")."""
-    for flag, path in paths.items():
-        if "://" in str(path):
-            raise FlagError(f"--{flag.replace('_', '-')} {path}: textok encode/pools read and write local (or "
-                             f"mounted, e.g. gcsfuse) paths only; `textok caption` is the stage that takes gs:// / s3://")
-
-
 def caption_files(captions: str) -> list[str]:
     """The captions Parquet files of `DIR/captions/` (or of a file/folder given directly), checked to be captions."""
-    folder = os.path.join(captions, "captions")
-    files = list_parquet(folder if os.path.isdir(folder) else captions)
+    folder = rio.join(captions, "captions")
+    files = list_parquet(folder if rio.is_dir(folder) else captions)
     if not files:
         raise FileNotFoundError(f"{captions}: no captions Parquet files (looked in {folder})")
     for f in files:
@@ -89,7 +86,7 @@ def read_captions(captions: str | list[str], split: str | None = None, columns: 
     filters = list(filters or []) + ([("split", "==", split)] if split is not None else [])
     tables = []
     for f in files:
-        t = pq.read_table(f, columns=columns, filters=filters or None)
+        t = pq.read_table(parquet_source(f), columns=columns, filters=filters or None)
         tables.append(t.append_column("_file", pa.array([f] * t.num_rows, pa.string())))
     table = pa.concat_tables(tables).sort_by("key")
     keys = table["key"].to_numpy(zero_copy_only=False)
@@ -149,17 +146,23 @@ def dead_letter_row(row: dict, error_type: str, message: str, stage: str = "enco
 
 
 def encoded_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    """Encoded rows (dicts with `text_emb` float16 `[len, D]` arrays) -> a table of `schema` (shards, pools)."""
+    """Encoded rows (dicts with `text_emb` float16 `[len, D]` arrays) -> a table of `schema` (shards, pools).
+    A schema with a `text_emb_scale` column stores the embeddings as int8 + per-token scales."""
     dim = schema.field("text_emb").type.value_type.list_size
-    special = {"text_emb": lambda: text_emb_column([r["text_emb"] for r in rows], dim),
-               "image": lambda: image_column([r["image"] for r in rows])}  # encoded bytes -> {bytes, path}
-    arrays = [special[f.name]() if f.name in special else pa.array([r[f.name] for r in rows], type=f.type)
-              for f in schema]
+    embs = [r["text_emb"] for r in rows]
+    if schema.get_field_index(SCALE_COLUMN) >= 0:
+        built = dict(zip(("text_emb", SCALE_COLUMN), text_emb_int8_columns(embs, dim)))
+    else:
+        built = {"text_emb": text_emb_column(embs, dim)}
+    if schema.get_field_index("image") >= 0:
+        built["image"] = image_column([r["image"] for r in rows])  # encoded bytes -> {bytes, path}
+    arrays = [built[f.name] if f.name in built else pa.array([r[f.name] for r in rows], type=f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def shards_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
-    return encoded_table(rows, with_metadata(shards_schema(int(meta["D"])), "shards", "encode", meta))
+    schema = shards_schema(int(meta["D"]), meta.get("storage_dtype", "float16"))
+    return encoded_table(rows, with_metadata(schema, "shards", "encode", meta))
 
 
 def dead_letter_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
@@ -175,7 +178,7 @@ class ReadShardRowsFn(beam.DoFn):
         self.files, self.holdout_fraction, self.seed, self.shard_path = files, holdout_fraction, seed, shard_path
 
     def process(self, task: ShardTask):
-        if os.path.exists(self.shard_path(task)):
+        if rio.exists(self.shard_path(task)):
             return []  # done by an earlier attempt of this bundle
         rows = read_captions(self.files, task.split, filters=[("key", ">=", task.first_key),
                                                               ("key", "<=", task.last_key)]).to_pylist()
@@ -226,7 +229,7 @@ class EncodeBatchFn(beam.DoFn):
         from textok.pipeline.sources import read_image_bytes
 
         tag, rows = element
-        if self.skip_if_exists is not None and os.path.exists(self.skip_if_exists(tag)):
+        if self.skip_if_exists is not None and rio.exists(self.skip_if_exists(tag)):
             self.skipped.inc()  # a retried bundle, or another worker finished it
             return []
         good, dead = [], []
@@ -277,7 +280,7 @@ class _ShardPath:
         self.output_dir = output_dir
 
     def __call__(self, task: ShardTask) -> str:
-        return os.path.join(self.output_dir, "shards", f"{task.name}.parquet")
+        return rio.join(self.output_dir, "shards", f"{task.name}.parquet")
 
 
 class WriteShardFn(beam.DoFn):
@@ -290,14 +293,15 @@ class WriteShardFn(beam.DoFn):
     def process(self, element):
         task, rows, dead = element
         meta = dict(self.meta, split=task.split, shard_index=task.index, num_shards=task.count, num_rows=len(rows))
-        path = os.path.join(self.output_dir, "dead_letter", f"encode-{task.name}.parquet")
+        path = rio.join(self.output_dir, "dead_letter", f"encode-{task.name}.parquet")
         if dead:
             write_table_atomic(dead_letter_table(dead, meta), path)
             maybe_fail("encode.dead_letter_written")
-        elif os.path.exists(path):  # left by a killed attempt whose failed reads now succeed
-            os.remove(path)
-        write_table_atomic(shards_table(rows, meta), _ShardPath(self.output_dir)(task), row_group_size=ROW_GROUP_SIZE,
-                           fault_point="shards.after_write_before_rename")
+        elif rio.exists(path):  # left by a killed attempt whose failed reads now succeed
+            rio.remove(path)
+        table = shards_table(rows, meta)
+        write_table_atomic(table, _ShardPath(self.output_dir)(task), row_group_size=ROW_GROUP_SIZE,
+                           fault_point="shards.after_write_before_rename", **parquet_write_options(table.schema))
         maybe_fail("shards.after_rename")
         yield {"shard": task.name, "rows": len(rows), "dead_letter": len(dead)}
 
@@ -311,7 +315,7 @@ def encoder_options(meta: dict[str, Any], batch_size: int | None, revision: str 
 
 
 def _estimate_rows_per_shard(files: list[str], keys: list[str], split: str, shard_mb: float, dim: int,
-                             max_tokens: int, image_size: int | None) -> int:
+                             max_tokens: int, image_size: int | None, value_bytes: int = 2) -> int:
     """Rows that fill about `shard_mb` MiB, from 32 evenly spaced rows: their stored image bytes,
     and text ~ 1.4 tokens per word (T5 SentencePiece on English) + EOS, capped at max_tokens."""
     from textok.pipeline.images import ImageDecodeError
@@ -327,13 +331,13 @@ def _estimate_rows_per_shard(files: list[str], keys: list[str], split: str, shar
             continue
     image_bytes = float(np.mean(sizes)) if sizes else 0.0
     tokens = np.mean([min(max_tokens, 1.4 * len(r["caption"].split()) + 1) for r in rows]) if rows else 1
-    return max(1, int(shard_mb * 2 ** 20 / (image_bytes + tokens * dim * 2 + 200)))
+    return max(1, int(shard_mb * 2 ** 20 / (image_bytes + tokens * (dim * value_bytes + 2) + 200)))
 
 
 def _check_against_pools(output_dir: str, split: str, fraction: float, seed: int) -> None:
     """Pools drawn from a hold-out of this split (built before the shards) must stay out of its shards."""
-    path = os.path.join(output_dir, "pools", f"{split}.parquet")
-    if not os.path.exists(path):
+    path = rio.join(output_dir, "pools", f"{split}.parquet")
+    if not rio.exists(path):
         return
     meta = read_meta(path)["meta"]
     held = (meta.get("pool_holdout_fraction", 0.0), meta.get("seed", 0))
@@ -346,17 +350,16 @@ def _check_against_pools(output_dir: str, split: str, fraction: float, seed: int
 def _check_plan(output_dir: str, split: str, keys: list[str], plan: list[ShardTask], settings: dict) -> None:
     """Save the shard plan on first run; refuse to resume against a different one."""
     record = dict(settings, num_shards=len(plan), keys_sha256=hashlib.sha256("\n".join(keys).encode()).hexdigest())
-    path = os.path.join(output_dir, "shards", f".plan-{split}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    path = rio.join(output_dir, "shards", f".plan-{split}.json")
+    if rio.exists(path):
+        old = rio.read_json(path)
         if old != record:
             changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
             raise ValueError(f"{path}: the existing shards of split {split!r} were planned with different "
                                f"{changed} (old {[old.get(k) for k in changed]}, now {[record.get(k) for k in changed]}). "
-                               f"Write to a new --output, or delete {os.path.dirname(path)} to re-encode.")
+                               f"Write to a new --output, or delete {rio.dirname(path)} to re-encode.")
         return
-    write_json_atomic(record, path)
+    rio.write_json_atomic(record, path)
 
 
 def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "train",
@@ -364,17 +367,20 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
                rows_per_shard: int | None = None,
                shard_mb: float | None = None, dtype: str | None = None, device: str | None = None,
                revision: str | None = None, pool_holdout_fraction: float = 0.0, seed: int = 0,
-               beam_args: Sequence[str] = ()) -> dict[str, Any]:
-    """Encode one split's captions into shards under `output_dir/shards/`. Returns the summary."""
+               emb_dtype: str = "float16", beam_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Encode one split's captions into shards under `output_dir/shards/` (local or any Beam
+    filesystem). `emb_dtype` "int8" stores int8 + per-token scales (schemas.shards). Returns the summary."""
     from textok.pipeline.beam_utils import make_pipeline
     from textok.pipeline.text_encoder import describe_encoder
 
     start = time.time()
-    require_local(captions=captions, output=output_dir)
+    rio.set_filesystem_options(beam_args)
     require_output_dir(output_dir)
-    for folder in ("shards", "dead_letter"):  # temp files a killed run of this split left
-        clean_temps(os.path.join(output_dir, folder), final_prefix=f"encode-{split}-" if folder == "dead_letter"
+    for folder in ("shards", "dead_letter"):  # temp files a killed run of this split left (local outputs)
+        clean_temps(rio.join(output_dir, folder), final_prefix=f"encode-{split}-" if folder == "dead_letter"
                     else f"{split}-")
+    if emb_dtype not in ("float16", "int8"):
+        raise FlagError(f"--emb-dtype {emb_dtype!r}: choose float16 or int8")
     if not 0.0 <= pool_holdout_fraction < 1.0:
         raise FlagError(f"--pool-holdout-fraction must be in [0, 1), got {pool_holdout_fraction}")
     _check_against_pools(output_dir, split, pool_holdout_fraction, seed)
@@ -390,11 +396,12 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     check_output_encoder(output_dir, meta, "pools", "encode")  # before any shard: other pools, other encoder
     keys = [k for k in all_keys if not in_holdout(k, pool_holdout_fraction, seed)]
     if rows_per_shard is None:
-        rows_per_shard = (_estimate_rows_per_shard(files, keys, split, shard_mb, meta["D"], max_tokens, image_size)
+        rows_per_shard = (_estimate_rows_per_shard(files, keys, split, shard_mb, meta["D"], max_tokens, image_size,
+                                                   1 if emb_dtype == "int8" else 2)
                           if shard_mb else DEFAULT_ROWS_PER_SHARD)
     image_mode = "original" if image_size is None else f"resize_center_crop:{image_size}"
     meta.update(image_mode=image_mode, pool_holdout_fraction=pool_holdout_fraction, pool_seed=seed,
-                captions=captions)
+                captions=captions, storage_dtype=emb_dtype)
     opts = encoder_options(meta, batch_size, revision)
     meta.pop("device")
     plan = plan_shards(keys, split, rows_per_shard)
@@ -402,9 +409,11 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
         "rows_per_shard": rows_per_shard, "image_mode": image_mode, "encoder": encoder,
         "encoder_hash": meta["encoder_hash"], "max_tokens": max_tokens,
         "pool_holdout_fraction": pool_holdout_fraction, "pool_seed": seed,
-        "shards_version": SHARDS_VERSION})  # never mix shard layouts (v1: image as plain bytes) in one dir
+        "shards_version": SHARDS_VERSION,  # never mix shard layouts (v1: image as plain bytes) in one dir
+        # only when not the default, so plans written before int8 existed still resume
+        **({"emb_dtype": emb_dtype} if emb_dtype != "float16" else {})})
     shard_path = _ShardPath(output_dir)
-    todo = [t for t in plan if not os.path.exists(shard_path(t))]
+    todo = [t for t in plan if not rio.exists(shard_path(t))]
     log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(keys),
              len(all_keys) - len(keys), len(plan), len(todo))
     if todo:
@@ -417,21 +426,22 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     summary = summarize_shards(output_dir, split, len(keys))
     summary.update(split=split, held_out_for_pools=len(all_keys) - len(keys), shards_written_now=len(todo),
                    shards_skipped_done=len(plan) - len(todo), rows_per_shard=rows_per_shard,
-                   wall_s=round(time.time() - start, 2), encoder=encoder, D=meta["D"], image_mode=image_mode)
+                   wall_s=round(time.time() - start, 2), encoder=encoder, D=meta["D"], image_mode=image_mode,
+                   emb_dtype=emb_dtype)
     summary["captions_per_s"] = round(sum(t.num_keys for t in todo) / max(summary["wall_s"], 1e-9), 2)
-    write_json_atomic(summary, os.path.join(output_dir, f"encode_summary_{split}.json"))
+    rio.write_json_atomic(summary, rio.join(output_dir, f"encode_summary_{split}.json"))
     return summary
 
 
 def summarize_shards(output_dir: str, split: str, planned: int) -> dict[str, Any]:
     """Count rows and dead letters on disk; check every planned key ended up exactly once."""
-    shard_files = [p for p in list_parquet(os.path.join(output_dir, "shards"))
-                   if os.path.basename(p).startswith(f"{split}-")]
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_files)
-    dl_dir = os.path.join(output_dir, "dead_letter")
-    dl_files = [p for p in list_parquet(dl_dir) if os.path.basename(p).startswith(f"encode-{split}-")] \
-        if os.path.isdir(dl_dir) else []
-    dead = sum(pq.ParquetFile(p).metadata.num_rows for p in dl_files)
+    shard_files = [p for p in list_parquet(rio.join(output_dir, "shards"))
+                   if rio.basename(p).startswith(f"{split}-")]
+    rows = sum(pq.ParquetFile(parquet_source(p)).metadata.num_rows for p in shard_files)
+    dl_dir = rio.join(output_dir, "dead_letter")
+    dl_files = [p for p in list_parquet(dl_dir) if rio.basename(p).startswith(f"encode-{split}-")] \
+        if rio.is_dir(dl_dir) else []
+    dead = sum(pq.ParquetFile(parquet_source(p)).metadata.num_rows for p in dl_files)
     if rows + dead != planned:
         raise RuntimeError(f"{output_dir}: split {split!r} has {rows} shard rows + {dead} dead letters, "
                            f"but {planned} keys were planned; shards are incomplete or stale")

@@ -14,6 +14,7 @@ captioning example swaps in a black image; that silently poisons training data).
 from __future__ import annotations
 
 import io
+import math
 import sys
 
 import numpy as np
@@ -129,8 +130,14 @@ def to_rgb(img: Image.Image, uri: str = "") -> Image.Image:
     raise ImageDecodeError("unsupported_mode", f"{_where(uri)}PIL mode {mode!r} has no RGB conversion here")
 
 
-def decode_image(data: bytes, *, uri: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, *, uri: str = "", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_short_side: int | None = None) -> Image.Image:
     """Decode image bytes to an RGB image with EXIF orientation applied.
+
+    `min_short_side`: the caller will shrink the image to this short side anyway, so a JPEG at
+    least twice that size is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's draft
+    mode), never below `min_short_side`: the IDCT and colour conversion of the skipped pixels
+    are most of a large JPEG's decode time (bench/loader_throughput.py measures it).
 
     Raises ImageDecodeError: empty_file, not_an_image, truncated (also corrupt pixel data),
     decompression_bomb (width*height > max_pixels, checked from the header before any pixel
@@ -144,6 +151,9 @@ def decode_image(data: bytes, *, uri: str = "", max_pixels: int = DEFAULT_MAX_PI
         raise ImageDecodeError(
             "decompression_bomb", f"{_where(uri)}{width}x{height} = {width * height} pixels exceeds "
             f"max_pixels={max_pixels} (pass a larger max_pixels if such giant images are genuine)")
+    if min_short_side and img.format == "JPEG" and min(width, height) >= 2 * min_short_side:
+        scale = min_short_side / min(width, height)
+        img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
     try:
         # load() decodes every pixel now, so a truncated file fails here and not later
         # inside a resize; PIL's ImageFile.LOAD_TRUNCATED_IMAGES must stay False.

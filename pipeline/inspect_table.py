@@ -3,12 +3,14 @@
     textok inspect runs/data/shards                 # a folder of shards
     textok inspect runs/data/pools/val.parquet --contact-sheet pools.png
     textok inspect runs/cap/captions --json
+    textok inspect s3://bkt/data/shards --project-rows 1281167 --s3_endpoint_url http://127.0.0.1:9000
 
 Checks the schema, metadata and dimensions (schemas.validate + text_len == rows of text_emb,
 one D across files), then prints row / class counts, text histograms of caption words and
-token lengths, the stored bytes per example split into image / embedding / other (compressed,
-from the Parquet footers, so nothing is decoded for it), and writes a contact sheet PNG of a
-few images with their captions.
+token lengths, the embedding storage dtype, the stored bytes per example split into image /
+embedding (with its int8 scales) / other (compressed, from the Parquet footers, so nothing is
+decoded for it) and, with `project_rows`, the size of a dataset of that many rows; and writes
+a contact sheet PNG of a few images with their captions. PATH may be local, gs:// or s3://.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from textok.schemas.common import SchemaError, validate
+from textok.schemas.common import SchemaError, parquet_source, validate
+from textok.schemas.shards import SCALE_COLUMN
 
 TEXT_TABLES = ("shards", "pools")
 
@@ -42,7 +45,7 @@ def _column_bytes(files: list[str]) -> dict[str, int]:
     """Compressed bytes per top-level column, summed over row groups and files."""
     out: Counter = Counter()
     for f in files:
-        md = pq.ParquetFile(f).metadata
+        md = pq.ParquetFile(parquet_source(f)).metadata
         for rg in range(md.num_row_groups):
             group = md.row_group(rg)
             for c in range(group.num_columns):
@@ -63,7 +66,17 @@ def _check_text_dims(path: str, table: pa.Table, dim: int) -> None:
         raise SchemaError(f"{path}: text_len must be >= 1, found {int(lens.min())}")
 
 
-def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8) -> dict[str, Any]:
+def project_size(bytes_per_example: dict[str, float], rows: int) -> dict[str, Any]:
+    """Bytes of a dataset of `rows` rows at the measured bytes/example (compressed, as stored)."""
+    if rows <= 0:
+        raise ValueError(f"--project-rows must be positive, got {rows}")
+    parts = {k: v * rows for k, v in bytes_per_example.items()}
+    return {"rows": rows, **{f"{k}_GB": round(v / 1e9, 3) for k, v in parts.items()},
+            "total_GB": round(sum(parts.values()) / 1e9, 3)}
+
+
+def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8,
+                  project_rows: int | None = None) -> dict[str, Any]:
     infos = validate(path)
     kinds = {i["table"] for i in infos}
     if len(kinds) != 1:
@@ -77,13 +90,17 @@ def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8
         if len(dims) != 1:
             raise SchemaError(f"{path}: files disagree on the embedding width D: {sorted(dims)}")
         report["D"] = dims.pop()
-    names = pq.read_schema(files[0]).names
+        dtypes = {i["meta"].get("storage_dtype") for i in infos}
+        if len(dtypes) != 1:
+            raise SchemaError(f"{path}: files mix embedding storage dtypes {sorted(map(str, dtypes))}")
+        report["storage_dtype"] = dtypes.pop()
+    names = pq.read_schema(parquet_source(files[0])).names
     light = [c for c in ("key", "label", "class_name", "caption", "num_words", "text_len", "error_type")
              if c in names]
     parts = []
     for f in files:
         cols = light + (["text_emb"] if kind in TEXT_TABLES else [])
-        t = pq.read_table(f, columns=cols)
+        t = pq.read_table(parquet_source(f), columns=cols)
         if kind in TEXT_TABLES:
             _check_text_dims(f, t, report["D"])
             t = t.drop_columns(["text_emb"])
@@ -111,8 +128,10 @@ def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8
                               "histogram": text_histogram(lens)}
     col_bytes = _column_bytes(files)
     n = max(report["rows"], 1)
-    image, emb = col_bytes.pop("image", 0), col_bytes.pop("text_emb", 0)
+    image, emb = col_bytes.pop("image", 0), col_bytes.pop("text_emb", 0) + col_bytes.pop(SCALE_COLUMN, 0)
     report["bytes_per_example"] = {"image": image / n, "embedding": emb / n, "other": sum(col_bytes.values()) / n}
+    if project_rows is not None:
+        report["projected"] = project_size(report["bytes_per_example"], project_rows)
     if contact_sheet:
         if "caption" not in names:
             raise SchemaError(f"{path}: a {kind!r} table has no captions or images for a contact sheet")
@@ -124,7 +143,7 @@ def _sheet_items(files: list[str], kind: str, n: int) -> list[tuple[bytes | None
     cols = ["key", "caption"] + (["image"] if kind == "shards" else ["source_uri"] if kind == "captions" else [])
     items = []
     for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=n, columns=cols):
+        for batch in pq.ParquetFile(parquet_source(f)).iter_batches(batch_size=n, columns=cols):
             for row in batch.to_pylist():
                 if "image" in row:
                     data = row["image"]["bytes"]  # datasets' Image() storage: {bytes, path}
@@ -201,8 +220,13 @@ def format_report(r: dict[str, Any]) -> str:
         out += [f"  token length: mean {tl['mean']:.1f}, max {tl['max']}, truncated at max_tokens {tl['at_max_tokens']}"]
         out += ["    " + s for s in tl["histogram"]]
     b = r["bytes_per_example"]
-    out.append(f"  bytes/example (compressed): image {b['image']:.0f}, embedding {b['embedding']:.0f}, "
-               f"other {b['other']:.0f}, total {sum(b.values()):.0f}")
+    out.append(f"  bytes/example (compressed): image {b['image']:.0f}, embedding {b['embedding']:.0f}"
+               + (f" ({r['storage_dtype']})" if "storage_dtype" in r else "")
+               + f", other {b['other']:.0f}, total {sum(b.values()):.0f}")
+    if "projected" in r:
+        p = r["projected"]
+        out.append(f"  projected for {p['rows']} rows: image {p['image_GB']} GB, embedding {p['embedding_GB']} GB, "
+                   f"other {p['other_GB']} GB, total {p['total_GB']} GB")
     if r.get("contact_sheet"):
         out.append(f"  contact sheet: {r['contact_sheet']}")
     return "\n".join(out)

@@ -31,15 +31,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from textok.pipeline import remote_io as rio
 from textok.pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
-                                      read_captions, require_local)
+                                             read_captions)
+from textok.atomic import clean_temps, require_output_dir
 from textok.errors import FlagError
-from textok.progress import open_stage
-from textok.atomic import clean_temps, require_output_dir, temp_path, write_json_atomic
 from textok.faults import maybe_fail
 from textok.pipeline.encoder_identity import check_output_encoder
-from textok.schemas.common import read_meta, with_metadata, write_table_atomic
+from textok.progress import open_stage
+from textok.schemas.common import parquet_source, read_meta, with_metadata, write_table_atomic
 from textok.schemas.pools import pools_schema
+from textok.schemas.shards import parquet_write_options
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class _PartPath:
         self.part_dir = part_dir
 
     def __call__(self, label: int) -> str:
-        return os.path.join(self.part_dir, f"{label:06d}.parquet")
+        return rio.join(self.part_dir, f"{label:06d}.parquet")
 
 
 class WritePoolPartFn(beam.DoFn):
@@ -75,7 +77,8 @@ class WritePoolPartFn(beam.DoFn):
 
     def process(self, element):
         label, rows, _ = element
-        write_table_atomic(pools_table(rows, self.meta), _PartPath(self.part_dir)(label))
+        table = pools_table(rows, self.meta)
+        write_table_atomic(table, _PartPath(self.part_dir)(label), **parquet_write_options(table.schema))
         maybe_fail("pools.part_written")
         yield label, len(rows)
 
@@ -107,29 +110,24 @@ def _pool_candidates(path: str, split: str, holdout_fraction: float, seed: int) 
 
 
 def _merge_parts(part_files: list[str], path: str) -> None:
-    """Concatenate part files (label order) into one file, one row group per class, atomically."""
-    tmp = temp_path(path)
-    try:
+    """Concatenate part files (label order) into one file, one row group per class, atomically
+    (streamed: the pools of 1000 classes x K captions x T5-XL can be many GB)."""
+    with rio.open_output_atomic(path) as sink:
         writer = None
         for f in part_files:
-            t = pq.read_table(f)
+            t = pq.read_table(parquet_source(f))
             if writer is None:
-                writer = pq.ParquetWriter(tmp, t.schema, compression="zstd")
+                writer = pq.ParquetWriter(sink, t.schema, compression="zstd", **parquet_write_options(t.schema))
             writer.write_table(t)
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _check_against_shards(output_dir: str, train_split: str, fraction: float, seed: int) -> None:
     """Pools from a train hold-out are only unseen if the train shards excluded the same slice."""
-    plan = os.path.join(output_dir, "shards", f".plan-{train_split}.json")
-    if not os.path.exists(plan):
+    plan = rio.join(output_dir, "shards", f".plan-{train_split}.json")
+    if not rio.exists(plan):
         return
-    with open(plan) as f:
-        p = json.load(f)
+    p = rio.read_json(plan)
     if (p.get("pool_holdout_fraction", 0.0), p.get("pool_seed", 0)) != (fraction, seed):
         raise ValueError(f"{plan}: the train shards were encoded with --pool-holdout-fraction "
                            f"{p.get('pool_holdout_fraction')} --seed {p.get('pool_seed')}, but pools are asked with "
@@ -165,7 +163,7 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     from textok.pipeline.text_encoder import describe_encoder
 
     start = time.time()
-    require_local(captions=captions, output=output_dir)
+    rio.set_filesystem_options(beam_args)
     require_output_dir(output_dir)
     if per_class <= 0:
         raise FlagError(f"--per-class must be positive, got {per_class}")
@@ -195,41 +193,41 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
                 captions=captions)
     # Part files of other settings must never be merged in: the settings name the folder.
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    pools_dir = os.path.join(output_dir, "pools")
-    out_path = os.path.join(pools_dir, f"{split}.parquet")
-    summary_path = os.path.join(pools_dir, f"{split}_summary.json")
-    part_dir = os.path.join(pools_dir, f".parts-{split}-{digest}")
-    clean_temps(pools_dir, final_prefix=f"{split}")  # a killed run's temp files
-    up_to_date = os.path.exists(out_path) and os.path.exists(summary_path) and read_meta(out_path)["meta"] == meta
-    for stale in glob.glob(os.path.join(pools_dir, f".parts-{split}-*")):
-        if stale != part_dir or up_to_date:  # other settings' parts, or parts already merged
-            shutil.rmtree(stale, ignore_errors=True)
+    pools_dir = rio.join(output_dir, "pools")
+    out_path = rio.join(pools_dir, f"{split}.parquet")
+    summary_path = rio.join(pools_dir, f"{split}_summary.json")
+    part_dir = rio.join(pools_dir, f".parts-{split}-{digest}")
+    clean_temps(pools_dir, final_prefix=f"{split}")  # a killed run's temp files (local outputs)
+    up_to_date = rio.exists(out_path) and rio.exists(summary_path) and read_meta(out_path)["meta"] == meta
+    if not rio.is_remote(pools_dir):
+        for stale in glob.glob(os.path.join(pools_dir, f".parts-{split}-*")):
+            if stale != part_dir or up_to_date:  # other settings' parts, or parts already merged
+                shutil.rmtree(stale, ignore_errors=True)
     if up_to_date:
         log.info("pools %s: %s is up to date, nothing to do", split, out_path)
-        with open(summary_path) as f:
-            return json.load(f)
+        return rio.read_json(summary_path)
     clean_temps(part_dir)
-    os.makedirs(part_dir, exist_ok=True)
+    rio.makedirs(part_dir)
     per_label = collections.Counter(int(r["label"]) for r in index if r["label"] is not None)
     to_encode = sum(min(n, per_class) for label, n in per_label.items()  # classes a killed run finished are skipped
-                    if not os.path.exists(_PartPath(part_dir)(label)))
+                    if not rio.exists(_PartPath(part_dir)(label)))
     with open_stage("pools", to_encode, "captions"), make_pipeline(beam_args) as p:
         _ = (p | "CaptionFiles" >> beam.Create(files)
              | "Spread" >> beam.Reshuffle()
              | "ReadCaptions" >> beam.FlatMap(_pool_candidates, split, pool_holdout_fraction, seed)
              | "BuildClassPools" >> BuildClassPools(opts, per_class, seed, part_dir, meta))
     parts = [_PartPath(part_dir)(label) for label in labels]
-    missing = [f for f in parts if not os.path.exists(f)]
+    missing = [f for f in parts if not rio.exists(f)]
     if missing:
         raise RuntimeError(f"{part_dir}: {len(missing)} class part files missing after the run, e.g. {missing[0]}")
     _merge_parts(parts, out_path)
-    summary = pool_summary(pq.read_table(out_path, columns=["label", "class_name", "caption", "text_len"]),
+    summary = pool_summary(pq.read_table(parquet_source(out_path), columns=["label", "class_name", "caption", "text_len"]),
                            per_class, unlabelled)
     summary.update(path=out_path, source_split=split, seed=seed, pool_holdout_fraction=pool_holdout_fraction,
                    encoder=encoder, wall_s=round(time.time() - start, 2))
-    write_json_atomic(summary, summary_path)
+    rio.write_json_atomic(summary, summary_path)
     maybe_fail("pools.merged_before_cleanup")
-    shutil.rmtree(part_dir)
+    rio.remove_tree(part_dir)
     if summary["short_classes"]:
         log.warning("pools %s: %d classes have fewer than %d captions: %s", split, len(summary["short_classes"]),
                     per_class, summary["short_classes"])

@@ -83,7 +83,12 @@ def with_metadata(schema: pa.Schema, table: str, stage: str, meta: dict[str, Any
 
 def read_meta(path: str) -> dict[str, Any]:
     """Return {'schema_version', 'table', 'stage', 'meta'} of a textok Parquet file."""
-    md = pq.read_schema(path).metadata or {}
+    return meta_from_schema(pq.read_schema(parquet_source(path)), path)
+
+
+def meta_from_schema(schema: pa.Schema, path: str) -> dict[str, Any]:
+    """`read_meta` of a schema already read (`path` names the file in errors)."""
+    md = schema.metadata or {}
     if KEY_TABLE not in md:
         raise SchemaError(f"{path}: not a textok table (no {KEY_TABLE.decode()!r} in Parquet key-value metadata)")
     try:
@@ -104,10 +109,10 @@ def write_table_atomic(table: pa.Table, path: str, row_group_size: int | None = 
 
     Local paths use os.replace from a temp name that never matches `*.parquet`
     (`textok.atomic.temp_path`), so a kill between write and rename leaves nothing a reader
-    globbing `*.parquet` would count; the writer's next run removes it (`clean_temps`). Other
-    filesystems (gs://, s3://) go through Beam's FileSystems, whose object stores make a single
-    upload atomic anyway. `fault_point` names the moment between write and rename for the
-    fault-matrix tests (textok.faults).
+    globbing `*.parquet` would count; the writer's next run removes it (`clean_temps`). On other
+    filesystems (gs://, s3://) the file goes to an in-flight name outside the `*.parquet` glob and
+    is renamed through Beam's FileSystems (`pipeline.remote_io`). `fault_point` names the moment
+    between write and rename for the fault-matrix tests (textok.faults).
     """
     from textok.atomic import temp_path
     from textok.faults import maybe_fail
@@ -125,17 +130,29 @@ def write_table_atomic(table: pa.Table, path: str, row_group_size: int | None = 
             if os.path.exists(tmp):
                 os.remove(tmp)
         return path
-    from apache_beam.io.filesystems import FileSystems
+    from textok.pipeline.remote_io import write_bytes_atomic
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=row_group_size, compression=compression, **kwargs)
-    with FileSystems.create(path) as f:
-        f.write(sink.getvalue().to_pybytes())
-    return path
+    return write_bytes_atomic(sink.getvalue().to_pybytes(), path)
+
+
+def parquet_source(path: str):
+    """What pyarrow opens: a local path as is, a remote one (gs://, s3://) as a Beam stream."""
+    if "://" not in path:
+        return path
+    from textok.pipeline.remote_io import open_input
+
+    return open_input(path)
 
 
 def list_parquet(path: str) -> list[str]:
-    """Parquet files under a directory (recursively, sorted, hidden/temp files skipped), or [path]."""
+    """Parquet files under a directory (recursively, sorted, hidden/temp files skipped), or [path].
+    Remote folders (gs://, s3://) are listed through Beam's FileSystems."""
+    if "://" in path:
+        from textok.pipeline.remote_io import list_remote_parquet
+
+        return list_remote_parquet(path)
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
@@ -149,7 +166,7 @@ def list_parquet(path: str) -> list[str]:
 
 def count_rows(files: list[str]) -> int:
     """Rows of Parquet files, from their footers (no data read): the total of a progress bar."""
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return sum(pq.ParquetFile(parquet_source(f)).metadata.num_rows for f in files)
 
 
 def check_schema(path: str, actual: pa.Schema, expected: pa.Schema) -> None:
@@ -168,10 +185,10 @@ def check_schema(path: str, actual: pa.Schema, expected: pa.Schema) -> None:
 def validate_file(path: str, expect_table: str | None = None) -> dict[str, Any]:
     """Validate one textok Parquet file; return its metadata dict plus 'num_rows'."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(parquet_source(path))
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError on corrupt files
         raise SchemaError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
-    info = read_meta(path)
+    info = meta_from_schema(pf.schema_arrow, path)
     if expect_table and info["table"] != expect_table:
         raise SchemaError(f"{path}: metadata textok.table is {info['table']!r}, expected {expect_table!r}")
     spec = table_spec(info["table"])

@@ -224,21 +224,6 @@ def test_encode_captions_transform_in_testpipeline(t5_dir, captions_dir):
         assert_that(out, check)
 
 
-def test_remote_paths_refused_up_front(t5_dir, captions_dir, tmp_path, monkeypatch):
-    """encode/pools use local file I/O (skip-if-exists, plan, summary): a gs:// path must fail
-    clearly before any work, not as 'no such file' or a local folder named 'gs:'."""
-    from textok.pipeline.pools import run_pools
-
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"--output gs://b/data: .*local"):
-        run_encode(captions_dir, "gs://b/data", encoder=t5_dir, device="cpu")
-    with pytest.raises(ValueError, match=r"--captions gs://b/cap: .*local"):
-        run_encode("gs://b/cap", str(tmp_path / "o"), encoder=t5_dir, device="cpu")
-    with pytest.raises(ValueError, match=r"--output s3://b/data: .*local"):
-        run_pools(captions_dir, "s3://b/data", encoder=t5_dir, device="cpu")
-    assert not os.path.exists(tmp_path / "gs:")
-
-
 def test_rerun_drops_a_stale_dead_letter_file_of_a_shard_that_now_encodes_cleanly(t5_dir, captions_dir, tmp_path):
     """A run killed between a shard's dead letters and the shard itself, then a rerun where the
     image reads fine (fixed, or the read error was transient): the key must end in the shard only."""

@@ -136,14 +136,3 @@ def test_cli_prepare_from_images(t5_dir, tmp_path):
 
 def _files(d: str) -> list[str]:
     return [os.path.join(d, f) for f in os.listdir(d) if f.endswith(".parquet")]
-
-
-def test_cli_prepare_refuses_a_remote_output_before_captioning(t5_dir, tmp_path, monkeypatch):
-    """encode/pools are local-only: prepare must say so before it captions (and pays) anything."""
-    monkeypatch.chdir(tmp_path)
-    with open(tmp_path / "m.jsonl", "w") as f:
-        f.write(json.dumps({"uri": "missing.png", "caption": "a cat", "split": "train"}) + "\n")
-    r = CliRunner().invoke(main, ["prepare", "--input", str(tmp_path / "m.jsonl"), "--output", "gs://b/run",
-                                  "--captioner", "provided", "--encoder", t5_dir, "--encoder-device", "cpu"])
-    assert r.exit_code != 0 and "local" in r.output and "gs://b/run" in r.output, r.output
-    assert not os.path.exists(tmp_path / "gs:")

@@ -38,7 +38,8 @@ from textok.faults import maybe_fail
 from textok.progress import Progress
 from textok.schemas.common import SchemaError, count_rows, validate_file, with_metadata, write_table_atomic
 from textok.schemas.latents import latents_schema, moments, read_latent_meta, z_column, z_view
-from textok.schemas.shards import text_emb_views
+from textok.schemas.shards import SCALE_COLUMN, text_emb_arrays, text_emb_column, text_emb_views
+from textok.trainer.data.shard_files import open_parquet
 # pad_text and tokenizer_dir are also imported from here by trainer/evaluation/sample.py
 from textok.trainer.data.loader import (ResumableLoader, ShardLoader, ShardStream, check_shard_meta, pad_text, resolve_shards,
                           row_fields)
@@ -127,7 +128,11 @@ def latent_table(source: pa.Table, z: np.ndarray, meta: dict, with_text: bool) -
     meta = dict(meta, moments=moments(z_view(zcol)))  # from the float16 values the DiT will read
     cols = [source.column(n).cast(schema.field(n).type) for n in PASSTHROUGH] + [zcol]
     if with_text:
-        cols += [source.column("text_emb"), source.column("text_len")]
+        text = source.column("text_emb")
+        if SCALE_COLUMN in source.column_names:  # int8 shards: latents keep float16 (their contract)
+            text = text_emb_column(text_emb_arrays(source), int(meta["D"]))
+            meta = dict(meta, storage_dtype="float16")
+        cols += [text, source.column("text_len")]
     return pa.Table.from_arrays(cols, schema=with_metadata(schema, "latents", "extract-latents", meta))
 
 
@@ -165,7 +170,9 @@ def extract_latents(cfg: ExtractConfig) -> dict:
                 continue
             zs = encode_shard(model, shard, dist.device, cfg.batch_size, cfg.num_workers, bar)
             columns = list(PASSTHROUGH) + (["text_emb", "text_len"] if cfg.with_text else [])
-            source = pq.read_table(shard, columns=columns)
+            pf = open_parquet(shard)
+            scale = [SCALE_COLUMN] if cfg.with_text and SCALE_COLUMN in pf.schema_arrow.names else []
+            source = pf.read(columns=columns + scale)
             keys = source.column("key").to_pylist()
             missing = [k for k in keys if k not in zs]
             if missing or len(zs) != len(keys):

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from textok.schemas.common import SchemaError, list_parquet, read_meta
-from textok.schemas.shards import image_bytes, text_emb_views
+from textok.schemas.common import SchemaError, list_parquet
+from textok.schemas.shards import SCALE_COLUMN, image_bytes, text_emb_arrays
+from textok.trainer.data.shard_files import is_remote, list_shard_files, open_parquet, shard_meta
 
 COLUMNS = ["key", "label", "caption", "image", "text_emb", "text_len"]
 
@@ -52,7 +52,12 @@ def resolve_shards(spec: str | Sequence[str], split: str | None = None) -> list[
     if isinstance(spec, (list, tuple)):
         return sorted({f for s in spec for f in resolve_shards(s, split)})
     spec = os.fspath(spec)
-    if any(c in spec for c in "*?["):
+    if is_remote(spec):  # s3:// or gs://, streamed through pyarrow.fs (trainer/data/shard_files.py)
+        files = list_shard_files(spec)
+        named = spec.endswith(".parquet") or any(c in spec for c in "*?[")
+        if split and not named:
+            files = [f for f in files if f.rsplit("/", 1)[-1].startswith(f"{split}-")]
+    elif any(c in spec for c in "*?["):
         files = sorted(glob.glob(spec, recursive=True))
     else:
         files = list_parquet(spec)
@@ -79,7 +84,7 @@ def check_shard_meta(files: Sequence[str], text_dim: int | None = None, max_toke
     source = {k: "the run's config" for k, v in expected.items() if v is not None}
     common = None
     for path in files:
-        info = read_meta(path)
+        info = shard_meta(path)
         if info["table"] != "shards":
             raise SchemaError(f"{path}: metadata textok.table is {info['table']!r}, expected 'shards'")
         meta = info["meta"]
@@ -107,16 +112,44 @@ class Unit:
 
     def read(self, columns: Sequence[str]):
         """This slice's rows of `columns` as a pyarrow Table."""
-        table = pq.ParquetFile(self.path).read_row_group(self.row_group, columns=list(columns))
+        pf = open_parquet(self.path)
+        if SCALE_COLUMN in pf.schema_arrow.names and "text_emb" in columns:  # int8 storage: its scales too
+            columns = list(columns) + [SCALE_COLUMN]
+        table = pf.read_row_group(self.row_group, columns=list(columns))
         return table.take(np.arange(self.offset, table.num_rows, self.stride)) if self.stride > 1 else table
 
 
 def plan_units(files: Sequence[str], num_streams: int) -> list[Unit]:
-    groups = [(f, rg) for f in files for rg in range(pq.ParquetFile(f).num_row_groups)]
+    groups = [(f, rg) for f in files for rg in range(open_parquet(f).num_row_groups)]
     if not groups:
         raise SchemaError(f"{files[0]}...: the shards hold no row groups")
     cuts = max(1, math.ceil(num_streams / len(groups)))
     return [Unit(f, rg, k, cuts) for f, rg in groups for k in range(cuts)]
+
+
+def resize_crop(img: Image.Image, image_size: int, train: bool, rng: np.random.Generator) -> np.ndarray:
+    """Short side -> S (bicubic), then an S x S crop (random, or centre) -> [S,S,3] uint8.
+
+    The crop is chosen in resized coordinates but only its box is resampled (`resize(box=...)`,
+    whose filter still reads the pixels around the box): the same pixels as resizing the whole
+    image and cropping (within 1/255, rounding), ~40 % less resampling work on a 4:3 image.
+    """
+    w, h = img.size
+    scale = image_size / min(w, h)
+    rw, rh = (max(image_size, round(w * scale)), max(image_size, round(h * scale))) if scale != 1.0 else (w, h)
+    if train:
+        top, left = int(rng.integers(0, rh - image_size + 1)), int(rng.integers(0, rw - image_size + 1))
+    else:
+        top, left = (rh - image_size) // 2, (rw - image_size) // 2
+    if (w, h) == (image_size, image_size):  # stored at the training size (encode --image-size): no work
+        pass
+    elif scale == 1.0:
+        img = img.crop((left, top, left + image_size, top + image_size))
+    else:
+        sx, sy = rw / w, rh / h
+        img = img.resize((image_size, image_size), Image.BICUBIC,
+                         box=(left / sx, top / sy, (left + image_size) / sx, (top + image_size) / sy))
+    return np.array(img, dtype=np.uint8)
 
 
 def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generator, where: str) -> torch.Tensor:
@@ -126,21 +159,11 @@ def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generat
     from textok.pipeline.images import ImageDecodeError, decode_image
 
     try:
-        img = decode_image(data, uri=where)
+        img = decode_image(data, uri=where, min_short_side=image_size)  # JPEG draft mode when >= 2x
     except ImageDecodeError as e:
         raise ValueError(f"{where}: image does not decode ({e.error_type}: {e.message}); the encode stage should have "
                          f"dead-lettered it -- re-run `textok encode` or drop the shard") from e
-    w, h = img.size
-    scale = image_size / min(w, h)
-    if scale != 1.0:
-        img = img.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3,H,W] uint8
-    h, w = x.shape[1:]
-    if train:
-        top, left = int(rng.integers(0, h - image_size + 1)), int(rng.integers(0, w - image_size + 1))
-    else:
-        top, left = (h - image_size) // 2, (w - image_size) // 2
-    x = x[:, top:top + image_size, left:left + image_size]
+    x = torch.from_numpy(resize_crop(img, image_size, train, rng)).permute(2, 0, 1)  # [3,S,S] uint8
     if train and rng.random() < 0.5:
         x = x.flip(-1)
     return x.float().div_(127.5).sub_(1.0)
@@ -197,7 +220,7 @@ class ShardStream(IterableDataset):
     def _rows(self, units: list[Unit]) -> Iterator[tuple]:
         for u in units:
             table = u.read(COLUMNS)
-            embs = text_emb_views(table.column("text_emb"))  # zero-copy float16 [len, D]
+            embs = text_emb_arrays(table)  # float16 [len, D]: zero-copy, or decoded from int8
             cols = {c: table.column(c).to_pylist() for c in ("key", "label", "caption", "text_len")}
             cols["image"] = image_bytes(table.column("image"))  # {bytes, path} (or v1 plain bytes) -> bytes
             for i in range(table.num_rows):
