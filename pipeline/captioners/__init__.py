@@ -18,10 +18,10 @@ from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionRe
 
 # name -> (module, factory attribute)
 BACKENDS: dict[str, tuple[str, str]] = {
-    "provided": ("pipeline.captioners.simple", "provided_from_options"),
-    "template": ("pipeline.captioners.simple", "template_from_options"),
-    "gemini": ("pipeline.captioners.gemini", "from_options"),
-    "local": ("pipeline.captioners.local", "from_options"),
+    "provided": ("textok.pipeline.captioners.simple", "provided_from_options"),
+    "template": ("textok.pipeline.captioners.simple", "template_from_options"),
+    "gemini": ("textok.pipeline.captioners.gemini", "from_options"),
+    "local": ("textok.pipeline.captioners.local", "from_options"),
 }
 
 # Every option key the CLI may set (`textok caption --help` documents them). A backend
