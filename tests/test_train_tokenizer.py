@@ -102,10 +102,46 @@ def test_nan_loss_stops_naming_step_and_checkpoint(shards, tmp_path):
         train(tiny(shards, tmp_path / "inf", steps=4, lr=float("inf"), warmup=0, save_every=1))
 
 
-def test_train_with_auto_perceptual_uses_packaged_inception(shards, tmp_path):
-    out = train(tiny(shards, tmp_path, steps=1, perceptual="auto", loss={**SMALL_DISC, "inception_resize": 75}))
+def test_train_with_auto_perceptual_never_uses_the_fid_inception(shards, tmp_path):
+    out = train(tiny(shards, tmp_path, steps=1, perceptual="auto"))
     rows = read_metrics(str(tmp_path / "metrics.jsonl"))
     assert rows[0]["perceptual"] > 0 and os.path.isdir(out)
+    run = json.load(open(tmp_path / "config.json"))
+    assert run["loss"]["perceptual"] == "efficientnet"  # the resolved backend is recorded, not "auto"
+    assert run["train"]["hflip"] is False  # flips are off unless asked for
+
+
+def test_rfid_of_a_tokenizer_trained_on_the_fid_network_is_marked(shards, tmp_path):
+    from textok.trainer.evaluation.eval_tokenizer import EvalTokenizerConfig, compare_table, evaluate
+
+    train(tiny(shards, tmp_path / "inc", steps=1, perceptual="inception", loss={**SMALL_DISC, "inception_resize": 75}))
+    train(tiny(shards, tmp_path / "eff", steps=1, perceptual="auto", text_mode="none"))
+    for name in ("inc", "eff"):
+        evaluate(EvalTokenizerConfig(ckpt=str(tmp_path / name), shards=shards, split="train",
+                                     output=str(tmp_path / name / "eval"), num_samples=4, batch_size=4,
+                                     num_workers=0, device="cpu"))
+    inc, eff = (json.load(open(tmp_path / n / "eval" / "eval.json")) for n in ("inc", "eff"))
+    assert inc["trained_on_fid_network"] is True and "trained on the FID network" in inc["rfid_note"]
+    assert inc["perceptual"] == "inception" and inc["hflip"] is False
+    assert eff["trained_on_fid_network"] is False and "rfid_note" not in eff and eff["perceptual"] == "efficientnet"
+    table = compare_table([str(tmp_path / "inc"), str(tmp_path / "eff")])
+    assert f"{inc['rfid']:.3f} †" in table and "† trained on the FID network" in table
+    assert f"{eff['rfid']:.3f} |" in table
+
+
+def test_compare_refuses_text_and_baseline_trained_with_different_flips(tmp_path):
+    from textok.trainer.evaluation.eval_tokenizer import compare_table
+
+    def fake_eval(name, mode, hflip):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(
+            {"image_size": 32, "num_tokens": 4, "text_mode": mode, "rfid": 10.0, "psnr": 20.0, "ssim": 0.5,
+             "num_samples": 10, "hflip": hflip}))
+        return str(tmp_path / name)
+
+    with pytest.raises(ValueError, match="different flips"):
+        compare_table([fake_eval("tok", "both", False), fake_eval("base", "none", True)])
+    assert "| no |" in compare_table([str(tmp_path / "tok"), fake_eval("base2", "none", False)])
 
 
 def _torchrun(cfg, tmp_path, name):
@@ -179,7 +215,7 @@ def test_compare_table_has_gain_vs_no_text_baseline(tmp_path):
     res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--compare", *runs])
     assert res.exit_code == 0, res.output
     lines = (tmp_path / "cmp.md").read_text().splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 6 and "| ? |" in lines[2]  # eval.json without the flip setting: unknown, said so
     assert "tok32 | both | 256 | 32 | 2.400 | -36.8 % |" in lines[3]
     assert "tok64 | both | 256 | 64 | 1.530 | -25.0 % |" in lines[5]
     assert "base32 | none | 256 | 32 | 3.800 | — |" in lines[2]

@@ -10,6 +10,13 @@ same --num-samples images (the paper uses the 50k ImageNet val set). Writes eval
 recon.png (originals | reconstructions). --compare reads the eval.json of several runs and
 writes one markdown table, with each text-conditioned run's rFID change against the no-text
 baseline (text_mode "none") at the same N and image size.
+
+eval.json also records how the tokenizer was trained, from its run's config.json (the folder
+above tokenizer/): the perceptual backend and whether training flipped images. A tokenizer
+whose perceptual loss used the FID Inception (`--perceptual inception`) was trained to match the
+very features rFID compares, so its rFID is marked "trained on the FID network" (JSON and
+table). A comparison whose TexTok and no-text runs differ in --hflip is refused: the flip
+alone moves rFID on captioned data.
 """
 from __future__ import annotations
 
@@ -45,6 +52,26 @@ class EvalTokenizerConfig:
     num_workers: int = 2
     device: str = "auto"
     grid_rows: int = 8
+
+
+FID_NETWORK_NOTE = "trained on the FID network: its perceptual loss used the FID Inception, which flatters rFID"
+
+
+def training_settings(tok_dir: str) -> dict:
+    """{"perceptual", "trained_on_fid_network", "hflip"} of the run that wrote `tok_dir` (None: unknown)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(tok_dir)), "config.json")
+    if not os.path.isfile(path):
+        return {"perceptual": None, "trained_on_fid_network": None, "hflip": None}
+    with open(path) as f:
+        run = json.load(f)
+    loss, train = run.get("loss", {}), run.get("train", {})
+    kind = loss.get("perceptual")
+    if kind == "auto":  # only runs from before the backend was recorded: their auto meant LPIPS or Inception
+        kind = "lpips" if (loss.get("lpips_weights") or loss.get("vgg16_weights")) else "inception"
+    if not loss.get("perceptual_weight", 0.0):
+        kind = "none"
+    # runs from before --hflip existed flipped every training image with p = 0.5
+    return {"perceptual": kind, "trained_on_fid_network": kind == "inception", "hflip": train.get("hflip", True)}
 
 
 def tokenizer_dir(ckpt: str) -> str:
@@ -113,6 +140,9 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
         "rfid": fid_from_features(real, fake),
     }
     result.update(set_metrics(real, fake, probs))
+    result.update(training_settings(path))
+    if result["trained_on_fid_network"]:
+        result["rfid_note"] = FID_NETWORK_NOTE
     result["config"] = asdict(cfg)
     write_result(result, os.path.join(cfg.output, "eval.json"))
     return result
@@ -134,13 +164,25 @@ def _fmt(v, digits=3) -> str:
 
 def compare_table(paths: list[str]) -> str:
     rows = [_load_eval(p) for p in paths]
-    baseline = {(r["image_size"], r["num_tokens"]): r["rfid"] for r in rows if r["text_mode"] == "none"}
-    lines = ["| run | text | px | N | rFID | rFID vs no-text | PSNR | SSIM | LPIPS | IS | samples |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    baseline = {(r["image_size"], r["num_tokens"]): r for r in rows if r["text_mode"] == "none"}
+    for r in rows:
+        base = baseline.get((r["image_size"], r["num_tokens"]))
+        if base is not None and None not in (r.get("hflip"), base.get("hflip")) and r["hflip"] != base["hflip"]:
+            raise ValueError(f"--compare: {r['run']} (hflip={r['hflip']}) and its no-text baseline {base['run']} "
+                             f"(hflip={base['hflip']}) were trained with different flips; retrain one so both match")
+    lines = ["| run | text | px | N | rFID | rFID vs no-text | PSNR | SSIM | LPIPS | IS | flip | samples |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    flagged = False
     for r in sorted(rows, key=lambda r: (r["image_size"], r["num_tokens"], r["text_mode"] != "none", r["run"])):
         base = baseline.get((r["image_size"], r["num_tokens"]))
-        gain = "—" if base in (None, 0) or r["text_mode"] == "none" else f"{100 * (r['rfid'] - base) / base:+.1f} %"
-        lines.append(f"| {r['run']} | {r['text_mode']} | {r['image_size']} | {r['num_tokens']} | {_fmt(r['rfid'])} | "
+        gain = "—" if base is None or base["rfid"] == 0 or r["text_mode"] == "none" \
+            else f"{100 * (r['rfid'] - base['rfid']) / base['rfid']:+.1f} %"
+        rfid = _fmt(r["rfid"]) + (" †" if r.get("trained_on_fid_network") else "")
+        flagged = flagged or bool(r.get("trained_on_fid_network"))
+        flip = {True: "yes", False: "no"}.get(r.get("hflip"), "?")
+        lines.append(f"| {r['run']} | {r['text_mode']} | {r['image_size']} | {r['num_tokens']} | {rfid} | "
                      f"{gain} | {_fmt(r['psnr'], 2)} | {_fmt(r['ssim'])} | {_fmt(r.get('lpips'))} | "
-                     f"{_fmt(r.get('inception_score'), 2)} | {r['num_samples']} |")
+                     f"{_fmt(r.get('inception_score'), 2)} | {flip} | {r['num_samples']} |")
+    if flagged:
+        lines.append(f"\n† {FID_NETWORK_NOTE}.")
     return "\n".join(lines) + "\n"
