@@ -116,11 +116,20 @@ def test_rfid_of_a_tokenizer_trained_on_the_fid_network_is_marked(shards, tmp_pa
 
     train(tiny(shards, tmp_path / "inc", steps=1, perceptual="inception", loss={**SMALL_DISC, "inception_resize": 75}))
     train(tiny(shards, tmp_path / "eff", steps=1, perceptual="auto", text_mode="none"))
-    for name in ("inc", "eff"):
+    cache = str(tmp_path / "real.npz")
+    for name in ("inc", "eff"):  # the second run reuses the originals' features from the cache
         evaluate(EvalTokenizerConfig(ckpt=str(tmp_path / name), shards=shards, split="train",
                                      output=str(tmp_path / name / "eval"), num_samples=4, batch_size=4,
-                                     num_workers=0, device="cpu"))
+                                     num_workers=0, device="cpu", real_features=cache))
     inc, eff = (json.load(open(tmp_path / n / "eval" / "eval.json")) for n in ("inc", "eff"))
+    fresh = evaluate(EvalTokenizerConfig(ckpt=str(tmp_path / "eff"), shards=shards, split="train",
+                                         output=str(tmp_path / "fresh"), num_samples=4, batch_size=4,
+                                         num_workers=0, device="cpu"))
+    assert fresh["rfid"] == pytest.approx(eff["rfid"], rel=1e-6)
+    with pytest.raises(ValueError, match="other images"):
+        evaluate(EvalTokenizerConfig(ckpt=str(tmp_path / "eff"), shards=shards, split="train",
+                                     output=str(tmp_path / "x"), num_samples=3, batch_size=4,
+                                     num_workers=0, device="cpu", real_features=cache))
     assert inc["trained_on_fid_network"] is True and "trained on the FID network" in inc["rfid_note"]
     assert inc["perceptual"] == "inception" and inc["hflip"] is False
     assert eff["trained_on_fid_network"] is False and "rfid_note" not in eff and eff["perceptual"] == "efficientnet"
@@ -212,8 +221,12 @@ def test_compare_table_has_gain_vs_no_text_baseline(tmp_path):
 
     runs = [fake_eval("tok32", "both", 32, 2.4), fake_eval("base32", "none", 32, 3.8),
             fake_eval("tok64", "both", 64, 1.53), fake_eval("base64", "none", 64, 2.04)]
-    res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--compare", *runs])
+    res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--plot",
+                                    str(tmp_path / "rfid_vs_tokens.png"), "--compare", *runs])
     assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    assert Image.open(tmp_path / "rfid_vs_tokens.png").size[0] > 400
     lines = (tmp_path / "cmp.md").read_text().splitlines()
     assert len(lines) == 6 and "| ? |" in lines[2]  # eval.json without the flip setting: unknown, said so
     assert "tok32 | both | 256 | 32 | 2.400 | -36.8 % |" in lines[3]

@@ -1,7 +1,8 @@
 """Evaluate a trained TexTok tokenizer: PSNR, SSIM, rFID, precision/recall, LPIPS and IS when given.
 
     textok eval-tokenizer --ckpt runs/tok --shards out/shards_val --num-samples 50000 --output runs/tok/eval
-    textok eval-tokenizer --compare runs/tok_n32 runs/base_n32 runs/tok_n64 --output runs/compare.md
+    textok eval-tokenizer --compare runs/tok_n32 runs/base_n32 runs/tok_n64 --output runs/compare.md \
+        --plot runs/rfid_vs_tokens.png      # rFID and PSNR against N, one line per text mode
 
 --ckpt is a `tokenizer/` directory (TexTok.save_pretrained) or a run directory holding one.
 Reconstructions use the caption of each image (what the text modes are about) and a centre
@@ -52,6 +53,9 @@ class EvalTokenizerConfig:
     num_workers: int = 2
     device: str = "auto"
     grid_rows: int = 8
+    # an .npz of the originals' Inception features, shared by runs evaluated on the same images (a
+    # sweep): written when missing, reused when its keys match the images evaluated, refused otherwise
+    real_features: str | None = None
 
 
 FID_NETWORK_NOTE = "trained on the FID network: its perceptual loss used the FID Inception, which flatters rFID"
@@ -102,8 +106,9 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
         lpips = build_perceptual("lpips", lpips_weights=cfg.lpips_weights, vgg16_weights=cfg.vgg16_weights).to(device)
     inception = InceptionFeatures(cfg.fid_inception_path, device, classifier_path=cfg.inception_classifier)
 
+    cached = _load_real_features(cfg.real_features)
     per_image = {"psnr": [], "ssim": [], "lpips": []}
-    feats_real, feats_fake, probs = [], [], []
+    feats_real, feats_fake, probs, keys = [], [], [], []
     seen, grid = 0, None
     for batch in loader:
         take = min(len(batch["key"]), cfg.num_samples - seen)
@@ -115,7 +120,9 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
         per_image["ssim"].append(ssim(recon, images).cpu())
         if lpips is not None:
             per_image["lpips"].append(lpips(recon, images).float().cpu())
-        feats_real.append(inception(images))
+        keys += batch["key"][:take]
+        if cached is None:
+            feats_real.append(inception(images))
         feats_fake.append(inception(recon))
         if inception.classifier is not None:
             probs.append(inception.class_probs(recon))
@@ -130,7 +137,7 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     if seen < cfg.num_samples:
         log.warning("evaluated %d images, fewer than --num-samples %d (the shards hold no more)", seen, cfg.num_samples)
 
-    real, fake = np.concatenate(feats_real), np.concatenate(feats_fake)
+    real, fake = _real_features(cfg.real_features, cached, feats_real, keys), np.concatenate(feats_fake)
     result = {
         "ckpt": path, "shards": cfg.shards, "num_samples": seen, "image_size": mc.image_size,
         "num_tokens": mc.num_tokens, "text_mode": mc.text_mode,
@@ -146,6 +153,30 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     result["config"] = asdict(cfg)
     write_result(result, os.path.join(cfg.output, "eval.json"))
     return result
+
+
+def _load_real_features(path: str | None) -> dict | None:
+    if not path or not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return {"keys": data["keys"].tolist(), "feats": data["feats"]}
+
+
+def _real_features(path: str | None, cached: dict | None, computed: list, keys: list[str]) -> np.ndarray:
+    """The originals' features: the cache (checked to hold exactly these images) or the computed ones."""
+    if cached is not None:
+        if cached["keys"] != keys:
+            raise ValueError(f"--real-features {path} holds features of other images ({len(cached['keys'])} keys, "
+                             f"first {cached['keys'][:2]}) than this evaluation ({len(keys)}, first {keys[:2]}); "
+                             f"delete it or give another path")
+        return cached["feats"]
+    real = np.concatenate(computed)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, keys=np.asarray(keys), feats=real)
+        os.replace(tmp, path)
+    return real
 
 
 # ----------------------------------------------------------------------------- comparison table
@@ -186,3 +217,33 @@ def compare_table(paths: list[str]) -> str:
     if flagged:
         lines.append(f"\n† {FID_NETWORK_NOTE}.")
     return "\n".join(lines) + "\n"
+
+
+def plot_compare(paths: list[str], png_path: str) -> str:
+    """rFID and PSNR against N (log2 axis), one line per (text mode, image size): the picture of the
+    paper's Table 1, where TexTok at N should sit at or below the no-text baseline at 2N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [_load_eval(p) for p in paths]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for (mode, px) in sorted({(r["text_mode"], r["image_size"]) for r in rows}):
+        pts = sorted((r["num_tokens"], r["rfid"], r["psnr"]) for r in rows
+                     if (r["text_mode"], r["image_size"]) == (mode, px))
+        label = f"{'no text (baseline)' if mode == 'none' else 'TexTok, text ' + mode} {px}px"
+        style = dict(marker="o", ls="--" if mode == "none" else "-", label=label)
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], **style)
+        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], **style)
+    for ax, name in zip(axes, ("rFID (lower is better)", "PSNR dB (higher is better)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N latent tokens")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
