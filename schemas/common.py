@@ -59,7 +59,7 @@ def _ensure_registered() -> None:
     # Import the table modules so they register themselves (lazy to avoid import cycles).
     import importlib
 
-    for mod in ("schemas.captions", "schemas.shards", "schemas.pools", "schemas.latents"):
+    for mod in ("textok.schemas.captions", "textok.schemas.shards", "textok.schemas.pools", "textok.schemas.latents"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:  # a table module not written yet
