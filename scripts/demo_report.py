@@ -72,7 +72,7 @@ def summary(out: str) -> None:
     acc = os.path.join(out, "samples", "class_accuracy.json")
     if os.path.isfile(gen) and os.path.isfile(acc):
         g, a = json.load(open(gen)), json.load(open(acc))
-        sets = g.get("sweep", [g])
+        sets = sorted(g.get("sweep", [g]), key=lambda r: r.get("cfg_scale") or 0.0)
         by_npz = {s["npz"]: s for s in a["samples"]}
         lines += ["## Class-conditional generation (DiT on TexTok latents, captions from each class's pool)", "",
                   f"Probe (small CNN trained on the {a['train_images']} real training images): "
