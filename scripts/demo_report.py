@@ -58,7 +58,8 @@ def t2i_grid(shards: str, captions: str, samples: str, out: str) -> None:
     for i, key in enumerate(keys):  # a row: the held-out image | what DiT-T2I drew from its caption
         tiles.append(real[key])
         tiles += [torch.from_numpy(g).permute(2, 0, 1).float() / 127.5 - 1 for g in generated[i * per:(i + 1) * per]]
-    save_grid(torch.stack(tiles), out, nrow=1 + per)
+    # 3x nearest-neighbour: 32 px images are too small to judge at 1:1
+    save_grid(torch.nn.functional.interpolate(torch.stack(tiles), scale_factor=3, mode="nearest"), out, nrow=1 + per)
     print(f"held-out image | {per} T2I samples from its caption, {len(keys)} rows -> {out}")
 
 

@@ -236,8 +236,10 @@ def plot_compare(paths: list[str], png_path: str) -> str:
         style = dict(marker="o", ls="--" if mode == "none" else "-", label=label)
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], **style)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], **style)
+    ns = sorted({r["num_tokens"] for r in rows})
     for ax, name in zip(axes, ("rFID (lower is better)", "PSNR dB (higher is better)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
         ax.set_xlabel("N latent tokens")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
