@@ -1,27 +1,23 @@
 """class-accuracy: a probe trained on real labelled images scores samples against the classes asked for."""
 from __future__ import annotations
 
+import io
 import json
+import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from textok.pipeline.demo_data import render_scene, sample_scene
+from textok.pipeline.demo_data import SHAPES, render_scene, sample_scene
+from textok.schemas.common import with_metadata, write_table_atomic
+from textok.schemas.shards import shards_schema, text_emb_column
 from textok.trainer.evaluation.class_accuracy import ClassAccuracyConfig, evaluate_class_accuracy
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """A real (tiny) demo set through prepare: tiles scenes, labels = the shape class."""
-    from textok.pipeline.demo_data import SHAPES
-    import io
-    import os
-
-    import pyarrow as pa
-    from PIL import Image
-    from textok.schemas.common import with_metadata, write_table_atomic
-    from textok.schemas.shards import shards_schema, text_emb_column
-
+    """Real shard files of tiles scenes (labels = the shape class; text is not used here)."""
     root = tmp_path_factory.mktemp("cls")
     out = {}
     for split, seed, n in (("train", 0, 280), ("val", 1, 70)):

@@ -1,7 +1,5 @@
 """`--perceptual auto` never trains against the FID network; the packaged EfficientNet-Lite0 is real."""
 import os
-import sys
-import warnings
 
 import numpy as np
 import pytest
