@@ -54,7 +54,7 @@ def place_name(row: int, col: int, rng: np.random.Generator) -> str:
 
 TILE_COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "cyan")
 INKS = ("black", "white")
-TILE_SHAPE_RADIUS = 0.27  # of the side: the class shape covers the centre tile and the inner parts of the rest
+TILE_SHAPE_RADIUS = 0.36  # of the side: large enough that a tokenizer trained for minutes renders the kind (measured)
 STYLES = ("shapes", "tiles")
 
 
