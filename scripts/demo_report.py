@@ -21,12 +21,18 @@ import pyarrow.parquet as pq
 
 
 def heldout_rows(shards: str, n: int) -> list[dict]:
+    """n held-out rows, taking the classes in turn (first key of each class, then the second, ...)."""
     from textok.trainer.data.loader import resolve_shards
 
     rows = []
     for f in resolve_shards(shards, "val"):
-        rows += pq.read_table(f, columns=["key", "caption"]).to_pylist()
-    return sorted(rows, key=lambda r: r["key"])[:n]
+        rows += pq.read_table(f, columns=["key", "label", "caption"]).to_pylist()
+    by_class: dict = {}
+    for r in sorted(rows, key=lambda r: r["key"]):
+        by_class.setdefault(r["label"], []).append(r)
+    turns = [r for i in range(max(map(len, by_class.values()), default=0))
+             for label in sorted(by_class, key=str) if i < len(by_class[label]) for r in [by_class[label][i]]]
+    return turns[:n]
 
 
 def write_captions(shards: str, n: int, out: str) -> None:
