@@ -63,12 +63,15 @@ FID_NETWORK_NOTE = "trained on the FID network: its perceptual loss used the FID
 
 def training_settings(tok_dir: str) -> dict:
     """{"perceptual", "trained_on_fid_network", "hflip"} of the run that wrote `tok_dir` (None: unknown)."""
+    unknown = {"perceptual": None, "trained_on_fid_network": None, "hflip": None}
     path = os.path.join(os.path.dirname(os.path.abspath(tok_dir)), "config.json")
     if not os.path.isfile(path):
-        return {"perceptual": None, "trained_on_fid_network": None, "hflip": None}
+        return unknown
     with open(path) as f:
         run = json.load(f)
-    loss, train = run.get("loss", {}), run.get("train", {})
+    if not isinstance(run, dict) or not isinstance(run.get("loss"), dict) or not isinstance(run.get("train"), dict):
+        return unknown  # not a train-tokenizer run config
+    loss, train = run["loss"], run["train"]
     kind = loss.get("perceptual")
     if kind == "auto":  # only runs from before the backend was recorded: their auto meant LPIPS or Inception
         kind = "lpips" if (loss.get("lpips_weights") or loss.get("vgg16_weights")) else "inception"
