@@ -33,6 +33,7 @@ COMMANDS = (
     ("textok.trainer.cli_train_dit", "train_dit_cmd"),
     ("textok.trainer.cli_sample", "sample_cmd"),
     ("textok.trainer.cli_eval_gen", "eval_gen_cmd"),
+    ("textok.trainer.cli_class_accuracy", "class_accuracy_cmd"),
     ("textok.trainer.cli_efficiency", "efficiency_cmd"),
 )
 

@@ -1,12 +1,19 @@
 """A synthetic captioned image set where the caption carries real information.
 
-Each image holds 2-4 shapes (circle, square, triangle, star, ring, cross, diamond) with a
+Two styles. `tiles` (what `make demo` uses): a 3x3 quilt of coloured tiles (8 colours) with one
+large black or white shape over its centre; the class is the shape, and the caption names the
+shape, its colour and all nine tile colours row by row, left to right. The tiles hold ~27 bits
+that a handful of latent tokens of a small tokenizer trained for minutes cannot store, while the
+caption states them exactly: the regime of the paper's gain (DESIGN §6), made plain. Flipping
+such an image would contradict its caption (train without --hflip).
+
+`shapes`: each image holds 2-4 shapes (circle, square, triangle, star, ring, cross, diamond) with a
 named colour, a size (small / medium / large) and a place on a 3x3 grid, over a solid,
 gradient or striped background. The caption names all of it, so a tokenizer that reads
 the caption can spend its few tokens on what the text leaves out — the regime where
 TexTok beats a no-text tokenizer. The class is the kind of the largest shape.
 
-    textok make-demo-data --out demo_out --n 2000 --size 64 --seed 0
+    textok make-demo-data --out demo_out --n 2000 --size 64 --seed 0 [--style tiles]
     # -> demo_out/images/{train,val}/<class>/<id>.png and demo_out/manifest.jsonl
 
 Both layouts feed `pipeline.sources.list_records`: the manifest (with provided captions)
@@ -45,8 +52,36 @@ def place_name(row: int, col: int, rng: np.random.Generator) -> str:
     return f"in the {corner}" if rng.random() < 0.5 else f"in the {corner} corner"
 
 
-def sample_scene(seed: int, index: int) -> dict:
-    """The scene description of image `index`: background + shapes (largest first)."""
+TILE_COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "cyan")
+INKS = ("black", "white")
+TILE_SHAPE_RADIUS = 0.36  # of the side: large enough that a tokenizer trained for minutes renders the kind (measured)
+STYLES = ("shapes", "tiles")
+
+
+def sample_tiles_scene(seed: int, index: int) -> dict:
+    """A `tiles` scene: row-major colours of the 3x3 tiles + the class shape over the centre."""
+    rng = np.random.default_rng([seed, index, len(STYLES)])  # its own stream: not a `shapes` scene
+    label = int(rng.integers(len(SHAPES)))
+    tiles = [str(c) for c in rng.choice(TILE_COLOURS, size=9)]
+    shape = {"shape": SHAPES[label], "colour": str(rng.choice(INKS)), "jitter": rng.uniform(-0.04, 0.04, 2).tolist(),
+             "angle": float(rng.uniform(-0.3, 0.3))}
+    rows = [_and_list(tiles[3 * r:3 * r + 3]) for r in range(3)]
+    what = f"a large {shape['colour']} {shape['shape']}"
+    quilt = f"top row {rows[0]}; middle row {rows[1]}; bottom row {rows[2]}"
+    if rng.random() < 0.5:
+        text = f"{what} over nine coloured tiles: {quilt}."
+    else:
+        text = f"nine coloured tiles, {quilt}, with {what} in the middle."
+    return {"index": index, "style": "tiles", "label": label, "class_name": SHAPES[label], "tiles": tiles,
+            "shape": shape, "caption": text[0].upper() + text[1:]}
+
+
+def sample_scene(seed: int, index: int, style: str = "shapes") -> dict:
+    """The scene description of image `index`: background + shapes (largest first), or tiles."""
+    if style == "tiles":
+        return sample_tiles_scene(seed, index)
+    if style != "shapes":
+        raise ValueError(f"demo data style {style!r}: expected one of {STYLES}")
     rng = np.random.default_rng([seed, index])
     label = int(rng.integers(len(SHAPES)))
     n_shapes = int(rng.integers(2, 5))
@@ -136,7 +171,10 @@ def shape_geometry(s: dict, side: float) -> tuple[float, float, float]:
 
 def _draw_shape(draw: ImageDraw.ImageDraw, s: dict, side: int) -> None:
     cx, cy, r = shape_geometry(s, side)
-    fill, kind, a = PALETTE[s["colour"]], s["shape"], s["angle"]
+    _draw_at(draw, s["shape"], cx, cy, r, PALETTE[s["colour"]], s["angle"])
+
+
+def _draw_at(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, fill: tuple, a: float) -> None:
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif kind == "ring":
@@ -157,9 +195,29 @@ def _draw_shape(draw: ImageDraw.ImageDraw, s: dict, side: int) -> None:
         raise ValueError(f"unknown shape {kind!r}; known: {SHAPES}")
 
 
+def tile_shape_geometry(scene: dict, side: float) -> tuple[float, float, float]:
+    """(centre x, centre y, radius) in pixels of a `tiles` scene's shape."""
+    jx, jy = scene["shape"]["jitter"]
+    return (0.5 + jx) * side, (0.5 + jy) * side, TILE_SHAPE_RADIUS * side
+
+
+def _render_tiles(scene: dict, side: int) -> Image.Image:
+    img = Image.new("RGB", (side, side))
+    draw = ImageDraw.Draw(img)
+    edges = [round(side * k / 3) for k in range(4)]
+    for i, colour in enumerate(scene["tiles"]):
+        r, c = divmod(i, 3)
+        draw.rectangle([edges[c], edges[r], edges[c + 1] - 1, edges[r + 1] - 1], fill=PALETTE[colour])
+    cx, cy, r = tile_shape_geometry(scene, side)
+    _draw_at(draw, scene["shape"]["shape"], cx, cy, r, PALETTE[scene["shape"]["colour"]], scene["shape"]["angle"])
+    return img
+
+
 def render_scene(scene: dict, size: int) -> Image.Image:
     """Draw a scene at `size` x `size` pixels (RGB), antialiased by 4x supersampling."""
     side = size * SUPERSAMPLE
+    if scene.get("style") == "tiles":
+        return _render_tiles(scene, side).reduce(SUPERSAMPLE)
     img = _background(scene["background"], side)
     draw = ImageDraw.Draw(img)
     for s in scene["shapes"]:  # largest first, so smaller shapes stay visible on top
@@ -167,7 +225,8 @@ def render_scene(scene: dict, size: int) -> Image.Image:
     return img.reduce(SUPERSAMPLE)
 
 
-def make_demo_data(out_dir: str, n: int = 2000, size: int = 64, seed: int = 0, val_fraction: float = 0.1) -> dict:
+def make_demo_data(out_dir: str, n: int = 2000, size: int = 64, seed: int = 0, val_fraction: float = 0.1,
+                   style: str = "shapes") -> dict:
     """Write out_dir/images/<split>/<class>/<id>.png and out_dir/manifest.jsonl; return a summary."""
     if n < 1 or size < 8 or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"need n >= 1, size >= 8 and 0 <= val_fraction < 1 (got n={n}, size={size}, "
@@ -179,7 +238,7 @@ def make_demo_data(out_dir: str, n: int = 2000, size: int = 64, seed: int = 0, v
     counts = {"train": 0, "val": 0}
     rows = []
     for i in range(n):
-        scene = sample_scene(seed, i)
+        scene = sample_scene(seed, i, style)
         split = "val" if i in val_ids else "train"
         rel = f"images/{split}/{scene['class_name']}/{i:06d}.png"
         os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
@@ -193,7 +252,7 @@ def make_demo_data(out_dir: str, n: int = 2000, size: int = 64, seed: int = 0, v
         f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(tmp, manifest)
     words = [len(r["caption"].split()) for r in rows]
-    return {"out_dir": out_dir, "manifest": manifest, "images_dir": os.path.join(out_dir, "images"), "n": n,
+    return {"out_dir": out_dir, "style": style, "manifest": manifest, "images_dir": os.path.join(out_dir, "images"), "n": n,
             "size": size, "seed": seed, "splits": counts, "classes": list(SHAPES),
             "caption_words": {"min": min(words), "mean": round(sum(words) / n, 1), "max": max(words)}}
 

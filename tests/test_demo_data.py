@@ -118,3 +118,32 @@ def test_written_dataset_reads_back_through_sources(tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="n >= 1"):
         make_demo_data("/tmp/unused-textok-demo", n=0)
+
+
+def test_tiles_captions_name_every_tile_in_order_and_the_pixels_agree():
+    from textok.pipeline.demo_data import TILE_COLOURS, tile_shape_geometry
+
+    size = 48
+    for i in range(60):
+        scene = sample_scene(5, i, "tiles")
+        cap = scene["caption"]
+        assert scene["class_name"] == scene["shape"]["shape"] == SHAPES[scene["label"]]
+        assert f"a large {scene['shape']['colour']} {scene['shape']['shape']}" in cap.lower()
+        for r, row in enumerate(("top", "middle", "bottom")):
+            t = scene["tiles"][3 * r:3 * r + 3]
+            assert f"{row} row {t[0]}, {t[1]} and {t[2]}" in cap, (i, cap)
+        assert len(cap.split()) <= 75 and all(c in TILE_COLOURS for c in scene["tiles"])
+        arr = np.asarray(render_scene(scene, size), dtype=int)
+        for k, colour in enumerate(scene["tiles"]):  # an outer pixel of each tile shows its colour
+            if k == 4:  # the centre tile lies mostly under the shape
+                continue
+            r, c = divmod(k, 3)
+            y, x = (1 if r == 0 else size - 2 if r == 2 else size // 3 + 1), (1 if c == 0 else size - 2 if c == 2
+                                                                              else size // 3 + 1)
+            assert np.abs(arr[y, x] - PALETTE[colour]).max() <= 8, (i, k, colour, arr[y, x])
+        if scene["shape"]["shape"] not in ("ring", "cross", "star"):  # solid at the centre
+            cx, cy, _ = tile_shape_geometry(scene, size)
+            assert np.abs(arr[int(cy), int(cx)] - PALETTE[scene["shape"]["colour"]]).max() <= 8
+    assert sample_scene(5, 3, "tiles") == sample_scene(5, 3, "tiles")
+    with pytest.raises(ValueError, match="style"):
+        sample_scene(0, 0, "stripes")

@@ -79,6 +79,57 @@ def test_all_classes_and_refusals(run, tmp_path):
         sample(run, tmp_path / "x", captions=["a red circle"])
 
 
+@pytest.mark.parametrize("learn_sigma,diffusion_steps", [(False, 1000), (True, 100)])
+def test_sampling_follows_the_diffusion_the_dit_was_trained_with(learn_sigma, diffusion_steps, tmp_path,
+                                                                  monkeypatch):
+    from textok.trainer.models.dit import DiT
+
+    lat = make_latents(str(tmp_path / "lat"))
+    dit = _train(lat, tmp_path / "run", diffusion_steps=diffusion_steps, model={"learn_sigma": learn_sigma})
+    saved = json.load(open(os.path.join(dit, "config.json")))
+    assert (saved["learn_sigma"], saved["diffusion_steps"], saved["noise_schedule"]) == \
+           (learn_sigma, diffusion_steps, "linear")
+    seen = []
+    forward = DiT.forward
+    monkeypatch.setattr(DiT, "forward", lambda self, x, t, **kw: seen.append(t.max().item()) or forward(self, x, t, **kw))
+    run = {**lat, "dit": dit, "pools": write_pools(tmp_path / "pools")}
+    res = sample(run, tmp_path / "s", steps=10, n=2)  # learn_sigma=False crashed here (16 vs 8 channels)
+    assert np.load(res["npz"])["images"].shape[0] == 4
+    # the respaced chain starts at the last timestep of the *trained* chain, not of a 1000-step one
+    assert max(seen) == diffusion_steps - 1
+    with pytest.raises(ValueError, match="diffusion steps"):
+        sample(run, tmp_path / "t", steps=diffusion_steps + 1)
+
+
+def test_guidance_defaults_are_recorded_and_a_sweep_reports_the_best(run, tmp_path):
+    from click.testing import CliRunner
+
+    from textok.cli import main
+    from textok.trainer.evaluation.eval_gen import EvalGenConfig, evaluate_generation
+
+    gfid_set = sample(run, tmp_path / "all", classes=None, all_classes=True, n=1)
+    grid = sample(run, tmp_path / "grid", n=1)
+    assert (gfid_set["cfg_scale"], grid["cfg_scale"]) == (1.5, 4.0)  # DiT's FID-50K scale vs its picture scale
+    assert float(np.load(gfid_set["npz"])["cfg_scale"]) == 1.5
+    res = CliRunner().invoke(main, ["sample", "--dit", run["dit"], "--tokenizer", run["tok"], "--pools", run["pools"],
+                                    "--classes", "all", "--n", "2", "--steps", "3", "--cfg", "1.0,2.0",
+                                    "--device", "cpu", "--output", str(tmp_path / "sweep")])
+    assert res.exit_code == 0, res.output
+    npzs = json.loads(res.output)["npz"]
+    assert [float(np.load(p)["cfg_scale"]) for p in npzs] == [1.0, 2.0]
+    # same seed: the same pool captions at every scale, so the scales are compared on equal terms
+    assert list(np.load(npzs[0])["captions"]) == list(np.load(npzs[1])["captions"])
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, images=np.load(gfid_set["npz"])["images"][:2].repeat(3, axis=0))
+    out = evaluate_generation(EvalGenConfig(samples=npzs, reference=str(ref), output=str(tmp_path / "g.json"),
+                                            device="cpu", batch_size=8))
+    assert [r["cfg_scale"] for r in out["sweep"]] == [1.0, 2.0]
+    best = min(out["sweep"], key=lambda r: r["gfid"])
+    assert out["best"]["cfg_scale"] == best["cfg_scale"] and out["best"]["gfid"] == best["gfid"]
+    single = evaluate_generation(EvalGenConfig(samples=gfid_set["npz"], reference=str(ref), device="cpu"))
+    assert single["cfg_scale"] == 1.5
+
+
 def test_cli_sample(run, tmp_path):
     from click.testing import CliRunner
 

@@ -141,10 +141,55 @@ def test_nan_loss_stops_naming_step_and_checkpoint(shards, tmp_path):
         train(tiny(shards, tmp_path / "inf", steps=4, lr=float("inf"), warmup=0, save_every=1))
 
 
-def test_train_with_auto_perceptual_uses_packaged_inception(shards, tmp_path):
-    out = train(tiny(shards, tmp_path, steps=1, perceptual="auto", loss={**SMALL_DISC, "inception_resize": 75}))
+def test_train_with_auto_perceptual_never_uses_the_fid_inception(shards, tmp_path):
+    out = train(tiny(shards, tmp_path, steps=1, perceptual="auto"))
     rows = read_metrics(str(tmp_path / "metrics.jsonl"))
     assert rows[0]["perceptual"] > 0 and os.path.isdir(out)
+    run = json.load(open(tmp_path / "config.json"))
+    assert run["loss"]["perceptual"] == "efficientnet"  # the resolved backend is recorded, not "auto"
+    assert run["train"]["hflip"] is False  # flips are off unless asked for
+
+
+def test_rfid_of_a_tokenizer_trained_on_the_fid_network_is_marked(shards, tmp_path):
+    from textok.trainer.evaluation.eval_tokenizer import EvalTokenizerConfig, compare_table, evaluate
+
+    train(tiny(shards, tmp_path / "inc", steps=1, perceptual="inception", loss={**SMALL_DISC, "inception_resize": 75}))
+    train(tiny(shards, tmp_path / "eff", steps=1, perceptual="auto", text_mode="none"))
+    cache = str(tmp_path / "real.npz")
+    for name in ("inc", "eff"):  # the second run reuses the originals' features from the cache
+        evaluate(EvalTokenizerConfig(ckpt=str(tmp_path / name), shards=shards, split="train",
+                                     output=str(tmp_path / name / "eval"), num_samples=4, batch_size=4,
+                                     num_workers=0, device="cpu", real_features=cache))
+    inc, eff = (json.load(open(tmp_path / n / "eval" / "eval.json")) for n in ("inc", "eff"))
+    fresh = evaluate(EvalTokenizerConfig(ckpt=str(tmp_path / "eff"), shards=shards, split="train",
+                                         output=str(tmp_path / "fresh"), num_samples=4, batch_size=4,
+                                         num_workers=0, device="cpu"))
+    assert fresh["rfid"] == pytest.approx(eff["rfid"], rel=1e-6)
+    with pytest.raises(ValueError, match="other images"):
+        evaluate(EvalTokenizerConfig(ckpt=str(tmp_path / "eff"), shards=shards, split="train",
+                                     output=str(tmp_path / "x"), num_samples=3, batch_size=4,
+                                     num_workers=0, device="cpu", real_features=cache))
+    assert inc["trained_on_fid_network"] is True and "trained on the FID network" in inc["rfid_note"]
+    assert inc["perceptual"] == "inception" and inc["hflip"] is False
+    assert eff["trained_on_fid_network"] is False and "rfid_note" not in eff and eff["perceptual"] == "efficientnet"
+    table = compare_table([str(tmp_path / "inc"), str(tmp_path / "eff")])
+    assert f"{inc['rfid']:.3f} †" in table and "† trained on the FID network" in table
+    assert f"{eff['rfid']:.3f} |" in table
+
+
+def test_compare_refuses_text_and_baseline_trained_with_different_flips(tmp_path):
+    from textok.trainer.evaluation.eval_tokenizer import compare_table
+
+    def fake_eval(name, mode, hflip):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(
+            {"image_size": 32, "num_tokens": 4, "text_mode": mode, "rfid": 10.0, "psnr": 20.0, "ssim": 0.5,
+             "num_samples": 10, "hflip": hflip}))
+        return str(tmp_path / name)
+
+    with pytest.raises(ValueError, match="different flips"):
+        compare_table([fake_eval("tok", "both", False), fake_eval("base", "none", True)])
+    assert "| no |" in compare_table([str(tmp_path / "tok"), fake_eval("base2", "none", False)])
 
 
 def _torchrun(cfg, tmp_path, name):
@@ -228,6 +273,33 @@ def test_compare_table_has_gain_vs_no_text_baseline(shards, tmp_path):
     assert both[1:4] == ["both", "32", "8"] and none[1:4] == ["none", "32", "8"]
     assert float(both[4]) == pytest.approx(runs["both"]["rfid"], abs=5e-4)
     assert both[5] == f"{gain:+.1f} %" and none[5] == "—"
+
+
+def test_compare_table_plots_rfid_vs_tokens_and_shows_the_flip_setting(tmp_path):
+    from click.testing import CliRunner
+
+    from textok.cli import main
+
+    def fake_eval(name, mode, n, rfid):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(
+            {"image_size": 256, "num_tokens": n, "text_mode": mode, "rfid": rfid, "psnr": 20.0, "ssim": 0.5,
+             "lpips": None, "inception_score": None, "num_samples": 100}))
+        return str(tmp_path / name)
+
+    runs = [fake_eval("tok32", "both", 32, 2.4), fake_eval("base32", "none", 32, 3.8),
+            fake_eval("tok64", "both", 64, 1.53), fake_eval("base64", "none", 64, 2.04)]
+    res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--plot",
+                                    str(tmp_path / "rfid_vs_tokens.png"), "--compare", *runs])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    assert Image.open(tmp_path / "rfid_vs_tokens.png").size[0] > 400
+    lines = (tmp_path / "cmp.md").read_text().splitlines()
+    assert len(lines) == 6 and "| ? |" in lines[2]  # eval.json without the flip setting: unknown, said so
+    assert "tok32 | both | 256 | 32 | 2.400 | -36.8 % |" in lines[3]
+    assert "tok64 | both | 256 | 64 | 1.530 | -25.0 % |" in lines[5]
+    assert "base32 | none | 256 | 32 | 3.800 | — |" in lines[2]
 
 
 def test_config_file_yaml_and_json_overrides_and_unknown_key(tmp_path):

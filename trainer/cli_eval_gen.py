@@ -10,7 +10,8 @@ import click
 
 
 @click.command("eval-gen")
-@click.option("--samples", required=True, help="samples.npz from textok sample.")
+@click.option("--samples", required=True, multiple=True,
+              help="samples.npz from textok sample; repeat for a guidance sweep (reports each and the best).")
 @click.option("--reference", required=True, help="Reference shards (dir/glob/file) or an npz (images / arr_0).")
 @click.option("--output", help="Write the metrics JSON here.")
 @click.option("--num-reference", type=int, default=50_000, show_default=True)
@@ -24,5 +25,6 @@ def eval_gen_cmd(**kw):
     """gFID, precision/recall, IS and CLIP score of generated samples."""
     from textok.trainer.evaluation.eval_gen import EvalGenConfig, evaluate_generation
 
-    result = evaluate_generation(EvalGenConfig(**kw))
+    samples = list(kw.pop("samples"))
+    result = evaluate_generation(EvalGenConfig(samples=samples[0] if len(samples) == 1 else samples, **kw))
     click.echo(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))

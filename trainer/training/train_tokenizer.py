@@ -49,6 +49,9 @@ class TrainTokenizerConfig:
     num_tokens: int | None = None
     token_dim: int | None = None
     text_mode: str = "both"
+    # off unless asked: a flip contradicts captions that say where things are (loader.load_image); a
+    # comparison must use the same value for TexTok and the no-text baseline (eval-tokenizer checks)
+    hflip: bool = False
     steps: int = 0
     batch_size: int = 256  # global, split evenly over ranks
     lr: float = 1e-4
@@ -159,7 +162,8 @@ def build_loader(cfg: TrainTokenizerConfig, dist: Dist, text_dim: int | None = N
                  max_tokens: int | None = None) -> ShardLoader:
     return ShardLoader(cfg.shards, cfg.image_size, local_batch(cfg.batch_size, dist), text_dim=text_dim,
                        max_tokens=max_tokens, split=cfg.split, train=True, seed=cfg.seed, rank=dist.rank,
-                       world_size=dist.world_size, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
+                       world_size=dist.world_size, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer,
+                       hflip=cfg.hflip)
 
 
 def build_model(cfg: TrainTokenizerConfig, text_dim: int, max_tokens: int):
