@@ -115,6 +115,27 @@ def reset_process_state() -> None:
 # --------------------------------------------------------------------------- pure helpers
 
 
+def api_key_from_env() -> Optional[str]:
+    """The Developer API key from GEMINI_API_KEY / GOOGLE_API_KEY (None when neither is set)."""
+    return next((os.environ[k].strip() for k in API_KEY_ENV_VARS if os.environ.get(k, "").strip()), None)
+
+
+def request_jpeg(image, max_side: int = IMAGE_MAX_SIDE, quality: int = 90) -> bytes:
+    """The image as sent: RGB, downscaled to <= max_side, JPEG (sync and batch requests alike)."""
+    return encode_image(downscale_max_side(image.convert("RGB"), max_side), "jpeg", quality)
+
+
+def generation_settings(max_output_tokens: int, temperature: Optional[float],
+                        thinking_budget: Optional[int]) -> dict[str, Any]:
+    """GenerateContentConfig fields (snake_case) shared by the sync and batch request builders."""
+    cfg: dict[str, Any] = {"max_output_tokens": int(max_output_tokens)}
+    if temperature is not None:
+        cfg["temperature"] = temperature
+    if thinking_budget is not None:
+        cfg["thinking_config"] = {"thinking_budget": int(thinking_budget)}
+    return cfg
+
+
 def estimate_input_tokens(prompt: str, n_images: int = 1) -> int:
     """Before sending: 258 tokens per ≤384 px image + ~4 characters per text token."""
     return IMAGE_TOKENS * n_images + math.ceil(len(prompt) / 4) + 4
@@ -259,8 +280,7 @@ class GeminiCaptioner(Captioner):
             self._client = genai.Client(vertexai=True, project=self.vertex_project,
                                         location=self.vertex_location, http_options=http)
         else:
-            self._api_key = next((os.environ[k].strip() for k in API_KEY_ENV_VARS if os.environ.get(k, "").strip()),
-                                 None)
+            self._api_key = api_key_from_env()
             if not self._api_key:
                 raise GeminiConfigError(
                     "the gemini captioner needs credentials: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the "
@@ -326,8 +346,7 @@ class GeminiCaptioner(Captioner):
         prompt = build_prompt(req.class_name, self.class_hint, self.max_words)
         if req.image is None:
             return req, None, prompt
-        img = downscale_max_side(req.image.convert("RGB"), self.image_max_side)
-        return req, encode_image(img, "jpeg", self.jpeg_quality), prompt
+        return req, request_jpeg(req.image, self.image_max_side, self.jpeg_quality), prompt
 
     async def _caption_all(self, prepared) -> list[CaptionResult]:
         tasks = [asyncio.ensure_future(self._caption_one(*p)) for p in prepared]
@@ -342,12 +361,8 @@ class GeminiCaptioner(Captioner):
     def _generation_config(self):
         from google.genai import types
 
-        cfg: dict[str, Any] = {"max_output_tokens": self.max_output_tokens}
-        if self.temperature is not None:
-            cfg["temperature"] = self.temperature
-        if self.thinking_budget is not None:
-            cfg["thinking_config"] = types.ThinkingConfig(thinking_budget=self.thinking_budget)
-        return types.GenerateContentConfig(**cfg)
+        return types.GenerateContentConfig(
+            **generation_settings(self.max_output_tokens, self.temperature, self.thinking_budget))
 
     async def _caption_one(self, req: CaptionRequest, jpeg: Optional[bytes], prompt: str) -> CaptionResult:
         if jpeg is None:
