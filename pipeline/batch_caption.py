@@ -237,6 +237,7 @@ class BatchRun:
             log.warning("%s: its %d keys are resubmitted (up to --batch-max-attempts)", reason, len(e.keys))
         attempts = self.attempts
         in_tok = out_tok = 0
+        written = collections.Counter()
         for key in e.keys:
             record = self.by_key.get(key)
             if record is None or key in self.captioned or key in self.dead:
@@ -257,9 +258,11 @@ class BatchRun:
             width, height = e.sizes[key]
             table, row = result_row(record, res, self.cap, self.max_words, width, height)
             self._write(table, row)
+            written[table] += 1
             fault_point("write")
         self.writers.flush()  # committed before the entry says collected
-        e.outcome = {"state": job.state, "results": len(results), "input_tokens": in_tok, "output_tokens": out_tok,
+        e.outcome = {"state": job.state, "results": len(results), "captioned": written[CAPTIONS],
+                     "dead_letter": written[DEAD_LETTER], "input_tokens": in_tok, "output_tokens": out_tok,
                      "cost_usd": self.batch_cost(in_tok, out_tok), "retry": len(e.retry), "reason": reason}
         e.result_file, e.ended_at, e.phase = job.result_file, now_iso(), COLLECTED
         save(e, self.output_dir)
@@ -343,14 +346,17 @@ def _count_rows(output_dir: str, table: str) -> int:
     return sum(open_parquet(p).metadata.num_rows for p in list_table_files(output_dir, table))
 
 
-def cost_projection(run: BatchRun, n_images: int) -> dict[str, Any]:
-    """Sync vs batch cost of captioning n_images, from the prompt size and the mean answer length seen."""
+def cost_projection(run: BatchRun, entries: list[JobEntry], n_images: int) -> dict[str, Any]:
+    """Sync vs batch cost of captioning n_images: the prompt's estimated input tokens, and the mean
+    answer length of every job collected so far (PROJECTION_OUTPUT_TOKENS before any)."""
     prompt = build_prompt("tench", run.cap.class_hint, run.cap.max_words)
     in_tok = estimate_input_tokens(prompt)
-    out_tok = (run.stats["output_tokens"] / run.stats[CAPTIONS]) if run.stats[CAPTIONS] else PROJECTION_OUTPUT_TOKENS
+    n_caps = sum(e.outcome.get("captioned", 0) for e in entries if not e.in_flight)
+    out_total = sum(e.outcome.get("output_tokens", 0) for e in entries if not e.in_flight)
+    out_tok = out_total / n_caps if n_caps else PROJECTION_OUTPUT_TOKENS
     sync = run.cap.estimate_cost_usd(in_tok * n_images, out_tok * n_images)
     return {"images": n_images, "input_tokens_per_image": in_tok, "output_tokens_per_image": round(out_tok, 1),
-            "output_tokens_from": "results" if run.stats[CAPTIONS] else "assumed",
+            "output_tokens_from": "results" if n_caps else "assumed",
             "sync_usd": None if sync is None else round(sync, 2),
             "batch_usd": None if sync is None else round(sync * BATCH_PRICE_FACTOR, 2)}
 
@@ -384,7 +390,7 @@ def batch_summary(run: BatchRun, entries: list[JobEntry], plan, records: list, b
             "estimated_cost_usd_all_jobs": round(sum((e.outcome.get("cost_usd") or 0.0) if not e.in_flight
                                                      else e.est_cost_usd for e in entries), 6),
             "price_factor_vs_sync": BATCH_PRICE_FACTOR,
-            "projection": {"whole_input": cost_projection(run, len(records)),
-                           "imagenet_1k": cost_projection(run, IMAGENET_1K_IMAGES)},
+            "projection": {"whole_input": cost_projection(run, entries, len(records)),
+                           "imagenet_1k": cost_projection(run, entries, IMAGENET_1K_IMAGES)},
         },
     }

@@ -237,9 +237,10 @@ def test_results_never_attach_to_the_wrong_image(tmp_path, serve):
     assert_captions_match_images(out)
 
 
-@pytest.mark.parametrize("point,expect_jobs", [("after_upload", 2), ("before_create", 2), ("after_create", 2),
-                                                ("poll", 2), ("write:5", 2)])
-def test_sigkill_at_each_point_then_rerun_each_key_once_never_paid_twice(tmp_path, serve, point, expect_jobs):
+@pytest.mark.parametrize("point,jobs_at_kill,captions_at_kill", [
+    ("after_upload", 0, 0), ("before_create", 0, 0), ("after_create", 1, 0), ("poll", 2, 0), ("write:5", 2, 4)])
+def test_sigkill_at_each_point_then_rerun_each_key_once_never_paid_twice(tmp_path, serve, point, jobs_at_kill,
+                                                                          captions_at_kill):
     n = 10
     data = make_images(tmp_path / "data", n)
     fake = serve(job_script=lambda i, name: JobPlan(pending_s=0.0, running_s=0.0))
@@ -251,11 +252,13 @@ def test_sigkill_at_each_point_then_rerun_each_key_once_never_paid_twice(tmp_pat
            "--batch-max-requests", "5", "--commit-every", "2", "--wait", "--batch-poll-seconds", "0.05"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert len(fake.created_jobs()) == jobs_at_kill
+    assert len(read_table(out, "captions")) == captions_at_kill  # write:5 -> two parts of 2 rows committed
     s = run(data, out, fake, batch={"wait": True, "max_requests_per_job": 5})
     assert_each_key_once(out, keys(n))
     assert_captions_match_images(out)
     assert sorted(fake.submitted_keys()) == sorted(keys(n))  # every key in exactly one job
-    assert len(fake.created_jobs()) == expect_jobs
+    assert len(fake.created_jobs()) == 2
     if point == "after_create":
         assert s["batch"]["jobs_discovered_this_run"] == 1
     assert_key_nowhere(out, proc.stdout.decode(), proc.stderr.decode())
