@@ -43,7 +43,7 @@ from textok.pipeline.captioners.base import CaptionResult
 from textok.pipeline.captioners.gemini import (GeminiCaptioner, build_prompt, estimate_input_tokens, from_options,
                                                generation_settings, request_jpeg)
 from textok.pipeline.captioners.gemini_batch import (BATCH_PRICE_FACTOR, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_REQUESTS,
-                                                     MAX_FILE_BYTES_API, SUCCEEDED, BatchClient, parse_result_line,
+                                                     MAX_FILE_BYTES_API, SUCCEEDED, BatchAPIError, BatchClient, parse_result_line,
                                                      request_line)
 from textok.pipeline.images import ImageDecodeError, decode_image
 from textok.pipeline.sources import ImageRecord, list_records, read_image_bytes
@@ -176,7 +176,16 @@ class BatchRun:
         if e.phase == CREATING:
             job = self.client.find(e.display_name) if recovering else None
             if job is None:
-                job = self.client.create(e.model, e.uploaded_file, e.display_name)
+                try:
+                    job = self.client.create(e.model, e.uploaded_file, e.display_name)
+                except BatchAPIError:
+                    if not recovering:
+                        raise
+                    # An upload older than 48 h is gone: upload the kept request file again, once.
+                    log.warning("creating %s from %s failed; uploading its request file again", e.display_name,
+                                e.uploaded_file)
+                    e.phase = PREPARED
+                    return self.advance(e, recovering=False)
                 fault_point("after_create")
                 self.stats["jobs_created"] += 1
                 self.stats["requests_submitted"] += len(e.keys)
@@ -184,6 +193,8 @@ class BatchRun:
                 self.stats["jobs_discovered"] += 1
             e.job_name, e.remote_state, e.submitted_at, e.phase = job.name, job.state, now_iso(), SUBMITTED
             save(e, self.output_dir)
+            # The job holds its own copy now; a failed job's keys are encoded afresh into a new file.
+            FileSystems.delete([e.request_file])
             log.info("batch job %s (%s): %d requests, est. <= $%.4f", e.job_name, e.display_name, len(e.keys),
                      e.est_cost_usd)
 

@@ -89,7 +89,7 @@ def requests_dir(output_dir: str) -> str:
 
 
 def new_entry_id() -> str:
-    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:10]}"
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"  # sorts by creation
 
 
 def save(entry: JobEntry, output_dir: str) -> None:
