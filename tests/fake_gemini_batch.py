@@ -17,7 +17,7 @@ A job moves PENDING -> RUNNING -> its end state over wall time (`JobPlan.pending
 (default `ok()`: a caption naming the image's mean colour, so a caption attached to the
 wrong image shows), reusing fake_gemini's answer builder: `safety`, `prompt_blocked`,
 `error(500)` (a line with an "error" status), `malformed` (a line that is not JSON).
-Every call is logged in `calls` as (method, route, x-goog-api-key header).
+Every call is logged in `calls` as (method, path with query, x-goog-api-key header).
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class FakeGeminiBatch(FakeGemini):
         route = path.split("?")[0]
         hdr = {k.lower(): v for k, v in headers.items()}
         with self._block:
-            self.calls.append((method, route, hdr.get("x-goog-api-key")))
+            self.calls.append((method, path, hdr.get("x-goog-api-key")))
         # The upload URL's upload_id is the credential of the second upload step (no key header).
         if self.api_key is not None and hdr.get("x-goog-api-key") != self.api_key and "upload_id=" not in path:
             return 400, {"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",

@@ -154,6 +154,10 @@ def test_wait_collects_every_key_once_retries_only_retryable_lines_and_rerun_sen
     assert proj["output_tokens_from"] == "results"
     summary_file = json.loads((out / "caption_summary.json").read_text())
     assert summary_file["batch"]["projection"]["whole_input"]["images"] == n
+    routes = {(m, "upload" if r.startswith("/upload/") else r.split(":")[-1] if ":" in r else r.split("/")[-2])
+              for m, r, _ in ((m, p.split("?")[0], k) for m, p, k in fake.calls)}
+    assert routes == {("POST", "upload"), ("POST", "batchGenerateContent"), ("GET", "batches"), ("GET", "download")}
+    assert all(k == FAKE_KEY for m, r, k in fake.calls if "upload_id" not in r)  # the key only in its header
     again = run(data, out, fake, batch={"wait": True})
     assert again["batch"]["requests_submitted_this_run"] == 0 and len(fake.created_jobs()) == 5
     assert_key_nowhere(out)
@@ -283,3 +287,18 @@ def test_cli_batch_mode_output_and_errors_hold_no_key(tmp_path, serve):
     r = CliRunner().invoke(main, args + ["--output", str(tmp_path / "o2")])
     assert r.exit_code == 1 and "Error:" in r.output and "AIzaWRONG" not in r.output
     assert_key_nowhere(out, r.output)
+
+
+def test_fake_batch_server_speaks_cancel_and_list_to_the_real_client(serve):
+    from google import genai
+    from google.genai import types
+
+    fake = serve(job_script=lambda i, name: JobPlan(pending_s=30))
+    client = genai.Client(api_key=FAKE_KEY, http_options=types.HttpOptions(base_url=fake.url))
+    up = client.files.upload(file=__import__("io").BytesIO(b'{"key": "a", "request": {}}\n'),
+                             config={"mime_type": "jsonl"})
+    job = client.batches.create(model="gemini-2.5-flash-lite", src=up.name, config={"display_name": "d1"})
+    assert job.state.name == "JOB_STATE_PENDING" and not job.done
+    client.batches.cancel(name=job.name)
+    assert client.batches.get(name=job.name).state.name == "JOB_STATE_CANCELLED"
+    assert [j.display_name for j in client.batches.list()] == ["d1"]

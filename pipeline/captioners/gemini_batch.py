@@ -101,7 +101,7 @@ class RemoteJob:
 
 
 class BatchClient:
-    """The five google-genai calls Batch Mode needs, with the API key scrubbed from every error."""
+    """The google-genai calls Batch Mode needs, with the API key scrubbed from every error."""
 
     def __init__(self, base_url: Optional[str] = None, timeout_s: float = 600.0):
         from google import genai
@@ -152,9 +152,6 @@ class BatchClient:
         jobs = self._call("list batch jobs", lambda: [j for j in self._client.batches.list(config={"page_size": 100})
                                                       if j.display_name == display_name])
         return _remote(jobs[0]) if jobs else None
-
-    def cancel(self, name: str) -> None:
-        self._call(f"cancel {name}", self._client.batches.cancel, name=name)
 
     def download(self, file_name: str) -> bytes:
         return self._call(f"download {file_name}", self._client.files.download, file=file_name)
