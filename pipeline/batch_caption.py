@@ -178,10 +178,11 @@ class BatchRun:
             if job is None:
                 try:
                     job = self.client.create(e.model, e.uploaded_file, e.display_name)
-                except BatchAPIError:
-                    if not recovering:
-                        raise
-                    # An upload older than 48 h is gone: upload the kept request file again, once.
+                except BatchAPIError as err:
+                    if not recovering or err.code not in (400, 404):
+                        raise  # no answer: the job may exist; the next run finds it by display name
+                    # A rejected create of a recovered entry: its upload (older than 48 h?) is
+                    # gone. Upload the kept request file again, once.
                     log.warning("creating %s from %s failed; uploading its request file again", e.display_name,
                                 e.uploaded_file)
                     e.phase = PREPARED

@@ -22,7 +22,7 @@ from textok.pipeline.captioners import gemini
 from textok.pipeline.captioners.gemini_batch import parse_result_line, request_line
 from fake_gemini import error, malformed, ok, prompt_blocked, safety
 from fake_gemini_batch import FakeGeminiBatch, JobPlan
-from test_caption_pipeline import assert_each_key_once, read_table
+from test_caption_pipeline import assert_each_key_once, make_folder, read_table
 
 FAKE_KEY = "AIzaFAKE-batch-9c1e77d2-do-not-leak"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,6 +241,18 @@ def test_results_never_attach_to_the_wrong_image(tmp_path, serve):
     assert_captions_match_images(out)
 
 
+def killed_run(data, out, fake, point: str) -> subprocess.CompletedProcess:
+    """`textok caption --gemini-mode batch --wait` in a subprocess, SIGKILLed at a named point."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", TEXTOK_BATCH_FAULT=point)
+    cmd = [sys.executable, "-m", "textok", "-v", "caption", "--input", data, "--output", str(out), "--captioner",
+           "gemini", "--model", "gemini-2.5-flash-lite", "--gemini-base-url", fake.url, "--gemini-mode", "batch",
+           "--batch-max-requests", "5", "--commit-every", "2", "--wait", "--batch-poll-seconds", "0.05"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    return proc
+
+
 @pytest.mark.parametrize("point,jobs_at_kill,captions_at_kill", [
     ("after_upload", 0, 0), ("before_create", 0, 0), ("after_create", 1, 0), ("poll", 2, 0), ("write:5", 2, 4)])
 def test_sigkill_at_each_point_then_rerun_each_key_once_never_paid_twice(tmp_path, serve, point, jobs_at_kill,
@@ -249,13 +261,7 @@ def test_sigkill_at_each_point_then_rerun_each_key_once_never_paid_twice(tmp_pat
     data = make_images(tmp_path / "data", n)
     fake = serve(job_script=lambda i, name: JobPlan(pending_s=0.0, running_s=0.0))
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", TEXTOK_BATCH_FAULT=point)
-    cmd = [sys.executable, "-m", "textok", "-v", "caption", "--input", data, "--output", str(out), "--captioner",
-           "gemini", "--model", "gemini-2.5-flash-lite", "--gemini-base-url", fake.url, "--gemini-mode", "batch",
-           "--batch-max-requests", "5", "--commit-every", "2", "--wait", "--batch-poll-seconds", "0.05"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    proc = killed_run(data, out, fake, point)
     assert len(fake.created_jobs()) == jobs_at_kill
     assert len(read_table(out, "captions")) == captions_at_kill  # write:5 -> two parts of 2 rows committed
     s = run(data, out, fake, batch={"wait": True, "max_requests_per_job": 5})
@@ -302,3 +308,25 @@ def test_fake_batch_server_speaks_cancel_and_list_to_the_real_client(serve):
     client.batches.cancel(name=job.name)
     assert client.batches.get(name=job.name).state.name == "JOB_STATE_CANCELLED"
     assert [j.display_name for j in client.batches.list()] == ["d1"]
+
+
+def test_recovered_upload_that_expired_is_uploaded_again_once(tmp_path, serve):
+    data = make_images(tmp_path / "data", 5)
+    fake = serve()
+    out = tmp_path / "out"
+    killed_run(data, out, fake, "before_create")
+    fake.files.clear()  # the Files API dropped the upload (48 h later)
+    s = run(data, out, fake, batch={"wait": True})
+    assert s["batch"]["jobs_created_this_run"] == 1 and len(fake.created_jobs()) == 1
+    assert_each_key_once(out, keys(5))
+
+
+def test_unreadable_images_are_dead_lettered_before_submission(tmp_path, serve):
+    data = make_folder(tmp_path / "data")  # 9 images + not-an-image, empty and truncated files
+    fake = serve()
+    out = tmp_path / "out"
+    s = run(data, out, fake, batch={"wait": True})
+    dead = {r["key"]: r["error_type"] for r in read_table(out, "dead_letter")}
+    assert set(dead) == {"red/notimage", "red/empty", "red/truncated"}
+    assert not set(dead) & set(fake.submitted_keys()) and len(fake.submitted_keys()) == 9
+    assert s["on_disk"] == {"captions": 9, "dead_letter": 3}

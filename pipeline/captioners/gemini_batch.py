@@ -90,7 +90,12 @@ def parse_result_line(line: bytes) -> tuple[Optional[str], Optional[CaptionResul
 
 
 class BatchAPIError(RuntimeError):
-    """A Files/Batches API call failed (the message never holds the API key)."""
+    """A Files/Batches API call failed (the message never holds the API key). `code` is the HTTP
+    status, None when no answer came back (the call may or may not have taken effect)."""
+
+    def __init__(self, message: str, code: Optional[int] = None):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -130,7 +135,7 @@ class BatchClient:
             msg = self.redact(f"{what}: HTTP {code} {e.status or ''}: {e.message or ''}")
             if code in (401, 403):
                 raise GeminiConfigError(f"Gemini rejected the credentials ({msg}); check GEMINI_API_KEY") from None
-            raise BatchAPIError(msg) from None
+            raise BatchAPIError(msg, code) from None
         except (OSError, ValueError, KeyError) as e:  # transport errors, an unfinished upload
             raise BatchAPIError(self.redact(f"{what}: {type(e).__name__}: {e}")) from None
 
