@@ -73,7 +73,8 @@ def main() -> None:
             runs.append({"wait": wait, "s": round(time.monotonic() - t0, 1),
                          "requests_submitted": b["requests_submitted_this_run"],
                          "jobs_created": b["jobs_created_this_run"], "jobs_collected": b["jobs_collected_this_run"],
-                         "captioned": s["captioned"], "dead_letter": s["dead_letter"], "in_flight": b["requests_in_flight"]})
+                         "captioned": s["captioned"], "dead_letter": s["dead_letter"],
+                         "in_flight": b["requests_in_flight"]})
         print(json.dumps({
             "images": a.n, "runs": runs,
             "requests_submitted_total": len(fake.submitted_keys()), "jobs_total": len(fake.created_jobs()),

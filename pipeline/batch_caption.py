@@ -37,14 +37,14 @@ from textok.pipeline.batch_ledger import (COLLECTED, CREATING, PREPARED, SUBMITT
                                           new_entry_id, now_iso, requests_dir, save)
 from textok.pipeline.caption_pipeline import (caption_meta, dead_letter_row, plan_caption_run, result_row)
 from textok.pipeline.caption_rules import DEFAULT_MAX_WORDS
-from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, compact,
+from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, SUMMARY_FILE, WritePartsFn, compact,
                                            has_parts, list_table_files, open_parquet, write_json_atomic)
 from textok.pipeline.captioners.base import CaptionResult
 from textok.pipeline.captioners.gemini import (GeminiCaptioner, build_prompt, estimate_input_tokens, from_options,
                                                generation_settings, request_jpeg)
 from textok.pipeline.captioners.gemini_batch import (BATCH_PRICE_FACTOR, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_REQUESTS,
-                                                     MAX_FILE_BYTES_API, SUCCEEDED, BatchAPIError, BatchClient, parse_result_line,
-                                                     request_line)
+                                                     MAX_FILE_BYTES_API, SUCCEEDED, BatchAPIError, BatchClient,
+                                                     parse_result_line, request_line)
 from textok.pipeline.images import ImageDecodeError, decode_image
 from textok.pipeline.sources import ImageRecord, list_records, read_image_bytes
 
@@ -233,7 +233,7 @@ class BatchRun:
     def collect(self, e: JobEntry, job) -> None:
         results: dict[str, CaptionResult] = {}
         reason = None
-        if job.state == SUCCEEDED or job.result_file:
+        if job.result_file:
             for line in self.client.download(job.result_file).splitlines():
                 if not line.strip():
                     continue
@@ -245,7 +245,8 @@ class BatchRun:
                 else:
                     results.setdefault(key, res)
         else:
-            reason = f"batch job {e.job_name} ended {job.state}"
+            reason = f"batch job {e.job_name} ended {job.state}" + (" without a result file" if job.state == SUCCEEDED
+                                                                     else "")
             log.warning("%s: its %d keys are resubmitted (up to --batch-max-attempts)", reason, len(e.keys))
         attempts = self.attempts
         in_tok = out_tok = 0
@@ -318,14 +319,16 @@ def run_batch_caption(input_path: str, output_dir: str, *, source: str = "auto",
     for e in entries:  # a killed run's half-done submissions: never create a second job for one entry
         if e.phase in (PREPARED, CREATING):
             run.advance(e, recovering=True)
-    budget_deferred = 0
+    budget_deferred, budget_left = 0, cap.max_cost_usd
     for _round in range(opts.max_attempts + 2):
         collected_before = run.stats["jobs_collected"]
         run.load_attempts(entries)
         in_flight = {k for e in entries if e.in_flight for k in e.keys}
         todo = [r for r in records if r.key not in run.captioned and r.key not in run.dead and r.key not in in_flight]
-        todo, budget_deferred = _within_budget(run, todo, cap.max_cost_usd)
+        todo, budget_deferred = _within_budget(run, todo, budget_left)
         new = run.submit(todo) if todo else []
+        if budget_left is not None:  # one budget for the whole run, however many rounds --wait makes
+            budget_left -= sum(e.est_cost_usd for e in new)
         entries += new
         run.poll(entries)
         # Without --wait: one pass. With it: go on while jobs ended this round (their retryable

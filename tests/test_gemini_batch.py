@@ -214,7 +214,7 @@ def test_budget_applies_before_submission_at_batch_prices(tmp_path, serve):
     # worst case per request at flash-lite list prices, halved: (≈375 in * 0.10 + 256 out * 0.40) / 1e6 / 2
     prompt = gemini.build_prompt("c0", False, 75)
     worst = (gemini.estimate_input_tokens(prompt) * 0.10 + 256 * 0.40) / 1e6 / 2
-    s = run(data, out, fake, cap={"max_cost_usd": 3.5 * worst})
+    s = run(data, out, fake, cap={"max_cost_usd": 3.5 * worst}, batch={"wait": True})  # --wait: still one budget
     assert s["batch"]["requests_submitted_this_run"] == 3 and s["batch"]["budget_deferred"] == 7
     assert len(fake.submitted_keys()) == 3
 
