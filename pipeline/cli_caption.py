@@ -3,6 +3,8 @@
     textok caption --input demo/data/manifest.jsonl --output demo/captions --captioner provided
     textok caption --input /data/imagenet --split val --output out/val_caps --captioner gemini \
         --model gemini-2.5-flash-lite --rpm 1000 --max-cost-usd 20
+    textok caption --input /data/imagenet --split train --output out/train_caps --captioner gemini \
+        --gemini-mode batch [--wait]          # Batch Mode: half price, see pipeline/batch_caption.py
     textok caption --input folder/ --output out --captioner template --template "a photo of a {class_name}" \
         --direct_running_mode multi_processing --direct_num_workers 4     # any Beam option passes through
 """
