@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -166,7 +167,7 @@ def test_wait_collects_every_key_once_retries_only_retryable_lines_and_rerun_sen
 def test_without_wait_submit_exits_and_later_runs_poll_then_collect(tmp_path, serve):
     n = 9
     data = make_images(tmp_path / "data", n)
-    fake = serve(job_script=lambda i, name: JobPlan(pending_s=0.6, running_s=0.3))
+    fake = serve(job_script=lambda i, name: JobPlan(pending_s=0.5, running_s=4.0))
     out = tmp_path / "out"
     s1 = run(data, out, fake, batch={"max_requests_per_job": 4})
     assert (s1["batch"]["jobs_created_this_run"], s1["captioned"], s1["deferred"]) == (3, 0, n)
@@ -175,10 +176,11 @@ def test_without_wait_submit_exits_and_later_runs_poll_then_collect(tmp_path, se
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
     assert [x["requests"] for x in rows] == [4, 4, 1] and all(x["est_cost_usd"] > 0 for x in rows)
+    time.sleep(0.6)
     s2 = run(data, out, fake)
-    assert s2["batch"]["requests_submitted_this_run"] == 0
-    import time
-    time.sleep(1.0)
+    assert s2["batch"]["requests_submitted_this_run"] == 0 and s2["captioned"] == 0
+    assert set(s2["batch"]["jobs_by_state"]) == {"JOB_STATE_RUNNING"}
+    time.sleep(4.0)
     s3 = run(data, out, fake)
     assert (s3["batch"]["requests_submitted_this_run"], s3["captioned"]) == (0, n)
     assert len(fake.created_jobs()) == 3 and all(e.phase == COLLECTED for e in load_all(str(out)))
@@ -289,6 +291,8 @@ def test_cli_batch_mode_output_and_errors_hold_no_key(tmp_path, serve):
     r = CliRunner().invoke(main, ["caption", "--input", data, "--output", str(out), "--captioner", "gemini",
                                   "--wait"])
     assert r.exit_code == 1 and "apply only with --gemini-mode batch" in r.output
+    r = CliRunner().invoke(main, args + ["--vertex-project", "p", "--vertex-location", "us-central1"])
+    assert r.exit_code == 1 and "Vertex AI batch prediction is not supported" in r.output
     os.environ["GEMINI_API_KEY"] = "AIzaWRONG-" + FAKE_KEY  # rejected: the error must not echo it
     r = CliRunner().invoke(main, args + ["--output", str(tmp_path / "o2")])
     assert r.exit_code == 1 and "Error:" in r.output and "AIzaWRONG" not in r.output
