@@ -23,6 +23,7 @@ COMMANDS = (
     ("textok.pipeline.cli_make_demo_data", "make_demo_data_cmd"),
     ("textok.pipeline.cli_caption", "caption_cmd"),
     ("textok.pipeline.cli_compact", "compact_cmd"),
+    ("textok.pipeline.cli_batch_status", "batch_status_cmd"),
     ("textok.pipeline.cli_encode", "encode_cmd"),
     ("textok.pipeline.cli_pools", "pools_cmd"),
     ("textok.pipeline.cli_prepare", "prepare_cmd"),

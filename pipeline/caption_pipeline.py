@@ -211,24 +211,35 @@ class CaptionBatchFn(beam.DoFn):
         c["retries"].inc(max(attempts - 1, 0))
         c["input_tokens"].inc(result.input_tokens or 0)
         c["output_tokens"].inc(result.output_tokens or 0)
-        if result.retryable:
+        out = result_row(record, result, self._captioner, self.max_words,
+                         *((image.width, image.height) if image is not None else (None, None)))
+        if out is None:
             c["deferred"].inc()
-            return
-        if result.error_type is not None:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(
-                record, STAGE, result.error_type, result.message or result.error_type, attempts))
-            return
-        caption, error_type, message = clean_caption(result.text, self.max_words)
-        if error_type is not None:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(record, STAGE, error_type, message, attempts))
-            return
-        c["captioned"].inc()
-        yield {"key": record.key, "split": record.split, "label": record.label, "class_name": record.class_name,
-               "source_uri": record.source_uri, "caption": caption, "num_words": count_words(caption),
-               "captioner": self._captioner.name, "prompt_version": self._captioner.prompt_version,
-               "input_tokens": result.input_tokens, "output_tokens": result.output_tokens, "attempts": attempts,
-               "width": image.width if image is not None else None,
-               "height": image.height if image is not None else None}
+        elif out[0] == DEAD_LETTER:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, out[1])
+        else:
+            c["captioned"].inc()
+            yield out[1]
+
+
+def result_row(record: ImageRecord, result: CaptionResult, captioner: Captioner, max_words: int,
+               width: int | None, height: int | None) -> tuple[str, dict] | None:
+    """One backend result -> (table, row) after the caption rules, or None when the result is
+    retryable (deferred to a rerun). Shared by the Beam path and the batch-mode collector."""
+    attempts = max(int(result.attempts or 0), 0)
+    if result.retryable:
+        return None
+    if result.error_type is not None:
+        return DEAD_LETTER, dead_letter_row(record, STAGE, result.error_type, result.message or result.error_type,
+                                            attempts)
+    caption, error_type, message = clean_caption(result.text, max_words)
+    if error_type is not None:
+        return DEAD_LETTER, dead_letter_row(record, STAGE, error_type, message, attempts)
+    return CAPTIONS, {"key": record.key, "split": record.split, "label": record.label,
+                      "class_name": record.class_name, "source_uri": record.source_uri, "caption": caption,
+                      "num_words": count_words(caption), "captioner": captioner.name,
+                      "prompt_version": captioner.prompt_version, "input_tokens": result.input_tokens,
+                      "output_tokens": result.output_tokens, "attempts": attempts, "width": width, "height": height}
 
 
 class CaptionImages(beam.PTransform):

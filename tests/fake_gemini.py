@@ -213,6 +213,33 @@ def _error_body(status: int, retry_delay_s: Optional[float]) -> dict[str, Any]:
     return {"error": err}
 
 
+def answer(b: Behaviour, model: str, image_bytes: Optional[bytes], prompt_text: str
+           ) -> tuple[int, Union[bytes, dict], Optional[dict]]:
+    """(HTTP status, body, extra headers) of one generateContent answer; the batch fake reuses it
+    for each line of a result file."""
+    req = RecordedRequest(0.0, "", model, {}, {"contents": [{"parts": [{"text": prompt_text}] + (
+        [{"inlineData": {"data": base64.b64encode(image_bytes).decode()}}] if image_bytes else [])}]})
+    if b.kind == "error":
+        headers = {"Retry-After": b.retry_after} if b.retry_after else None
+        return b.status, _error_body(b.status, b.retry_delay_s), headers
+    if b.kind == "malformed":
+        return 200, b'{"candidates": [{"content": {"parts": [{"text": "A ca', None
+    if b.kind == "empty":
+        return 200, {"candidates": [], "usageMetadata": _usage(req, ""), "modelVersion": model}, None
+    if b.kind == "prompt_blocked":
+        return 200, {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": _usage(req, ""),
+                     "modelVersion": model}, None
+    if b.kind == "safety":
+        cand = {"finishReason": "SAFETY", "index": 0, "safetyRatings": [
+            {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]}
+        return 200, {"candidates": [cand], "usageMetadata": _usage(req, ""), "modelVersion": model}, None
+    rgb = mean_rgb(image_bytes)
+    text = b.text if b.text is not None else (
+        f"A flat square of colour {' '.join(map(str, rgb)) if rgb else 'unknown'} filling the whole frame.")
+    cand = {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}
+    return 200, {"candidates": [cand], "usageMetadata": _usage(req, text), "modelVersion": model}, None
+
+
 def _make_handler(fake: FakeGemini):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like the real endpoint
@@ -266,10 +293,15 @@ def _make_handler(fake: FakeGemini):
             req.status = 200
             return b
 
+        do_GET = do_POST  # noqa: N815 - the batch fake serves GET routes through handle_extra
+
         def _serve(self) -> None:
             t = time.monotonic()
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             m = _PATH.match(self.path.split("?")[0])
+            extra = getattr(fake, "handle_extra", None)
+            if not m and extra is not None:  # the batch fake's routes (files, batches)
+                return self._send(*extra(self.command, self.path, dict(self.headers.items()), raw))
             try:
                 body = json.loads(raw or b"{}")
             except json.JSONDecodeError:
@@ -290,24 +322,8 @@ def _make_handler(fake: FakeGemini):
             b = self._behave(req, lambda status, b: _error_body(status, b.retry_delay_s))
             if b is None:
                 return None
-            if b.kind == "malformed":
-                return self._send(200, b'{"candidates": [{"content": {"parts": [{"text": "A ca')
-            if b.kind == "empty":
-                return self._send(200, {"candidates": [], "usageMetadata": _usage(req, ""), "modelVersion": req.model})
-            if b.kind == "prompt_blocked":
-                return self._send(200, {"promptFeedback": {"blockReason": "SAFETY"},
-                                        "usageMetadata": _usage(req, ""), "modelVersion": req.model})
-            if b.kind == "safety":
-                cand = {"finishReason": "SAFETY", "index": 0, "safetyRatings": [
-                    {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]}
-                return self._send(200, {"candidates": [cand], "usageMetadata": _usage(req, ""),
-                                        "modelVersion": req.model})
-            rgb = mean_rgb(req.image_bytes)
-            text = b.text if b.text is not None else (
-                f"A flat square of colour {' '.join(map(str, rgb)) if rgb else 'unknown'} filling the whole frame.")
-            cand = {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}
-            return self._send(200, {"candidates": [cand], "usageMetadata": _usage(req, text),
-                                    "modelVersion": req.model})
+            status, payload, headers = answer(b, req.model, req.image_bytes, req.prompt_text)
+            return self._send(status, payload, headers)
 
     return Handler
 

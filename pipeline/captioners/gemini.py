@@ -38,6 +38,7 @@ from typing import Any, Optional
 from textok.pipeline.captioners.base import CaptionRequest, check_options
 from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, prompt_template
 from textok.pipeline.captioners.ratelimit import retry_hint_s
+from textok.pipeline.images import downscale_max_side, encode_image
 from textok.pipeline.captioners.remote import Attempt as _Attempt
 from textok.pipeline.captioners.remote import LoopThread as _LoopThread
 from textok.pipeline.captioners.remote import RemoteCaptioner, reset_process_state, transport_errors
@@ -72,6 +73,27 @@ def _close_client(client) -> None:
 
 
 # --------------------------------------------------------------------------- pure helpers
+
+
+def api_key_from_env() -> Optional[str]:
+    """The Developer API key from GEMINI_API_KEY / GOOGLE_API_KEY (None when neither is set)."""
+    return next((os.environ[k].strip() for k in API_KEY_ENV_VARS if os.environ.get(k, "").strip()), None)
+
+
+def request_jpeg(image, max_side: int = IMAGE_MAX_SIDE, quality: int = 90) -> bytes:
+    """The image as sent: RGB, downscaled to <= max_side, JPEG (sync and batch requests alike)."""
+    return encode_image(downscale_max_side(image.convert("RGB"), max_side), "jpeg", quality)
+
+
+def generation_settings(max_output_tokens: int, temperature: Optional[float],
+                        thinking_budget: Optional[int]) -> dict[str, Any]:
+    """GenerateContentConfig fields (snake_case) shared by the sync and batch request builders."""
+    cfg: dict[str, Any] = {"max_output_tokens": int(max_output_tokens)}
+    if temperature is not None:
+        cfg["temperature"] = temperature
+    if thinking_budget is not None:
+        cfg["thinking_config"] = {"thinking_budget": int(thinking_budget)}
+    return cfg
 
 
 def estimate_input_tokens(prompt: str, n_images: int = 1) -> int:
@@ -175,8 +197,7 @@ class GeminiCaptioner(RemoteCaptioner):
         if self._client is not None:
             return
         if not self.vertex_project:
-            self._api_key = next((os.environ[k].strip() for k in API_KEY_ENV_VARS if os.environ.get(k, "").strip()),
-                                 None)
+            self._api_key = api_key_from_env()
             if not self._api_key:
                 raise GeminiConfigError(
                     "the gemini captioner needs credentials: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the "
@@ -232,12 +253,8 @@ class GeminiCaptioner(RemoteCaptioner):
     def _generation_config(self):
         from google.genai import types
 
-        cfg: dict[str, Any] = {"max_output_tokens": self.max_output_tokens}
-        if self.temperature is not None:
-            cfg["temperature"] = self.temperature
-        if self.thinking_budget is not None:
-            cfg["thinking_config"] = types.ThinkingConfig(thinking_budget=self.thinking_budget)
-        return types.GenerateContentConfig(**cfg)
+        return types.GenerateContentConfig(
+            **generation_settings(self.max_output_tokens, self.temperature, self.thinking_budget))
 
     async def _attempt(self, jpeg: bytes, prompt: str) -> _Attempt:
         from google.auth import exceptions as auth_errors
