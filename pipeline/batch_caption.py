@@ -40,7 +40,8 @@ from textok.pipeline.caption_rules import DEFAULT_MAX_WORDS
 from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, SUMMARY_FILE, WritePartsFn, compact,
                                            has_parts, list_table_files, open_parquet, write_json_atomic)
 from textok.pipeline.captioners.base import CaptionResult
-from textok.pipeline.captioners.gemini import (GeminiCaptioner, build_prompt, estimate_input_tokens, from_options,
+from textok.pipeline.captioners.prompt import build_prompt
+from textok.pipeline.captioners.gemini import (GeminiCaptioner, estimate_input_tokens, from_options,
                                                generation_settings, request_jpeg)
 from textok.pipeline.captioners.gemini_batch import (BATCH_PRICE_FACTOR, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_REQUESTS,
                                                      MAX_FILE_BYTES_API, SUCCEEDED, BatchAPIError, BatchClient,

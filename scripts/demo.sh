@@ -84,13 +84,14 @@ textok train-dit "${DIT_FLAGS[@]}" --t2i --output "$OUT/dit_t2i" > "$OUT/dit_t2i
 say "6/9 class-conditional samples at guidance 1.0, 1.5 (DiT's FID value) and 4.0 (its picture value)"
 textok sample --dit "$OUT/dit" --tokenizer "$TOK" --pools "$OUT/prepared/pools" --classes all \
     --n "$SAMPLE_N" --cfg 1.0,1.5,4.0 --steps 100 --output "$OUT/samples" > /dev/null
-SETS=("$OUT"/samples/cfg-*/samples.npz)
+SAMPLE_ARGS=()
+for s in "$OUT"/samples/cfg-*/samples.npz; do SAMPLE_ARGS+=(--samples "$s"); done
 
 say "7/9 gFID against the held-out images + class accuracy under a probe trained on the real images"
 textok eval-gen --reference "$OUT/prepared/shards/val-*.parquet" --output "$OUT/samples/eval_gen.json" \
-    $(printf -- '--samples %s ' "${SETS[@]}") > /dev/null
+    "${SAMPLE_ARGS[@]}" > /dev/null
 textok class-accuracy --train "$OUT/prepared/shards" --val "$OUT/prepared/shards" \
-    --output "$OUT/samples/class_accuracy.json" $(printf -- '--samples %s ' "${SETS[@]}") > /dev/null
+    --output "$OUT/samples/class_accuracy.json" "${SAMPLE_ARGS[@]}" > /dev/null
 
 say "8/9 text-to-image from the captions of held-out images"
 python "$HERE/demo_report.py" captions --shards "$OUT/prepared/shards" --n 8 --out "$OUT/t2i/captions.txt"

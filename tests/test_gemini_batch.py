@@ -19,6 +19,7 @@ from PIL import Image
 from textok.cli import main
 from textok.pipeline.batch_caption import BatchOptions, run_batch_caption
 from textok.pipeline.batch_ledger import COLLECTED, load_all
+from textok.pipeline.captioners.prompt import build_prompt
 from textok.pipeline.captioners import gemini
 from textok.pipeline.captioners.gemini_batch import parse_result_line, request_line
 from fake_gemini import error, malformed, ok, prompt_blocked, safety
@@ -214,7 +215,7 @@ def test_budget_applies_before_submission_at_batch_prices(tmp_path, serve):
     fake = serve()
     out = tmp_path / "out"
     # worst case per request at flash-lite list prices, halved: (≈375 in * 0.10 + 256 out * 0.40) / 1e6 / 2
-    prompt = gemini.build_prompt("c0", False, 75)
+    prompt = build_prompt("c0", False, 75)
     worst = (gemini.estimate_input_tokens(prompt) * 0.10 + 256 * 0.40) / 1e6 / 2
     s = run(data, out, fake, cap={"max_cost_usd": 3.5 * worst}, batch={"wait": True})  # --wait: still one budget
     assert s["batch"]["requests_submitted_this_run"] == 3 and s["batch"]["budget_deferred"] == 7

@@ -38,10 +38,9 @@ from typing import Any, Optional
 from textok.pipeline.captioners.base import CaptionRequest, check_options
 from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, prompt_template
 from textok.pipeline.captioners.ratelimit import retry_hint_s
-from textok.pipeline.images import downscale_max_side, encode_image
 from textok.pipeline.captioners.remote import Attempt as _Attempt
 from textok.pipeline.captioners.remote import LoopThread as _LoopThread
-from textok.pipeline.captioners.remote import RemoteCaptioner, reset_process_state, transport_errors
+from textok.pipeline.captioners.remote import RemoteCaptioner, request_jpeg, reset_process_state, transport_errors
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class GeminiConfigError(RuntimeError):
     """Missing/invalid credentials, unknown model or bad settings: stop the run, fix the setting."""
 
 
-__all__ = ["GeminiCaptioner", "GeminiConfigError", "estimate_input_tokens", "from_options", "parse_response",
+__all__ = ["GeminiCaptioner", "GeminiConfigError", "estimate_input_tokens", "from_options", "parse_response", "request_jpeg",
            "reset_process_state"]
 
 
@@ -78,11 +77,6 @@ def _close_client(client) -> None:
 def api_key_from_env() -> Optional[str]:
     """The Developer API key from GEMINI_API_KEY / GOOGLE_API_KEY (None when neither is set)."""
     return next((os.environ[k].strip() for k in API_KEY_ENV_VARS if os.environ.get(k, "").strip()), None)
-
-
-def request_jpeg(image, max_side: int = IMAGE_MAX_SIDE, quality: int = 90) -> bytes:
-    """The image as sent: RGB, downscaled to <= max_side, JPEG (sync and batch requests alike)."""
-    return encode_image(downscale_max_side(image.convert("RGB"), max_side), "jpeg", quality)
 
 
 def generation_settings(max_output_tokens: int, temperature: Optional[float],

@@ -73,6 +73,12 @@ _LIMITS: dict[tuple, SharedLimits] = {}
 _LIMITS_LOCK = threading.Lock()
 
 
+def request_jpeg(image, max_side: int, quality: int = 90) -> bytes:
+    """The image as sent: RGB, downscaled to <= max_side, JPEG (every remote backend, Gemini sync and
+    batch requests alike: the ≤384-px default cuts image tokens and cost)."""
+    return encode_image(downscale_max_side(image.convert("RGB"), max_side), "jpeg", quality)
+
+
 def shared_limits(key: tuple, rpm, tpm, max_cost_usd, max_in_flight) -> SharedLimits:
     key = (os.getpid(), *key)  # a forked child has its own loop, so its own limiter and semaphore
     with _LIMITS_LOCK:
@@ -177,8 +183,7 @@ class RemoteCaptioner(Captioner):
         prompt = build_prompt(req.class_name, self.class_hint, self.max_words)
         if req.image is None:
             return req, None, prompt
-        img = downscale_max_side(req.image.convert("RGB"), self.image_max_side)
-        return req, encode_image(img, "jpeg", self.jpeg_quality), prompt
+        return req, request_jpeg(req.image, self.image_max_side, self.jpeg_quality), prompt
 
     def _estimate_input_tokens(self, prompt: str) -> int:
         raise NotImplementedError
