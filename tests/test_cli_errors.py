@@ -102,8 +102,8 @@ def test_a_mistake_raised_inside_the_pipeline_is_one_line_too(tmp_path):
 def test_encode_and_pools_mistakes(tmp_path, shards):
     caps = make_captions_dir(str(tmp_path / "cap"), n_train=4, n_val=3)
     out = tmp_path / "data"
-    line = fails(cli("encode", "--captions", caps, "--output", out, "--emb-dtype", "int8"), 2, "--emb-dtype",
-                 "did you mean --dtype?")
+    line = fails(cli("encode", "--captions", caps, "--output", out, "--emb-dtipe", "int8"), 2, "--emb-dtipe",
+                 "did you mean --emb-dtype?")
     assert "Beam" in line
     fails(cli("encode", "--captions", caps, "--output", out, "--row-per-shard", "4"), 2, "--rows-per-shard")
     fails(cli("encode", "--captions", caps, "--output", out, "stray"), 2, "'stray'")
@@ -241,8 +241,8 @@ def test_real_process_one_line_no_beam_noise(tmp_path):
     assert p.stderr.strip().splitlines() == [f"Error: {tmp_path / 'nope'}: no Parquet files under captions/ or "
                                              "dead_letter/ (expected the --output DIR of `textok caption`)"]
     p = subprocess.run([sys.executable, "-m", "textok", "encode", "--captions", str(tmp_path), "--output",
-                        str(tmp_path / "o"), "--emb-dtype", "int8"], capture_output=True, text=True, env=env,
+                        str(tmp_path / "o"), "--emb-dtipe", "int8"], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=120)
     assert p.returncode == 2 and "apitools" not in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert [line for line in p.stderr.splitlines() if line.startswith("Error:")][0].startswith(
-        "Error: no such option: --emb-dtype (did you mean --dtype?")
+        "Error: no such option: --emb-dtipe (did you mean --emb-dtype?")

@@ -83,7 +83,7 @@ def test_encode_int8_shards_validate_decode_and_halve_the_embedding_bytes(encode
     assert r8["projected"]["embedding_GB"] < r16["projected"]["embedding_GB"]
     r = CliRunner().invoke(main, ["inspect", str(root / "int8" / "shards"), "--project-rows", "1000"])
     assert r.exit_code == 0 and "(int8)" in r.output and "projected for 1000 rows" in r.output, r.output
-    with pytest.raises(RuntimeError, match="emb_dtype"):  # one output folder, one storage dtype
+    with pytest.raises(ValueError, match="emb_dtype"):  # one output folder, one storage dtype
         run_encode(caps, str(root / "int8"), encoder=t5, rows_per_shard=5, device="cpu")
 
 

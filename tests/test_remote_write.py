@@ -1,8 +1,9 @@
 """Captions written, compacted and resumed on a writable remote filesystem (issue 10).
 
 `memfs://` is a Beam `FileSystem` registered by subclassing (Beam finds every subclass), backed
-by a dict with object-store semantics: no folders, no rename, a `create` is one upload that
-appears whole on close. `textok caption` must write, resume and compact through Beam's
+by a dict with object-store semantics: no folders, a `create` is one upload that appears whole
+on close, and `rename` is copy + delete (as Beam's GCS and S3 filesystems do it: not atomic, so a
+writer renames only from a name no reader globs). `textok caption` must write, resume and compact through Beam's
 FileSystems alone: no local path, no os.* call may touch these uris.
 """
 from __future__ import annotations
@@ -82,7 +83,9 @@ def _install():
             return io.BytesIO(STORE[path])
 
         def rename(self, sources, destinations):
-            raise NotImplementedError("object stores have no rename; the writers must not need one")
+            for src, dst in zip(sources, destinations):  # copy, then delete: never a move
+                STORE[dst] = STORE[src]
+                STORE.pop(src)
 
         def delete(self, paths):
             for p in paths:
