@@ -12,7 +12,6 @@ revision decide. The embedding width `D` must always agree.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from textok.schemas.common import list_parquet, read_meta
@@ -40,8 +39,10 @@ def check_output_encoder(output_dir: str, meta: dict[str, Any], folder: str, com
     """Refuse to write `command`'s embeddings (encoder `meta`) into an output whose `folder`
     (shards/ or pools/) holds embeddings of another encoder: tokenizer, DiT and sampler would mix
     two embedding spaces. Checked before any work, from the files' metadata only."""
-    where = os.path.join(output_dir, folder)
-    if not os.path.isdir(where):
+    from textok.pipeline import remote_io as rio
+
+    where = rio.join(output_dir, folder)
+    if not rio.is_dir(where):  # local folder, or any object under gs://.../folder/ (object stores)
         return
     for path in list_parquet(where):
         theirs = read_meta(path)["meta"]

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from s3_server import local_s3
 from test_encode import make_captions_dir
+from helpers import make_random_t5
 from test_text_encoder import build_tiny_t5
 from textok.cli import main
 from textok.pipeline import remote_io as rio
@@ -107,6 +108,10 @@ def test_pools_inspect_compact_on_s3(s3, t5_dir, captions, encoded):
     assert report["rows"] == 11 and report["storage_dtype"] == "float16"
     per_example = sum(report["bytes_per_example"].values())
     assert report["projected"]["total_GB"] == pytest.approx(per_example * 1e6 / 1e9, abs=1e-3)
+    other_t5 = make_random_t5(str(t5_dir) + "_other", ["a red circle", "a blue square"] * 20, d_model=32,
+                              vocab_size=30, seed=1)  # same D, other weights
+    with pytest.raises(ValueError, match="were encoded with"):  # the shards on S3 are checked before any work
+        run_pools(captions[1], remote_out, encoder=other_t5, per_class=2, device="cpu", beam_args=s3.beam_args)
     r = CliRunner().invoke(main, ["inspect", f"{remote_out}/pools/val.parquet", "--json", *s3.beam_args])
     assert r.exit_code == 0 and json.loads(r.stdout)["table"] == "pools", r.output
     # the caption folder on S3 holds two part files: compact merges them into one sorted file
