@@ -37,8 +37,9 @@ from textok.pipeline.batch_ledger import (COLLECTED, CREATING, PREPARED, SUBMITT
                                           new_entry_id, now_iso, requests_dir, save)
 from textok.pipeline.caption_pipeline import (caption_meta, dead_letter_row, plan_caption_run, result_row)
 from textok.pipeline.caption_rules import DEFAULT_MAX_WORDS
+from textok.atomic import write_json_atomic
 from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, SUMMARY_FILE, WritePartsFn, compact,
-                                           has_parts, list_table_files, open_parquet, write_json_atomic)
+                                           has_parts, list_table_files, open_parquet)
 from textok.pipeline.captioners.base import CaptionResult
 from textok.pipeline.captioners.prompt import build_prompt
 from textok.pipeline.captioners.gemini import (GeminiCaptioner, estimate_input_tokens, from_options,

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from textok.pipeline.caption_store import write_json_atomic
+from textok.atomic import write_json_atomic
 
 PREPARED, CREATING, SUBMITTED, COLLECTED = "prepared", "creating", "submitted", "collected"
 FAULT_ENV = "TEXTOK_BATCH_FAULT"

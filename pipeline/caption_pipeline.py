@@ -38,12 +38,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.windowed_value import WindowedValue
 
-from textok.atomic import require_output_dir
+from textok.atomic import require_output_dir, write_json_atomic
 from textok.pipeline.caption_rules import DEFAULT_MAX_WORDS, clean_caption, count_words
 from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, clean_caption_temps,
-                                           compact,
-                                    has_parts, list_table_files, open_parquet, read_key_splits,
-                                    write_json_atomic)
+                                           compact, has_parts, list_table_files, open_parquet, read_key_splits)
 from textok.pipeline.captioners import build_captioner
 from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
 from textok.pipeline.images import ImageDecodeError, decode_image

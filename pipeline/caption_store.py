@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from textok.atomic import clean_temps, write_json_atomic  # noqa: F401 (re-exported)
+from textok.atomic import clean_temps
 from textok.faults import maybe_fail
 from textok.schemas.captions import CAPTIONS_SCHEMA, DEAD_LETTER_SCHEMA
 from textok.schemas.common import KEY_META, SchemaError, with_metadata, write_table_atomic

@@ -16,7 +16,7 @@ pipeline, not in the backend, so every backend obeys the same caption rules.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from PIL import Image
