@@ -1,23 +1,26 @@
 # textok — `make test` and `make demo` work on a fresh machine: they create/reuse .venv,
-# install torch (torch==2.13.0 only when no torch is importable), then the package.
+# install torch (torch==2.13.0 only when no torch is importable), then the package, every
+# dependency pinned by requirements/constraints.txt (the versions the suite passed with).
+# `make upgrade-deps` re-resolves that file and runs the suite: upgrading is a deliberate step.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.textok-installed
+LOCK   := requirements/constraints.txt
 DEMO_DIR ?= demo_out
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo bench gpu-check clean
+.PHONY: install test demo bench gpu-check clean upgrade-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Re-install only when pyproject.toml changes (idempotent and quick otherwise).
-$(STAMP): pyproject.toml | $(PY)
+# Re-install only when pyproject.toml or the lock changes (idempotent and quick otherwise).
+$(STAMP): pyproject.toml $(LOCK) | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev,demo]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,demo]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +40,17 @@ bench: $(STAMP)
 # Without CUDA it prints why and exits 0.
 gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py --out bench/results/gpu_check.json
+
+# Re-resolve every dependency to its newest release inside pyproject's bounds, install that, and
+# run the suite: commit requirements/constraints.txt only when it passes.
+upgrade-deps: | $(PY)
+	$(PY) -m pip install -q "pip-tools>=7.4"
+	$(PY) -m piptools compile -q --upgrade --all-extras --strip-extras --no-emit-index-url \
+		--no-emit-find-links --no-header --annotation-style=line -o $(LOCK) pyproject.toml requirements/torch.in
+	sed -i 's/^torch==\([0-9.]*\)+cpu /torch==\1     /' $(LOCK)
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,demo]"
+	touch $(STAMP)
+	$(PY) -m pytest -q tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -80,16 +80,25 @@ def _image_only(processor_cls: type) -> type:
     import inspect
 
     attrs = [a for a in processor_cls.get_attributes() if "video" not in a]
-    n_video = sum("video" in p for p in inspect.signature(processor_cls.__init__).parameters)
+    video_params = [p for p in inspect.signature(processor_cls.__init__).parameters if "video" in p]
+    namespace = {"get_attributes": classmethod(lambda cls: list(attrs)), "__module__": processor_cls.__module__}
 
-    def from_args_and_dict(cls, args, processor_dict, **kwargs):
-        # Loading passes one argument per attribute; SmolVLM's __init__ still requires its
-        # video argument, so hand it None (ProcessorMixin keeps only the listed attributes).
-        return processor_cls.from_args_and_dict.__func__(cls, [*args, *[None] * n_video], processor_dict, **kwargs)
-
-    return type(processor_cls.__name__, (processor_cls,),
-                {"get_attributes": classmethod(lambda cls: list(attrs)),
-                 "from_args_and_dict": classmethod(from_args_and_dict), "__module__": processor_cls.__module__})
+    # SmolVLM's __init__ still requires its video argument, so loading hands it None
+    # (ProcessorMixin keeps only the listed attributes). transformers < 5.2x builds the
+    # processor with `from_args_and_dict(args, ...)` (one positional argument per attribute);
+    # later releases with `from_dict(processor_dict)`, the sub-processors inside the dict.
+    # Both are covered so one build of this class loads across the supported range.
+    if hasattr(processor_cls, "from_args_and_dict"):
+        def from_args_and_dict(cls, args, processor_dict, **kwargs):
+            return processor_cls.from_args_and_dict.__func__(cls, [*args, *[None] * len(video_params)],
+                                                             processor_dict, **kwargs)
+        namespace["from_args_and_dict"] = classmethod(from_args_and_dict)
+    if hasattr(processor_cls, "from_dict"):
+        def from_dict(cls, processor_dict, **kwargs):
+            processor_dict = {**processor_dict, **{p: None for p in video_params if p not in processor_dict}}
+            return processor_cls.from_dict.__func__(cls, processor_dict, **kwargs)
+        namespace["from_dict"] = classmethod(from_dict)
+    return type(processor_cls.__name__, (processor_cls,), namespace)
 
 
 def load_processor(model_id: str):
