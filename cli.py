@@ -64,6 +64,7 @@ class TextokGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         from textok.errors import FlagError, user_error
+        from textok.redaction import scrub
 
         try:
             return super().invoke(ctx)
@@ -73,8 +74,9 @@ class TextokGroup(click.Group):
             message = user_error(e)
             if message is None:
                 raise
+            message = scrub(message)  # an error may quote a URL with its credentials
             if ctx.params.get("verbose", 0) >= 2:
-                traceback.print_exc()
+                sys.stderr.write(scrub(traceback.format_exc()))
             sub = ctx.invoked_subcommand and ctx.command.get_command(ctx, ctx.invoked_subcommand)
             if isinstance(e, FlagError):
                 usage_ctx = click.Context(sub, info_name=ctx.invoked_subcommand, parent=ctx) if sub else ctx
@@ -88,14 +90,18 @@ class TextokGroup(click.Group):
                    "lines (INFO) show by default.")
 def main(verbose: int) -> None:
     """textok: caption images, encode captions with T5, train TexTok and a DiT on its tokens."""
+    from textok.redaction import RedactingFilter
+
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # no-op if logging is set up
     root = logging.getLogger()
     root.setLevel(level)
     for handler in root.handlers:  # a handler's filters see records of every logger, not only root's
-        for old in [f for f in handler.filters if isinstance(f, _CliLogFilter)]:
+        for old in [f for f in handler.filters if isinstance(f, (_CliLogFilter, RedactingFilter))]:
             handler.removeFilter(old)
         handler.addFilter(_CliLogFilter(tracebacks=verbose >= 2))
+        # URL credentials (user:pass@, ?key=) out of every line, also what HTTP clients log at -vv
+        handler.addFilter(RedactingFilter())
     # Third-party libraries stay at WARNING unless -v; textok's progress and stage lines are INFO.
     logging.getLogger("textok").setLevel(min(level, logging.INFO))
     if not sys.stderr.isatty():  # no download/loading bars of huggingface_hub and transformers in log files

@@ -21,9 +21,11 @@ class FlagError(ValueError):
 
 
 # Errors whose message was written for the user (the class names keep torch, Beam and the
-# backends unimported): the captioners' configuration errors, the text-encoder loader's, missing
+# backends unimported): the captioners' configuration errors and "every server is down", the
+# text-encoder loader's, missing
 # Google credentials, and the Hugging Face Hub's answers to a wrong id or revision, or no network.
-_MISTAKE_NAMES = {"GeminiConfigError", "LocalVLMConfigError", "EncoderError", "DefaultCredentialsError",
+_MISTAKE_NAMES = {"GeminiConfigError", "LocalVLMConfigError", "OpenAICompatConfigError", "FleetDownError",
+                  "EncoderError", "DefaultCredentialsError",
                   "RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "LocalEntryNotFoundError",
                   "GatedRepoError", "OfflineModeIsEnabled", "HFValidationError"}
 # A file that is not what its name promises: a truncated or overwritten checkpoint.

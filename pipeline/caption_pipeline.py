@@ -11,8 +11,9 @@ Graph (`CaptionImages`): read bytes + decode (skipped when the captioner needs n
 -> `BatchElements` -> `CaptionBatchFn` (captioner built in `setup()`, caption rules applied
 to every answer) -> tagged outputs "captions" and "dead_letter". `WriteCaptionParts` commits
 both to small atomic part files (textok.pipeline.caption_store). Results a backend marks
-`retryable` (budget exhausted, rate limit given up) are written nowhere: they are counted
-as "deferred" and the next run over the same output tries them again.
+`retryable` (budget exhausted, rate limit or a server's transient failures outlasting the
+retries) are written nowhere: they are counted as "deferred", by reason, and the next run over
+the same output tries them again.
 
 `run_caption` plans the run (skips keys already on disk), runs the pipeline, compacts the
 parts and writes DIR/caption_summary.json. `textok prepare` reuses `plan_caption_run`,
@@ -213,6 +214,7 @@ class CaptionBatchFn(beam.DoFn):
                          *((image.width, image.height) if image is not None else (None, None)))
         if out is None:
             c["deferred"].inc()
+            _counter(f"deferred_{result.error_type or 'unknown'}").inc()
         elif out[0] == DEAD_LETTER:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, out[1])
         else:
@@ -431,15 +433,33 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
     log.info("caption summary: %s", {k: summary[k] for k in ("captioned", "dead_letter", "deferred",
                                                              "skipped_existing", "wall_s")})
     if summary["deferred"]:
-        log.warning("%d keys were deferred (budget or rate limit); rerun the same command to caption them",
-                    summary["deferred"])
+        log.warning("%d keys were deferred (%s); rerun the same command to caption them", summary["deferred"],
+                    deferred_reasons(summary["deferred_by_reason"]))
     return summary
+
+
+# Why a key was deferred, in words: a server fault must never read as a budget stop (issue 19).
+_DEFERRED_WORDS = {"budget_exhausted": "the --max-cost-usd budget", "http_429": "rate limited (HTTP 429)",
+                   "connection_error": "server unreachable", "timeout": "server timed out"}
+
+
+def deferred_reasons(by_reason: dict[str, int]) -> str:
+    """"server unreachable: 3, HTTP 502 (server error): 2" from {"connection_error": 3, "http_502": 2}."""
+    def words(reason: str) -> str:
+        if reason in _DEFERRED_WORDS:
+            return _DEFERRED_WORDS[reason]
+        if reason.startswith("http_5"):
+            return f"HTTP {reason[5:]} (server error)"
+        return reason
+    return ", ".join(f"{words(k)}: {v}" for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1])) or "unknown"
 
 
 def _summary(cap: Captioner, counters: dict[str, int], plan: CaptionPlan, n_records: int, wall: float,
              pipeline_s: float, compaction: dict | None, output_dir: str) -> dict[str, Any]:
     prefix = "dead_letter_"
     by_reason = {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix) and v}
+    deferred_by_reason = {k[len("deferred_"):]: v for k, v in sorted(counters.items())
+                          if k.startswith("deferred_") and v}
     in_tok, out_tok = counters.get("input_tokens", 0), counters.get("output_tokens", 0)
     processed = counters.get("captioned", 0) + counters.get("dead_letter", 0)
     requests = counters.get("requests", 0)
@@ -449,6 +469,7 @@ def _summary(cap: Captioner, counters: dict[str, int], plan: CaptionPlan, n_reco
         "retried_dead_letters": plan.retried_dead_letters, "to_caption": len(plan.records),
         "captioned": counters.get("captioned", 0), "dead_letter": counters.get("dead_letter", 0),
         "dead_letter_by_reason": by_reason, "deferred": counters.get("deferred", 0),
+        "deferred_by_reason": deferred_by_reason,
         "requests": requests, "retries": counters.get("retries", 0),
         "input_tokens": in_tok, "output_tokens": out_tok,
         "estimated_cost_usd": cap.estimate_cost_usd(in_tok, out_tok),

@@ -8,8 +8,10 @@
 
 Scriptable per request: pass `script=` a list of `Behaviour`s (consumed in arrival order,
 then `default`) or a function `(RecordedRequest) -> Behaviour`. Behaviours: `ok`, `error`
-(429 with google.rpc.RetryInfo retryDelay and/or Retry-After, 500, 503...), `hang`,
-`safety`, `prompt_blocked`, `empty`, `malformed`, `long_answer`. Every request is recorded
+(429 with google.rpc.RetryInfo retryDelay and/or Retry-After, 500, 503...), `html_error`
+(a proxy's 502 page), `reset` (the connection is reset, no answer), `hang`, `safety`,
+`prompt_blocked`, `empty`, `malformed`, `long_answer`, `truncated` (cut at the output limit:
+finishReason MAX_TOKENS / finish_reason length), `parts` (OpenAI: content as a list of parts). Every request is recorded
 with its arrival time, headers and JSON body, so tests can check pacing and that the key
 travels only in the header.
 
@@ -39,7 +41,8 @@ IMAGE_TOKENS = 258  # what Gemini 2.x bills for an image with both sides <= 384 
 
 @dataclass
 class Behaviour:
-    kind: str = "ok"                       # ok | error | hang | safety | prompt_blocked | empty | malformed
+    kind: str = "ok"                       # ok | error | html_error | reset | hang | safety | prompt_blocked | empty
+    #                                        | malformed | truncated | parts
     latency_s: float = 0.0
     status: int = 200
     text: Optional[str] = None             # ok: answer text (default: names the image's colour)
@@ -76,6 +79,24 @@ def empty() -> Behaviour:
 
 def malformed() -> Behaviour:
     return Behaviour("malformed")
+
+
+def html_error(status: int = 502) -> Behaviour:
+    """What a load balancer answers for a dead backend: an HTML page, not the API's JSON error."""
+    return Behaviour("html_error", status=status)
+
+
+def reset() -> Behaviour:
+    """The connection is reset (RST) after the request is read: no status line at all."""
+    return Behaviour("reset")
+
+
+def truncated(text: str = "A red square sits on the left of a") -> Behaviour:
+    return Behaviour("truncated", text=text)
+
+
+def parts(text: Optional[str] = None) -> Behaviour:
+    return Behaviour("parts", text=text)
 
 
 def long_answer(words: int = 120) -> Behaviour:
@@ -236,7 +257,8 @@ def answer(b: Behaviour, model: str, image_bytes: Optional[bytes], prompt_text: 
     rgb = mean_rgb(image_bytes)
     text = b.text if b.text is not None else (
         f"A flat square of colour {' '.join(map(str, rgb)) if rgb else 'unknown'} filling the whole frame.")
-    cand = {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}
+    cand = {"content": {"parts": [{"text": text}], "role": "model"},
+            "finishReason": "MAX_TOKENS" if b.kind == "truncated" else "STOP", "index": 0}
     return 200, {"candidates": [cand], "usageMetadata": _usage(req, text), "modelVersion": model}, None
 
 
@@ -264,6 +286,34 @@ def _make_handler(fake: FakeGemini):
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout): nothing to deliver
 
+        def _send_raw(self, status: int, data: bytes, content_type: str) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def _reset(self) -> None:
+            """Abort the TCP connection (SO_LINGER 0 -> RST), as a crashing backend does."""
+            import socket
+            import struct
+
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.wfile.flush()
+            except OSError:
+                pass
+            for f in (self.rfile, self.wfile):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            self.connection.close()
+
         def do_POST(self) -> None:  # noqa: N802 - http.server naming
             self._req: Optional[RecordedRequest] = None
             try:
@@ -289,6 +339,16 @@ def _make_handler(fake: FakeGemini):
                 req.status = b.status
                 headers = {"Retry-After": b.retry_after} if b.retry_after else None
                 self._send(b.status, error_body(b.status, b), headers)
+                return None
+            if b.kind == "html_error":
+                req.status = b.status
+                page = f"<html><head><title>{b.status} Bad Gateway</title></head><body><center><h1>{b.status} " \
+                       "Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+                self._send_raw(b.status, page.encode(), "text/html")
+                return None
+            if b.kind == "reset":
+                req.status = 0
+                self._reset()
                 return None
             req.status = 200
             return b

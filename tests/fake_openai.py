@@ -9,7 +9,10 @@
 
 Scripting, recording, `max_concurrency()` and the answer that names the image's mean colour
 are FakeGemini's (tests/fake_gemini.py): `script=[error(429, retry_after="0.2"), ok()]`.
-`api_key` makes other bearer tokens a 401; `models` makes other model names a 404.
+`api_key` makes other bearer tokens a 401; `models` makes other model names a 404 (or
+`unknown_model_status=400`, as some servers answer). `truncated()` answers finish_reason
+"length"; `parts()` answers `message.content` as a list of text parts. Query parameters of each
+request are recorded in `RecordedRequest.path`.
 
     python tests/fake_openai.py --latency 0.3      # serve until Ctrl-C, print the base URL
 """
@@ -43,9 +46,10 @@ def text_of(req: RecordedRequest) -> str:
 
 class FakeOpenAI(FakeGemini):
     def __init__(self, script=None, default: Optional[Behaviour] = None, api_key: Optional[str] = None,
-                 models: Optional[list[str]] = None):
+                 models: Optional[list[str]] = None, unknown_model_status: int = 404):
         super().__init__(script=script, default=default, api_key=api_key)
         self.models = models
+        self.unknown_model_status = unknown_model_status
 
     def _handler(self):
         return _make_handler(self)
@@ -80,8 +84,9 @@ def _make_handler(fake: FakeOpenAI):
                 req.kind, req.status = "bad_key", 401
                 return self._send(401, _error(401, "Incorrect API key provided."))
             if fake.models is not None and req.model not in fake.models:
-                req.kind, req.status = "unknown_model", 404
-                return self._send(404, _error(404, f"The model `{req.model}` does not exist."))
+                req.kind, req.status = "unknown_model", fake.unknown_model_status
+                return self._send(fake.unknown_model_status,
+                                  _error(fake.unknown_model_status, f"The model `{req.model}` does not exist."))
             b = self._behave(req, lambda status, b: _error(status, f"fake server error {status}"))
             if b is None:
                 return None
@@ -92,11 +97,17 @@ def _make_handler(fake: FakeOpenAI):
                 f"A flat square of colour {' '.join(map(str, rgb)) if rgb else 'unknown'} filling the whole frame.")
             prompt_tokens = 200 * (rgb is not None) + max(1, len(text_of(req)) // 4)
             out_tokens = max(1, round(len(text.split()) * 1.3)) if text else 0
+            content: Any = text
+            if b.kind == "parts":  # split in two text parts around an image part the client must skip
+                half = max(text.rfind(" ", 0, len(text) // 2), 0)
+                content = [{"type": "text", "text": text[:half]}, {"type": "image_url", "image_url": {"url": "x"}},
+                           {"type": "text", "text": text[half:]}]
+            finish = {"safety": "content_filter", "truncated": "length"}.get(b.kind, "stop")
             return self._send(200, {
                 "id": f"chatcmpl-{len(fake.requests)}", "object": "chat.completion", "created": int(time.time()),
                 "model": req.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "content_filter" if b.kind == "safety" else "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": finish}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
                           "total_tokens": prompt_tokens + out_tokens}})
 

@@ -223,7 +223,7 @@ def test_instances_in_one_process_share_one_client_per_server(serve):
     assert c3._held[0].value is not c1._held[0].value                 # forgotten: a fresh client
 
 
-def test_unreachable_server_defers_and_a_hang_times_out(serve):
+def test_unreachable_server_defers_and_a_hang_times_out_and_defers(serve):
     from fake_gemini import hang
 
     gone = serve()
@@ -236,7 +236,7 @@ def test_unreachable_server_defers_and_a_hang_times_out(serve):
     slow = serve(script=[hang(3.0)])
     cap = _captioner(slow.base_url, timeout_s=0.3, max_retries=0)
     res = cap.caption_batch(_requests(1))
-    assert res[0].error_type == "timeout" and not res[0].retryable
+    assert res[0].error_type == "timeout" and res[0].retryable      # a transient failure: never a dead letter
 
 
 def test_budget_needs_a_price_and_stops_before_it_is_passed(serve, tmp_path):

@@ -23,7 +23,9 @@ retried, and a budget stop defers the rest to a rerun, which starts a fresh budg
 The API key is read from the environment in `setup()` only: it is never an attribute of a
 pickled captioner, never in `settings()`, and every error message is scrubbed of it.
 Authentication / unknown-model errors are configuration errors and raise `GeminiConfigError`
-(the run stops); everything else becomes a failed `CaptionResult`.
+(the run stops); everything else becomes a failed `CaptionResult`. An answer cut at the output
+limit (`finishReason: MAX_TOKENS`) is the dead letter `truncated`, not a caption. A credential
+in --gemini-base-url is redacted wherever the URL is shown (settings, messages, logs).
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION,
 from textok.pipeline.captioners.ratelimit import retry_hint_s
 from textok.pipeline.captioners.remote import Attempt as _Attempt
 from textok.pipeline.captioners.remote import LoopThread as _LoopThread
-from textok.pipeline.captioners.remote import RemoteCaptioner, request_jpeg, reset_process_state, transport_errors
+from textok.pipeline.captioners.remote import (RemoteCaptioner, names_unknown_model, request_jpeg, reset_process_state,
+                                               transport_errors)
+from textok.redaction import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +127,16 @@ def parse_response(resp: Any) -> _Attempt:
         return a
     parts = (cand.content.parts if cand.content and cand.content.parts else [])
     text = "".join(p.text for p in parts if p.text and not p.thought).strip()
+    if reason == "MAX_TOKENS":
+        # Cut mid-answer (or spent on thinking): a half sentence is no description of the image.
+        a.error_type = "truncated"
+        a.message = (f"the answer was cut at the output limit (finishReason=MAX_TOKENS) after {len(text.split())} "
+                     "words; raise --max-new-tokens and rerun with --retry-dead-letters")
+        return a
     if not text:
         a.error_type, a.message = "empty_response", f"no text in the answer (finishReason={reason})"
         return a
-    a.text = text  # MAX_TOKENS keeps its text: the caption rules cut it at a sentence boundary
+    a.text = text
     return a
 
 
@@ -214,6 +224,10 @@ class GeminiCaptioner(RemoteCaptioner):
         self._client = self._held.value
         self._start()
 
+    def _servers(self) -> list[str]:
+        return [self.base_url or ("vertex:" + str(self.vertex_location) if self.vertex_project
+                                  else "https://generativelanguage.googleapis.com")]
+
     def _limits_key(self) -> tuple:
         return ("gemini", self._endpoint(), self.base_url, self.model_id, self.rpm, self.tpm, self.max_in_flight,
                 self.max_cost_usd)
@@ -230,7 +244,7 @@ class GeminiCaptioner(RemoteCaptioner):
     # -- public API ----------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         return {
-            "model_id": self.model_id, "endpoint": self._endpoint(), "base_url": self.base_url,
+            "model_id": self.model_id, "endpoint": self._endpoint(), "base_url": redact_url(self.base_url),
             "vertex_project": self.vertex_project, "vertex_location": self.vertex_location,
             "max_words": self.max_words, "class_hint": self.class_hint,
             "max_output_tokens": self.max_output_tokens, "temperature": self.temperature,
@@ -250,7 +264,7 @@ class GeminiCaptioner(RemoteCaptioner):
         return types.GenerateContentConfig(
             **generation_settings(self.max_output_tokens, self.temperature, self.thinking_budget))
 
-    async def _attempt(self, jpeg: bytes, prompt: str) -> _Attempt:
+    async def _attempt(self, jpeg: bytes, prompt: str, server: int = 0) -> _Attempt:
         from google.auth import exceptions as auth_errors
         from google.genai import errors, types
 
@@ -267,8 +281,8 @@ class GeminiCaptioner(RemoteCaptioner):
         except timeouts:
             return _Attempt(error_type="timeout", message=f"no response within {self.timeout_s:g} s", retry=True)
         except (*transports, auth_errors.TransportError) as e:
-            return _Attempt(error_type="connection_error", message=f"{type(e).__name__}: {e}", retry=True,
-                            maybe_billed=False)
+            return _Attempt(error_type="connection_error", message=self._redact(f"{type(e).__name__}: {e}"),
+                            retry=True, maybe_billed=False)
         except auth_errors.GoogleAuthError as e:  # Vertex AI: no or unusable application-default credentials
             raise GeminiConfigError(self._redact(
                 f"Vertex AI credentials for project {self.vertex_project!r} are missing or invalid "
@@ -290,7 +304,7 @@ class GeminiCaptioner(RemoteCaptioner):
             # `from None`: this runs inside `except APIError`, whose text (the raw body, which a
             # server or proxy may fill with the key) would otherwise print as the chained context
             raise GeminiConfigError(f"Gemini rejected the credentials ({msg}); check {where}") from None
-        if code == 404:
+        if code == 404 or (code == 400 and names_unknown_model(msg)):
             raise GeminiConfigError(f"Gemini does not know model {self.model_id!r} ({msg}); check --model") from None
         retry = code in (408, 429) or code >= 500
         return _Attempt(error_type=f"http_{code}", message=msg, retry=retry, maybe_billed=False,

@@ -11,14 +11,19 @@ URL (≤384 px by default) and our versioned prompt, through the `openai` client
 retries off. Pacing (--rpm/--tpm), --max-in-flight, retries honouring `Retry-After`, timeouts,
 the --max-cost-usd budget and usage accounting are the Gemini backend's (remote.py). Several
 --openai-base-url values spread requests over a fleet of servers: each request (and each
-retry) goes to the server with the fewest requests in flight from this process.
+retry) goes to the healthy server with the fewest requests in flight from this process; a
+failing server is set aside by its circuit breaker (fleet.py) and probed again later, and the
+run stops with one line when every server is down. A URL may carry a credential
+(`https://user:pass@host/v1`, `?key=...`): it is used for the requests and redacted
+(`textok.redaction`) everywhere it is shown: settings(), repr, messages, logs.
 
 The key comes from the environment only: `OPENAI_API_KEY`, or the variable named by
 --api-key-env. Servers started without a key (vLLM's default) need none; the client then sends
 the placeholder "EMPTY". The key is never an attribute of a pickled captioner, never in
 settings() or a row, and every error message is scrubbed of it. A rejected key (401/403) or an
-unknown model (404) stops the run with `OpenAICompatConfigError`; everything else becomes a
-failed `CaptionResult`.
+unknown model (404, or a 400 naming the model) stops the run with `OpenAICompatConfigError`;
+everything else becomes a failed `CaptionResult`. An answer cut at --max-new-tokens
+(`finish_reason: length`) is the dead letter `truncated`, not a caption.
 """
 from __future__ import annotations
 
@@ -29,11 +34,13 @@ import json
 import math
 import os
 from typing import Any, Optional
+from urllib.parse import parse_qsl
 
 from textok.pipeline.captioners.base import CaptionRequest, check_options
 from textok.pipeline.captioners.prompt import MAX_CAPTION_WORDS, PROMPT_VERSION, prompt_template
 from textok.pipeline.captioners.ratelimit import retry_hint_s
-from textok.pipeline.captioners.remote import Attempt, LoopThread, RemoteCaptioner
+from textok.pipeline.captioners.remote import Attempt, LoopThread, RemoteCaptioner, names_unknown_model
+from textok.redaction import redact_url
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 IMAGE_MAX_SIDE = 384
@@ -57,7 +64,27 @@ def build_messages(jpeg: bytes, prompt: str) -> list[dict[str, Any]]:
                                          {"type": "text", "text": prompt}]}]
 
 
-def parse_completion(resp: Any) -> Attempt:
+def content_text(content: Any) -> str:
+    """`message.content` as text: a string, or a list of parts (`{"type": "text", "text": ...}` dicts
+    or objects, as some servers answer) whose text parts are joined; other parts are ignored."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    texts = []
+    for part in content if isinstance(content, (list, tuple)) else [content]:
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        get = part.get if isinstance(part, dict) else lambda k, _p=part: getattr(_p, k, None)
+        if get("type") in (None, "text", "output_text") and isinstance(get("text"), str):
+            texts.append(get("text"))
+    return " ".join(t.strip() for t in texts if t.strip())
+
+
+def parse_completion(resp: Any, max_tokens: Optional[int] = None) -> Attempt:
     """ChatCompletion -> caption text or a classified failure (pure; unit-testable)."""
     usage = getattr(resp, "usage", None)
     a = Attempt(input_tokens=getattr(usage, "prompt_tokens", None),
@@ -74,11 +101,17 @@ def parse_completion(resp: Any) -> Attempt:
     if getattr(message, "refusal", None):
         a.error_type, a.message = "refusal", f"refusal: {message.refusal[:300]}"
         return a
-    text = (message.content or "").strip()
+    text = content_text(getattr(message, "content", None)).strip()
+    if choice.finish_reason == "length":
+        # Cut mid-answer: storing it would keep a half sentence as the image's description.
+        a.error_type = "truncated"
+        a.message = (f"the answer was cut at the output limit (finish_reason=length, max_tokens={max_tokens}) after "
+                     f"{len(text.split())} words; raise --max-new-tokens and rerun with --retry-dead-letters")
+        return a
     if not text:
         a.error_type, a.message = "empty_response", f"no text in the answer (finish_reason={choice.finish_reason})"
         return a
-    a.text = text  # finish_reason "length" keeps its text: the caption rules cut it at a sentence
+    a.text = text
     return a
 
 
@@ -106,7 +139,7 @@ class OpenAICompatCaptioner(RemoteCaptioner):
                 "separate with commas for several servers), or OPENAI_BASE_URL in the environment")
         bad = [u for u in urls if not u.startswith(("http://", "https://"))]
         if bad:
-            raise OpenAICompatConfigError(f"--openai-base-url {bad[0]!r} is not an http(s) URL")
+            raise OpenAICompatConfigError(f"--openai-base-url {redact_url(bad[0])!r} is not an http(s) URL")
         if not api_key_env or not api_key_env.replace("_", "").isalnum():
             raise OpenAICompatConfigError(f"--api-key-env {api_key_env!r} is not an environment variable name")
         self.model_id = model_id
@@ -129,7 +162,12 @@ class OpenAICompatCaptioner(RemoteCaptioner):
         return state
 
     def __repr__(self) -> str:
-        return f"OpenAICompatCaptioner(model_id={self.model_id!r}, base_urls={self.base_urls!r})"
+        return f"OpenAICompatCaptioner(model_id={self.model_id!r}, base_urls={self.shown_urls!r})"
+
+    @property
+    def shown_urls(self) -> list[str]:
+        """The base URLs as they may be printed or written: credentials redacted."""
+        return [redact_url(u) for u in self.base_urls]
 
     # -- lifecycle -----------------------------------------------------------------------
     def setup(self) -> None:
@@ -150,7 +188,11 @@ class OpenAICompatCaptioner(RemoteCaptioner):
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
 
         def make(url: str):
-            return lambda: openai.AsyncOpenAI(api_key=key or NO_KEY, base_url=url, timeout=self.timeout_s,
+            # A query in the base URL (`?key=...`, `?api-version=...`) goes on every request as the
+            # client's default query: glued to the base URL it would end up inside the path.
+            base, _, query = url.partition("?")
+            return lambda: openai.AsyncOpenAI(api_key=key or NO_KEY, base_url=base, timeout=self.timeout_s,
+                                              default_query=dict(parse_qsl(query)) or None,
                                               max_retries=0)  # our retries, so every attempt is paced
 
         # One client (HTTP pool) per server, process and key, shared by every DoFn thread.
@@ -164,6 +206,9 @@ class OpenAICompatCaptioner(RemoteCaptioner):
     def _ready(self) -> bool:
         return bool(self._held)
 
+    def _servers(self) -> list[str]:
+        return self.base_urls
+
     def _limits_key(self) -> tuple:
         return ("openai", tuple(self.base_urls), self.model_id, self.rpm, self.tpm, self.max_in_flight,
                 self.max_cost_usd)
@@ -172,14 +217,10 @@ class OpenAICompatCaptioner(RemoteCaptioner):
     def _estimate_input_tokens(self, prompt: str) -> int:
         return IMAGE_TOKENS_ESTIMATE + math.ceil(len(prompt) / 4) + 8
 
-    async def _attempt(self, jpeg: bytes, prompt: str) -> Attempt:
+    async def _attempt(self, jpeg: bytes, prompt: str, i: int) -> Attempt:
         import openai
 
-        # The server with the fewest requests in flight from this process (shared by every
-        # instance; only the loop thread touches the counts), ties to the first.
-        load = self._shared.in_flight
-        i = min(range(len(self.base_urls)), key=lambda j: load.get(j, 0))
-        load[i] = load.get(i, 0) + 1
+        url = self.shown_urls[i]  # server i, chosen by the fleet's breakers (remote.py)
         try:
             resp = await asyncio.wait_for(
                 self._held[i].value.chat.completions.create(
@@ -187,18 +228,16 @@ class OpenAICompatCaptioner(RemoteCaptioner):
                     max_tokens=self.max_output_tokens, temperature=self.temperature),
                 timeout=self.timeout_s + 5)  # the client's own timeout fires first; this is a backstop
         except openai.APIStatusError as e:
-            return self._status_error(e, self.base_urls[i])
+            return self._status_error(e, url)
         except (openai.APITimeoutError, asyncio.TimeoutError):
             return Attempt(error_type="timeout", message=f"no response within {self.timeout_s:g} s", retry=True)
         except openai.APIConnectionError as e:
             return Attempt(error_type="connection_error", retry=True, maybe_billed=False,
-                           message=f"{type(e).__name__} to {self.base_urls[i]}: {e.__cause__ or e}")
+                           message=self._redact(f"{type(e).__name__} to {url}: {e.__cause__ or e}"))
         except (openai.APIResponseValidationError, ValueError) as e:  # a garbled body
             return Attempt(error_type="malformed_response", message=f"{type(e).__name__}: {str(e)[:300]}",
                            retry=True)
-        finally:
-            load[i] -= 1
-        return parse_completion(resp)
+        return parse_completion(resp, self.max_output_tokens)
 
     def _status_error(self, e, url: str) -> Attempt:
         code = int(e.status_code)
@@ -208,7 +247,7 @@ class OpenAICompatCaptioner(RemoteCaptioner):
         if code in (401, 403):
             raise OpenAICompatConfigError(
                 f"the server rejected the credentials ({msg}); check {self.api_key_env}") from None
-        if code == 404:
+        if code == 404 or (code == 400 and names_unknown_model(msg)):
             raise OpenAICompatConfigError(
                 f"{msg}: the server does not serve model {self.model_id!r} or the URL lacks /v1; check --model "
                 "against GET {base_url}/models and --openai-base-url") from None
@@ -217,7 +256,7 @@ class OpenAICompatCaptioner(RemoteCaptioner):
                        hint_s=retry_hint_s(e) if retry else None)
 
     def settings(self) -> dict[str, Any]:
-        return {"model_id": self.model_id, "base_urls": self.base_urls, "api_key_env": self.api_key_env,
+        return {"model_id": self.model_id, "base_urls": self.shown_urls, "api_key_env": self.api_key_env,
                 "max_words": self.max_words, "class_hint": self.class_hint,
                 "max_output_tokens": self.max_output_tokens, "temperature": self.temperature,
                 "image_max_side": self.image_max_side, "image_format": "jpeg", "jpeg_quality": self.jpeg_quality,

@@ -13,6 +13,15 @@ use exponential backoff with full jitter on 429/5xx/timeouts/connection errors, 
 than the server's hint (`retryDelay`, `Retry-After`), which also pauses the shared limiter.
 The client libraries' own retries stay off, so every attempt passes our limiter and is counted.
 
+Which server: `fleet.FleetHealth` (a circuit breaker per server, shared like the limiter) routes
+each attempt to a healthy server; a server fault while another server is healthy is re-routed at
+once without costing a retry, and when every server is down the run stops with `FleetDownError`.
+How a failure ends: transient ones (429, 5xx with any body, timeouts, resets, refused
+connections) that outlast the retries are *deferred* (written nowhere; a rerun tries them),
+never dead letters; an item's own failures (safety, refusal, truncation, a 400 for one image)
+are dead letters; configuration errors (401/403, unknown model, a 400 on every request before
+any success) raise the backend's ConfigError and stop the run once.
+
 Limits are per worker process: on a runner with N worker processes divide --rpm, --tpm and
 --max-cost-usd by N. The limiter state outlives captioner instances on purpose (a budget must
 not restart when Beam recreates a DoFn); `reset_process_state()` forgets it.
@@ -23,15 +32,18 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from textok.pipeline.captioners.fleet import FleetHealth
 from textok.pipeline.captioners.prompt import build_prompt
 from textok.pipeline.captioners.ratelimit import CostBudget, RateLimiter, backoff_s, load_price_table
 from textok.pipeline.images import downscale_max_side, encode_image
+from textok.redaction import scrub, url_secrets
 
 # --------------------------------------------------------------------------- shared loop + limits
 
@@ -60,8 +72,11 @@ class SharedLimits:
     limiter: RateLimiter
     budget: CostBudget
     max_in_flight: int
+    fleet: FleetHealth
     semaphore: Optional[asyncio.Semaphore] = None  # created on the loop on first use
-    in_flight: dict = field(default_factory=dict)  # per server, for backends that spread over a fleet
+    ok_seen: bool = False                         # any request answered: a later 400 is the item's
+    bad_request_streak: int = 0                   # HTTP 400s in a row
+    fatal: Optional[Exception] = None             # a configuration error: every later attempt raises it
 
     def sem(self) -> asyncio.Semaphore:
         if self.semaphore is None:
@@ -79,11 +94,13 @@ def request_jpeg(image, max_side: int, quality: int = 90) -> bytes:
     return encode_image(downscale_max_side(image.convert("RGB"), max_side), "jpeg", quality)
 
 
-def shared_limits(key: tuple, rpm, tpm, max_cost_usd, max_in_flight) -> SharedLimits:
+def shared_limits(key: tuple, rpm, tpm, max_cost_usd, max_in_flight, servers: list[str] = ("default",),
+                  **fleet_kw) -> SharedLimits:
     key = (os.getpid(), *key)  # a forked child has its own loop, so its own limiter and semaphore
     with _LIMITS_LOCK:
         if key not in _LIMITS:
-            _LIMITS[key] = SharedLimits(RateLimiter(rpm, tpm), CostBudget(max_cost_usd), max_in_flight)
+            _LIMITS[key] = SharedLimits(RateLimiter(rpm, tpm), CostBudget(max_cost_usd), max_in_flight,
+                                        FleetHealth(list(servers), **fleet_kw))
         return _LIMITS[key]
 
 
@@ -122,6 +139,26 @@ class Attempt:
     output_tokens: Optional[int] = None
     maybe_billed: bool = True   # without usage, assume the worst case was billed
 
+    @property
+    def server_fault(self) -> bool:
+        """The server (not the item) failed: unreachable, reset, timed out, or a 5xx."""
+        return self.error_type in ("connection_error", "timeout") or (self.error_type or "").startswith("http_5")
+
+    @property
+    def transient(self) -> bool:
+        """Worth trying again later: deferred to a rerun when the retries run out, never a dead letter."""
+        return self.retry and self.error_type != "malformed_response"
+
+
+# A 400 that names the model: the server does not serve it (vLLM, TGI and proxies answer 400, not 404).
+_UNKNOWN_MODEL = re.compile(r"model.{0,120}(not (be )?found|does not exist|doesn't exist|unknown|not supported|"
+                            r"not available|invalid)|(unknown|invalid|unsupported) model", re.I | re.S)
+BAD_REQUESTS_BEFORE_STOP = 3  # 400s in a row before any success: a setting, not the images
+
+
+def names_unknown_model(message: str) -> bool:
+    return bool(_UNKNOWN_MODEL.search(message or ""))
+
 
 # --------------------------------------------------------------------------- base class
 
@@ -139,6 +176,7 @@ class RemoteCaptioner(Captioner):
     image_max_side: int = 384
     jpeg_quality: int = 90
     _secret: Optional[str] = None   # the API key, for scrubbing messages; never pickled
+    _config_error: type[Exception] = RuntimeError
 
     def _init_remote(self, *, rpm, tpm, max_in_flight, timeout_s, max_retries, max_cost_usd, price_table,
                      backoff_base_s, backoff_max_s, error_cls: type[Exception]) -> None:
@@ -152,6 +190,7 @@ class RemoteCaptioner(Captioner):
         self.max_cost_usd = max_cost_usd
         self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
         self.price_table_path = price_table
+        self._config_error = error_cls
         table = load_price_table(price_table)
         self.prices = table.get(self.model_id)
         if max_cost_usd is not None and self.prices is None:
@@ -168,7 +207,9 @@ class RemoteCaptioner(Captioner):
         self._stats_lock = threading.Lock()
         self._stats = {"requests": 0, "ok": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
                        "errors": {}}
-        self._shared = shared_limits(self._limits_key(), self.rpm, self.tpm, self.max_cost_usd, self.max_in_flight)
+        self._shared = shared_limits(self._limits_key(), self.rpm, self.tpm, self.max_cost_usd, self.max_in_flight,
+                                     self._servers(), cooldown_s=self.backoff_base_s,
+                                     max_cooldown_s=self.backoff_max_s, give_up_after=self.max_retries)
 
     def _transient_state(self) -> dict:
         """Attributes a pickled captioner must not carry (workers set up their own)."""
@@ -177,6 +218,10 @@ class RemoteCaptioner(Captioner):
     # -- subclass hooks --------------------------------------------------------------------
     def _limits_key(self) -> tuple:
         raise NotImplementedError
+
+    def _servers(self) -> list[str]:
+        """The URLs requests may go to (several: a fleet); `_attempt` gets an index into them."""
+        return ["default"]
 
     def _prepare(self, req: CaptionRequest) -> tuple[CaptionRequest, Optional[bytes], str]:
         """(request, JPEG of the image downscaled to `image_max_side`, prompt): CPU work, on the caller's thread."""
@@ -188,7 +233,7 @@ class RemoteCaptioner(Captioner):
     def _estimate_input_tokens(self, prompt: str) -> int:
         raise NotImplementedError
 
-    async def _attempt(self, payload: Any, prompt: str) -> Attempt:
+    async def _attempt(self, payload: Any, prompt: str, server: int) -> Attempt:
         raise NotImplementedError
 
     def _ready(self) -> bool:
@@ -220,7 +265,9 @@ class RemoteCaptioner(Captioner):
 
     # -- internals -----------------------------------------------------------------------
     def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "[REDACTED]") if self._secret else text
+        """`text` without the API key and without credentials of any server URL."""
+        text = text.replace(self._secret, "[REDACTED]") if self._secret else text
+        return scrub(text, [s for u in self._servers() for s in url_secrets(u)])
 
     async def _caption_all(self, prepared) -> list[CaptionResult]:
         tasks = [asyncio.ensure_future(self._caption_one(*p)) for p in prepared]
@@ -240,11 +287,15 @@ class RemoteCaptioner(Captioner):
         est_tokens = est_in + self.max_output_tokens
         worst_usd = self.estimate_cost_usd(est_in, self.max_output_tokens) or 0.0
         shared = self._shared
-        attempts, last = 0, Attempt()
+        attempts, counted, last = 0, 0, Attempt()
+        # A fault re-routed to a healthy server costs no retry, but a request never loops forever.
+        hard_cap = (self.max_retries + 1) * (len(shared.fleet.servers) + 1)
         # The in-flight slot stays held through backoff sleeps: under a 429 storm, fewer
         # concurrent requests is what the server is asking for.
         async with shared.sem():
             while True:
+                if shared.fatal is not None:
+                    raise type(shared.fatal)(str(shared.fatal))
                 if not shared.budget.try_reserve(worst_usd):
                     self._count("budget_exhausted")
                     return CaptionResult(
@@ -252,9 +303,22 @@ class RemoteCaptioner(Captioner):
                         message=f"stopped before exceeding --max-cost-usd {self.max_cost_usd}: estimated spend "
                                 f"${shared.budget.spent_usd:.4f} + in flight ${shared.budget.reserved_usd:.4f} "
                                 f"+ this request up to ${worst_usd:.6f}; rerun with a larger budget to continue")
-                await shared.limiter.acquire(est_tokens)
-                attempts += 1
-                last = await self._attempt(payload, prompt)
+                try:
+                    server = await shared.fleet.acquire()   # raises FleetDownError when every server is down
+                except BaseException:
+                    shared.budget.settle(worst_usd, 0.0)
+                    raise
+                try:
+                    await shared.limiter.acquire(est_tokens)
+                    attempts += 1
+                    last = await self._attempt(payload, prompt, server)
+                except BaseException:  # cancelled (the batch stopped) or a configuration error
+                    shared.fleet.cancel(server)
+                    shared.budget.settle(worst_usd, 0.0)
+                    raise
+                rerouted = last.server_fault and shared.fleet.usable_elsewhere(server)
+                shared.fleet.release(server, "ok" if last.error_type is None else
+                                     "fault" if last.server_fault else "neutral", self._redact(last.message))
                 billed = self.estimate_cost_usd(last.input_tokens or 0, last.output_tokens or 0) or 0.0
                 if last.maybe_billed and last.error_type in ("timeout", "malformed_response"):
                     billed = worst_usd  # the server may have done (and billed) the work
@@ -262,16 +326,44 @@ class RemoteCaptioner(Captioner):
                 if last.input_tokens is not None:
                     shared.limiter.reconcile(est_tokens, last.input_tokens + (last.output_tokens or 0))
                 self._record(last, billed)
-                if not last.retry or attempts > self.max_retries:
+                self._check_configuration(last)
+                counted += not rerouted
+                if not last.retry or counted > self.max_retries or attempts >= hard_cap:
                     break
+                if rerouted:
+                    continue  # straight to a healthy server
                 if last.hint_s is not None:
                     shared.limiter.pause_until(time.monotonic() + last.hint_s)
-                await asyncio.sleep(backoff_s(attempts, self.backoff_base_s, self.backoff_max_s, last.hint_s))
+                await asyncio.sleep(backoff_s(counted, self.backoff_base_s, self.backoff_max_s, last.hint_s))
         return CaptionResult(req.key, text=last.text, error_type=last.error_type, message=self._redact(last.message),
                              attempts=attempts, input_tokens=last.input_tokens, output_tokens=last.output_tokens,
-                             # quota or an unreachable endpoint, not the item: defer to a rerun instead of
-                             # dead-lettering (a wrong base URL must not dead-letter a dataset)
-                             retryable=last.error_type in ("http_429", "connection_error"))
+                             # quota, an unreachable or failing server, not the item: defer to a rerun
+                             # instead of dead-lettering (a bad hour of a server must not dead-letter a dataset)
+                             retryable=last.transient)
+
+    def _check_configuration(self, a: Attempt) -> None:
+        """Stop the run (once, for every request of the process) on a 400 that is a setting's fault:
+        one that names an unknown model, or 400s in a row before any request succeeded."""
+        shared = self._shared
+        answered = a.error_type is None or not (a.error_type.startswith("http_") or a.server_fault
+                                                or a.error_type == "malformed_response")
+        if answered:  # a caption, or an item's own answer (safety, refusal...): the settings work
+            shared.ok_seen, shared.bad_request_streak = True, 0
+            return
+        if a.error_type != "http_400":
+            return
+        shared.bad_request_streak += 1
+        message = self._redact(a.message)
+        if names_unknown_model(message):
+            reason = f"the server does not serve model {self.model_id!r}"
+        elif not shared.ok_seen and shared.bad_request_streak >= BAD_REQUESTS_BEFORE_STOP:
+            reason = f"the first {shared.bad_request_streak} requests were all refused as bad requests"
+        else:
+            return
+        shared.fatal = self._config_error(
+            f"{reason} ({message}); check --model and the generation flags (--max-new-tokens, "
+            "--captioner-opt) against what the server accepts, then rerun")
+        raise type(shared.fatal)(str(shared.fatal))
 
     def _record(self, a: Attempt, cost: float) -> None:
         with self._stats_lock:
