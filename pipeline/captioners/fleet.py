@@ -67,17 +67,23 @@ class FleetHealth:
         self.give_up_after, self.open_after = max(int(give_up_after), 0), max(int(open_after), 1)
         self._clock = clock
         self.down: Optional[FleetDownError] = None
+        self._turn = 0
 
     # -- routing ---------------------------------------------------------------------------
     def _pick(self) -> Optional[int]:
         now = self._clock()
-        closed = [i for i, s in enumerate(self.servers) if s.closed]
-        if closed:
-            return min(closed, key=lambda i: self.servers[i].in_flight)  # ties: the first
-        ready = [i for i, s in enumerate(self.servers) if not s.probing and s.open_until <= now]
+        # A breaker whose cooldown is over gets its one probe first, even while others are healthy:
+        # otherwise a server that came back would never be tried again.
+        ready = [i for i, s in enumerate(self.servers) if not s.closed and not s.probing and s.open_until <= now]
         if ready:
             i = min(ready, key=lambda j: self.servers[j].open_until)
             self.servers[i].probing = True
+            return i
+        closed = [i for i, s in enumerate(self.servers) if s.closed]
+        if closed:  # ties in turn, so a sequential caller spreads its requests too
+            n = len(self.servers)
+            i = min(closed, key=lambda j: (self.servers[j].in_flight, (j - self._turn) % n))
+            self._turn = i + 1
             return i
         return None
 

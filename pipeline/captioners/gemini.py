@@ -24,7 +24,7 @@ The API key is read from the environment in `setup()` only: it is never an attri
 pickled captioner, never in `settings()`, and every error message is scrubbed of it.
 Authentication / unknown-model errors are configuration errors and raise `GeminiConfigError`
 (the run stops); everything else becomes a failed `CaptionResult`. An answer cut at the output
-limit (`finishReason: MAX_TOKENS`) is the dead letter `truncated`, not a caption. A credential
+limit (`finishReason: MAX_TOKENS`) is the dead letter `truncated_answer`, not a caption. A credential
 in --gemini-base-url is redacted wherever the URL is shown (settings, messages, logs).
 """
 from __future__ import annotations
@@ -129,7 +129,7 @@ def parse_response(resp: Any) -> _Attempt:
     text = "".join(p.text for p in parts if p.text and not p.thought).strip()
     if reason == "MAX_TOKENS":
         # Cut mid-answer (or spent on thinking): a half sentence is no description of the image.
-        a.error_type = "truncated"
+        a.error_type = "truncated_answer"
         a.message = (f"the answer was cut at the output limit (finishReason=MAX_TOKENS) after {len(text.split())} "
                      "words; raise --max-new-tokens and rerun with --retry-dead-letters")
         return a

@@ -23,7 +23,7 @@ the placeholder "EMPTY". The key is never an attribute of a pickled captioner, n
 settings() or a row, and every error message is scrubbed of it. A rejected key (401/403) or an
 unknown model (404, or a 400 naming the model) stops the run with `OpenAICompatConfigError`;
 everything else becomes a failed `CaptionResult`. An answer cut at --max-new-tokens
-(`finish_reason: length`) is the dead letter `truncated`, not a caption.
+(`finish_reason: length`) is the dead letter `truncated_answer`, not a caption.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def parse_completion(resp: Any, max_tokens: Optional[int] = None) -> Attempt:
     text = content_text(getattr(message, "content", None)).strip()
     if choice.finish_reason == "length":
         # Cut mid-answer: storing it would keep a half sentence as the image's description.
-        a.error_type = "truncated"
+        a.error_type = "truncated_answer"
         a.message = (f"the answer was cut at the output limit (finish_reason=length, max_tokens={max_tokens}) after "
                      f"{len(text.split())} words; raise --max-new-tokens and rerun with --retry-dead-letters")
         return a

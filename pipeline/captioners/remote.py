@@ -310,11 +310,15 @@ class RemoteCaptioner(Captioner):
                     raise
                 try:
                     await shared.limiter.acquire(est_tokens)
+                    if shared.fatal is not None:  # another request met a configuration error meanwhile
+                        raise type(shared.fatal)(str(shared.fatal))
                     attempts += 1
                     last = await self._attempt(payload, prompt, server)
-                except BaseException:  # cancelled (the batch stopped) or a configuration error
+                except BaseException as e:  # cancelled (the batch stopped) or a configuration error
                     shared.fleet.cancel(server)
                     shared.budget.settle(worst_usd, 0.0)
+                    if isinstance(e, self._config_error) and shared.fatal is None:
+                        shared.fatal = e  # no other request of the process is sent after it
                     raise
                 rerouted = last.server_fault and shared.fleet.usable_elsewhere(server)
                 shared.fleet.release(server, "ok" if last.error_type is None else
