@@ -24,7 +24,7 @@ class FlagError(ValueError):
 # backends unimported): the captioners' configuration errors and "every server is down", the
 # text-encoder loader's, missing
 # Google credentials, and the Hugging Face Hub's answers to a wrong id or revision, or no network.
-_MISTAKE_NAMES = {"GeminiConfigError", "LocalVLMConfigError", "OpenAICompatConfigError", "FleetDownError",
+_MISTAKE_NAMES = {"GeminiConfigError", "LocalVLMConfigError", "OpenAICompatConfigError", "FleetDownError", "NonFiniteEmbedding",
                   "EncoderError", "DefaultCredentialsError",
                   "RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "LocalEntryNotFoundError",
                   "GatedRepoError", "OfflineModeIsEnabled", "HFValidationError"}

@@ -17,7 +17,8 @@ whole run). A file on disk means "done"; a rerun skips those shards. Input and o
 local or on any Beam filesystem (gs://, s3://; `pipeline.remote_io`: on object stores a shard is
 uploaded under an in-flight name and renamed, so a shard object exists only when complete). The plan is saved in
 `shards/.plan-{split}.json`; a rerun whose captions no longer match it fails instead of
-mixing two plans. Keys whose image cannot be read go to `dead_letter/` (stage "encode"),
+mixing two plans. Keys whose image cannot be read, or whose embedding holds inf/NaN (`non_finite_embedding`), go
+to `dead_letter/` (stage "encode"),
 written before their shard, so every key ends in exactly one of {shard, dead letter}.
 """
 from __future__ import annotations
@@ -244,9 +245,16 @@ class EncodeBatchFn(beam.DoFn):
                 dead.append(dead_letter_row(row, e.error_type, e.message))
                 continue
             good.append(dict(row, image=image, image_format=fmt, width=w, height=h))
-        embs = self._encoder.encode([r["caption"] for r in good], keys=[r["key"] for r in good]) if good else []
+        embs = self._encoder.encode([r["caption"] for r in good], keys=[r["key"] for r in good],
+                                    non_finite="return") if good else []
+        encoded = []
         for r, e in zip(good, embs):
+            if isinstance(e, Exception):  # inf/NaN: a dead letter with the reason, never a shard row
+                dead.append(dead_letter_row(r, getattr(e, "error_type", "non_finite_embedding"), str(e)))
+                continue
             r["text_emb"], r["text_len"] = e, int(e.shape[0])
+            encoded.append(r)
+        good = encoded
         self.encoded.inc(len(good))
         self.dead.inc(len(dead))
         stage_progress(self.progress, "captions").update(len(rows))

@@ -6,6 +6,7 @@
     textok inspect s3://bkt/data/shards --project-rows 1281167 --s3_endpoint_url http://127.0.0.1:9000
 
 Checks the schema, metadata and dimensions (schemas.validate + text_len == rows of text_emb,
+every embedding finite,
 one D across files), then prints row / class counts, text histograms of caption words and
 token lengths, the embedding storage dtype, the stored bytes per example split into image /
 embedding (with its int8 scales) / other (compressed, from the Parquet footers, so nothing is
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from textok.schemas.common import SchemaError, parquet_source, validate
-from textok.schemas.shards import SCALE_COLUMN
+from textok.schemas.shards import SCALE_COLUMN, text_emb_arrays
 
 TEXT_TABLES = ("shards", "pools")
 
@@ -64,6 +65,11 @@ def _check_text_dims(path: str, table: pa.Table, dim: int) -> None:
                           f"text_emb holds {rows[i]} token rows ({len(bad)} rows disagree)")
     if len(table) and (int(lens.min()) < 1):
         raise SchemaError(f"{path}: text_len must be >= 1, found {int(lens.min())}")
+    bad_rows = [i for i, e in enumerate(text_emb_arrays(table)) if not np.isfinite(e).all()]
+    if bad_rows:  # NaN/inf would train into NaN losses naming no row (issue 19)
+        keys = [table["key"][i].as_py() for i in bad_rows[:5]]
+        raise SchemaError(f"{path}: {len(bad_rows)} row(s) hold NaN/inf in text_emb, first rows {bad_rows[:5]} "
+                          f"(keys {keys}); re-encode them (`textok encode` dead-letters such rows) or drop the file")
 
 
 def project_size(bytes_per_example: dict[str, float], rows: int) -> dict[str, Any]:
@@ -100,10 +106,12 @@ def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8
     parts = []
     for f in files:
         cols = light + (["text_emb"] if kind in TEXT_TABLES else [])
+        if kind in TEXT_TABLES and SCALE_COLUMN in pq.read_schema(parquet_source(f)).names:
+            cols.append(SCALE_COLUMN)  # int8 storage: the scales decode (and may hold inf/NaN)
         t = pq.read_table(parquet_source(f), columns=cols)
         if kind in TEXT_TABLES:
             _check_text_dims(f, t, report["D"])
-            t = t.drop_columns(["text_emb"])
+            t = t.drop_columns([c for c in ("text_emb", SCALE_COLUMN) if c in t.column_names])
         parts.append(t)
     table = pa.concat_tables(parts)
     if "label" in names:

@@ -42,6 +42,12 @@ class EncoderError(RuntimeError):
     """Configuration error of the text encoder (missing weights, forbidden dtype, ...)."""
 
 
+class NonFiniteEmbedding(EncoderError):
+    """A caption's embedding holds inf/NaN (or overflows float16): never stored."""
+
+    error_type = "non_finite_embedding"
+
+
 def _missing_weights_message(encoder: str, err: Exception) -> str:
     return (f"text encoder {encoder!r} could not be loaded ({type(err).__name__}: {err}). "
             f"Download it first, e.g. `huggingface-cli download {encoder} --local-dir /path/to/{encoder.split('/')[-1]}`, "
@@ -181,13 +187,18 @@ class TextEncoder:
         ids = self._tokenizer(list(texts), truncation=True, max_length=self.max_tokens)["input_ids"]
         return [len(x) for x in ids]
 
-    def encode(self, texts: Sequence[str], keys: Sequence[str] | None = None) -> list[np.ndarray]:
+    def encode(self, texts: Sequence[str], keys: Sequence[str] | None = None,
+               non_finite: str = "raise") -> list[np.ndarray]:
         """One float16 `[text_len, D]` array per caption, same order as `texts`.
 
         Sorted by length into batches of `batch_size`, each padded only to its own longest
         caption; padding positions are masked in attention and dropped from the output.
-        Raises if any value would overflow float16 (names the caption's key).
+        An embedding with inf/NaN, or values that overflow float16, is never returned as an array:
+        `non_finite="raise"` raises `NonFiniteEmbedding` (names the caption's key), "return" puts the
+        `NonFiniteEmbedding` in that caption's place (the encode stage dead-letters it).
         """
+        if non_finite not in ("raise", "return"):
+            raise ValueError(f"non_finite must be 'raise' or 'return', got {non_finite!r}")
         import torch
 
         if not self.loaded:
@@ -214,13 +225,18 @@ class TextEncoder:
                                      attention_mask=mask.to(self.device)).last_hidden_state
                 hidden = hidden.float().cpu().numpy()
                 for row, i in enumerate(idx):
-                    out[i] = self._to_storage(hidden[row, :len(ids[i])], keys[i] if keys is not None else f"#{i}")
+                    try:
+                        out[i] = self._to_storage(hidden[row, :len(ids[i])], keys[i] if keys is not None else f"#{i}")
+                    except NonFiniteEmbedding as e:
+                        if non_finite == "raise":
+                            raise
+                        out[i] = e  # type: ignore[call-overload]
         return out  # type: ignore[return-value]
 
     def _to_storage(self, emb: np.ndarray, key: str) -> np.ndarray:
         peak = float(np.abs(emb).max()) if emb.size else 0.0
         if not np.isfinite(peak) or peak > _FP16_MAX:
-            raise EncoderError(f"embedding of key {key!r} holds values of magnitude {peak} that do not fit float16 "
+            raise NonFiniteEmbedding(f"embedding of key {key!r} holds values of magnitude {peak} that do not fit float16 "
                                f"(encoder {self.encoder}, compute dtype {self.dtype}): refusing to store inf/NaN")
         return emb.astype(np.float16)
 

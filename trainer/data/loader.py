@@ -233,6 +233,10 @@ class ShardStream(IterableDataset):
                 if len(embs[i]) != cols["text_len"][i]:
                     raise SchemaError(f"{u.path}: row {cols['key'][i]!r} has text_len={cols['text_len'][i]} but "
                                       f"text_emb holds {len(embs[i])} tokens")
+                if not np.isfinite(embs[i]).all():  # before training: a NaN would surface as a loss with no row
+                    raise SchemaError(f"{u.path}: row {i} (key {cols['key'][i]!r}) has NaN/inf in text_emb; "
+                                      "re-encode it (`textok encode` now dead-letters such rows) or drop the file; "
+                                      "`textok inspect` lists every such row")
                 yield cols["key"][i], cols["label"][i], cols["caption"][i], cols["image"][i], embs[i], u.path
 
     def _samples(self, worker: int) -> Iterator[tuple]:

@@ -217,7 +217,7 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
             break
         logs = train_step(batch, ddp_model, model, diffusion, norm, opt, sched, cfg, dist)
         ema.update(model)
-        logs = reduce_and_check(logs, step + 1, ckpt, dist)
+        logs = reduce_and_check(logs, step + 1, ckpt, dist, keys=batch.get("key") or ())
         step += 1
         logger.advance()
         if due(step, cfg.log_every, cfg.steps):

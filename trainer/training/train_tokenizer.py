@@ -286,7 +286,7 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
             break
         logs = train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cfg, dist)
         ema.update(model)
-        logs = reduce_and_check(logs, step + 1, ckpt, dist)
+        logs = reduce_and_check(logs, step + 1, ckpt, dist, keys=batch.get("key") or ())
         step += 1
         logger.advance()
         if due(step, cfg.log_every, cfg.steps):
