@@ -249,7 +249,6 @@ class BatchRun:
         else:
             reason = f"batch job {e.job_name} ended {job.state}" + (" without a result file" if job.state == SUCCEEDED
                                                                      else "")
-            log.warning("%s: its %d keys are resubmitted (up to --batch-max-attempts)", reason, len(e.keys))
         attempts = self.attempts
         in_tok = out_tok = 0
         written = collections.Counter()
@@ -276,6 +275,10 @@ class BatchRun:
             written[table] += 1
             fault_point("write")
         self.writers.flush()  # committed before the entry says collected
+        if reason:  # say what really happened to the keys: resubmitted, or dead-lettered after the last try
+            log.warning("%s: %d key(s) will be resubmitted, %d dead-lettered after --batch-max-attempts %d%s",
+                        reason, len(e.retry), written[DEAD_LETTER], self.opts.max_attempts,
+                        f", {written[CAPTIONS]} captioned" if written[CAPTIONS] else "")
         e.outcome = {"state": job.state, "results": len(results), "captioned": written[CAPTIONS],
                      "dead_letter": written[DEAD_LETTER], "input_tokens": in_tok, "output_tokens": out_tok,
                      "cost_usd": self.batch_cost(in_tok, out_tok), "retry": len(e.retry), "reason": reason}
