@@ -31,7 +31,12 @@ def training_options(config_name: str, **defaults):
             click.option("--num-workers", type=int, help=f"DataLoader workers per rank (default {d['num_workers']})."),
             click.option("--seed", type=int, help=f"Seed (default {d['seed']})."),
             click.option("--device", help=f"auto | cpu | cuda (default {d['device']})."),
-            click.option("--resume", is_flag=True, default=None, help="Continue from OUTPUT/checkpoints/latest."),
+            click.option("--resume", is_flag=True, default=None,
+                         help="Continue from OUTPUT/checkpoints/latest; stops, naming each one, if a setting that "
+                              "changes the experiment differs from OUTPUT/config.json."),
+            click.option("--allow-config-change", is_flag=True, default=None,
+                         help="With --resume: continue although settings changed; the change is recorded in "
+                              "OUTPUT/config_history.jsonl."),
         ], f)
     return decorate
 

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -172,32 +173,73 @@ def load_run_checkpoint(path: str, dist: Dist) -> tuple[dict[str, dict[str, torc
 
 # ----------------------------------------------------------------------------- resume
 
-def check_same_run(path: str, resolved: dict) -> None:
-    """A resume must rebuild the same model and loss; anything else would not continue the run."""
+# Settings that only say how a run is executed or observed; every other setting (preset, text
+# mode, N, hflip, lr and its schedule, batch, loss weights, data, seed...) changes the experiment.
+# Listed this way round so a new setting counts as experiment-changing until someone says otherwise.
+OPERATIONAL = frozenset({"output", "steps", "resume", "allow_config_change", "device", "num_workers", "save_every",
+                         "sample_every", "log_every", "keep_last", "fid_inception_path", "tokenizer", "sample_steps",
+                         "sample_cfg"})
+HISTORY_FILE = "config_history.jsonl"
+
+
+def config_changes(saved: dict, resolved: dict) -> dict[str, tuple]:
+    """{"train.lr": (saved, now), "model.text_mode": ..., "loss.l2_weight": ...}: what a resume would change
+    (every model and loss setting; train settings outside OPERATIONAL)."""
+    changes = {}
+    for part in ("train", "model", "loss"):
+        old, new = saved.get(part, {}), json.loads(json.dumps(resolved.get(part, {})))
+        for k in sorted(set(old) | set(new)):
+            if part == "train" and k in OPERATIONAL:
+                continue
+            if old.get(k) != new.get(k):
+                changes[f"{part}.{k}"] = (old.get(k), new.get(k))
+    return changes
+
+
+def check_same_run(path: str, resolved: dict, allow_change: bool = False) -> dict[str, tuple]:
+    """A resume continues the same experiment: any change of setting stops it, naming each one, unless
+    `allow_change` (--allow-config-change); returns the changes (recorded in the run's history)."""
     with open(path) as f:
         saved = json.load(f)
-    for part in ("model", "loss"):
-        old, new = saved.get(part, {}), json.loads(json.dumps(resolved[part]))
-        diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
-        if diff:
-            raise ValueError(f"{path}: --resume with a different {part} config {diff} (saved, now); "
-                             f"use the saved settings or a new --output")
+    changes = config_changes(saved, resolved)
+    if changes and not allow_change:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise ValueError(f"{path}: --resume would change the experiment ({listed}); resume with the saved "
+                         f"settings, start a new --output, or pass --allow-config-change to continue with the new "
+                         f"ones (recorded in {HISTORY_FILE})")
+    return changes
+
+
+def append_history(output: str, event: dict) -> None:
+    """One JSON line per start/resume of the run in OUTPUT/config_history.jsonl (rank 0): when, at
+    which step, and which settings changed. config.json always holds the settings in force now."""
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, HISTORY_FILE), "a") as f:
+        f.write(json.dumps(event, default=str) + "\n")
 
 
 def start_or_resume(output: str, resolved: dict, resume: bool, ckpt: Checkpointer,
-                    restore: Callable[[str], int], dist: Dist) -> int:
+                    restore: Callable[[str], int], dist: Dist, allow_change: bool = False) -> int:
     """With `resume`, continue from the latest checkpoint (`restore(path)` -> its step) after checking
-    OUTPUT/config.json describes the same model and loss; then (rank 0) write `resolved` there.
+    OUTPUT/config.json describes the same experiment (`check_same_run`); then (rank 0) write `resolved`
+    there and append the start or resume to OUTPUT/config_history.jsonl.
     Returns the step to start from."""
     require_output_dir(output)
     config_path = os.path.join(output, "config.json")
-    step, latest = 0, ckpt.latest() if resume else None
+    step, latest, changes = 0, ckpt.latest() if resume else None, {}
     if latest:
-        check_same_run(config_path, resolved)
+        changes = check_same_run(config_path, resolved, allow_change)
         step = restore(latest)
         log.info("resumed from %s at step %d", latest, step)
+        if changes:
+            log.warning("--allow-config-change: resuming %s with changed settings %s", output,
+                        {k: list(v) for k, v in changes.items()})
     elif resume:
         log.warning("--resume: no checkpoint under %s yet; starting from step 0", ckpt.root)
+    if dist.is_main:
+        append_history(output, {"event": "resume" if latest else "start", "step": step,
+                                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_checkpoint": latest,
+                                "changes": {k: {"saved": o, "now": n} for k, (o, n) in changes.items()}})
     if dist.is_main:
         write_json_atomic(resolved, config_path)
     return step

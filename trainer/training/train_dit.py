@@ -76,6 +76,7 @@ class TrainDiTConfig:
     shuffle_buffer: int = 10_000
     seed: int = 0
     resume: bool = False
+    allow_config_change: bool = False  # --resume may change experiment settings (recorded)
     device: str = "auto"
     model: dict = field(default_factory=dict)  # extra DiTConfig overrides (pos_embed, learn_sigma, ...)
 
@@ -201,7 +202,8 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
                          "latent_std": stats["std"], "tokenizer_sha256": stats["tokenizer_sha256"]}}
     # a resume must rebuild the same model on the same latent set ("loss" holds its statistics)
     step = start_or_resume(cfg.output, resolved, cfg.resume, ckpt,
-                           lambda path: load_checkpoint(path, model, ema, opt, sched, loader, dist), dist)
+                           lambda path: load_checkpoint(path, model, ema, opt, sched, loader, dist), dist,
+                           allow_change=cfg.allow_config_change)
     preview = None
     if dist.is_main:
         log.info("DiT-%s %.1fM params on %d tokens x %d", cfg.preset, model.num_params() / 1e6,

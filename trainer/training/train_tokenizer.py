@@ -76,6 +76,7 @@ class TrainTokenizerConfig:
     shuffle_buffer: int = 1000
     seed: int = 0
     resume: bool = False
+    allow_config_change: bool = False  # --resume may change experiment settings (recorded)
     device: str = "auto"
     model: dict = field(default_factory=dict)  # extra TexTokConfig overrides (width, depth, dropout, ...)
     loss: dict = field(default_factory=dict)  # extra LossConfig overrides (l2_weight, gan_weight, ...)
@@ -272,7 +273,7 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
 
     step = start_or_resume(cfg.output, resolved_config(cfg, model, loss_fn), cfg.resume, ckpt,
                            lambda path: load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist),
-                           dist)
+                           dist, allow_change=cfg.allow_config_change)
     if dist.is_main:
         write_text_encoder(loader.meta, cfg.output)
         log.info("TexTok %.1fM params, discriminator %.1fM", sum(p.numel() for p in model.parameters()) / 1e6,
