@@ -39,6 +39,10 @@ COMMANDS = (
 )
 
 
+# Beam's multi_processing workers report this at every start (their logs come back to this process).
+_WORKER_NOISE = "No semi_persistent_directory found"
+
+
 class _CliLogFilter(logging.Filter):
     """What the CLI keeps out of the log: Beam's "apitools not found" warning (logged when its
     BigQuery client is imported, i.e. on every pipeline command, about GCP extras textok does not
@@ -51,7 +55,7 @@ class _CliLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message.startswith("apitools not found"):
+        if message.startswith("apitools not found") or (not self.tracebacks and _WORKER_NOISE in message):
             return False
         return (self.tracebacks or not record.name.startswith("apache_beam") or record.levelno < logging.ERROR
                 or not (record.exc_info or "Traceback (most recent call last)" in message))

@@ -4,13 +4,25 @@ Beam's DirectRunner first tries the Prism runner, which downloads a Go binary at
 We use the FnApiRunner (what DirectRunner falls back to) directly unless the user names a
 runner; every other Beam option (`--runner DataflowRunner --project ...`,
 `--direct_running_mode multi_processing --direct_num_workers 2`, ...) passes through.
+
+With `multi_processing`, Beam starts each worker as `python -m ...sdk_worker_main` writing to our
+stderr: its start-up chatter and, when a DoFn fails, the worker's traceback would print above
+the command's one-line `Error:` (issue 19). Below -vv those workers write to a log file instead
+(named in an INFO line); the error itself still reaches this process and becomes the one line.
 """
 from __future__ import annotations
 
+import logging
+import os
+import shlex
+import sys
+import tempfile
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions, StandardOptions
+
+log = logging.getLogger("textok.beam")
 
 LOCAL_RUNNERS = {None, "", "direct", "directrunner", "fnapirunner", "local"}
 
@@ -28,8 +40,36 @@ def make_pipeline(beam_args: Sequence[str] = (), **overrides) -> beam.Pipeline:
     if is_local_runner(options):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+        quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)  # -vv shows the workers' own output
+        if quiet and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+            return beam.Pipeline(runner=quiet_worker_runner(), options=options)
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+def quiet_worker_runner():
+    """An FnApiRunner whose multi_processing workers send their stderr to a log file."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    fd, worker_log = tempfile.mkstemp(prefix="textok-beam-workers-", suffix=".log")
+    os.close(fd)
+    # Beam's own command for these workers (fn_runner.py), run through a shell, so it can redirect.
+    command = f"{shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main 2>>{shlex.quote(worker_log)}"
+    log.info("multi_processing: Beam worker output goes to %s (-vv shows it here)", worker_log)
+
+    class QuietWorkersRunner(FnApiRunner):
+        # FnApiRunner.run_pipeline assigns its hard-coded worker command to `_default_environment`
+        # in multi_processing mode; this property keeps ours.
+        @property
+        def _default_environment(self):
+            return SubprocessSDKEnvironment.from_command_string(command_string=command)
+
+        @_default_environment.setter
+        def _default_environment(self, value) -> None:
+            pass
+
+    return QuietWorkersRunner()
 
 
 def beam_leftovers(args: Sequence[str]) -> list[str]:

@@ -325,3 +325,160 @@ def test_a_kill_between_write_and_rename_leaves_nothing_a_parquet_glob_reads(tmp
     from textok.atomic import clean_temps
 
     assert clean_temps(str(folder), final_prefix="train-") == [str(folder / left[0])] and not os.listdir(folder)
+
+
+# ---------------------------------------------------------------- server faults (issue 19)
+# `textok caption --captioner openai` against fleets of fake servers (tests/fake_openai.py, the real
+# `openai` client) that die, answer HTML 502 pages, reset connections, hang, truncate, answer in
+# content parts, refuse the model or the key. Every case checks: each key ends once (captions or
+# dead letter, with the expected reasons), no image was answered twice ("paid twice"), and a run
+# that must stop prints one `Error:` line and no traceback; a rerun against a healthy server then
+# captions the rest, each key once.
+N_IMAGES = 16
+SECRET_PASSWORD, SECRET_QUERY = "pa55w0rd-canary", "QUERY-canary-77"
+
+
+def server_images(root: str) -> str:
+    for i in range(N_IMAGES):  # every image a colour no other has: the fake's answer names it
+        d = os.path.join(root, "train", f"c{i % 2}")
+        os.makedirs(d, exist_ok=True)
+        Image.new("RGB", (16, 12), (15 * i, 200 - 10 * i, 90)).save(os.path.join(d, f"{i}.png"))
+    return root
+
+
+def server_keys() -> list[str]:
+    return sorted(f"c{i % 2}/{i}" for i in range(N_IMAGES))
+
+
+@dataclass
+class ServerCase:
+    servers: list                 # (Behaviour default, script, FakeOpenAI kwargs) per server; None = dead
+    stops: bool = False           # the run must stop with one line
+    dead: dict | None = None      # expected dead-letter reasons {error_type: count}
+    extra: tuple = ()
+    secret_url: bool = False      # the live server's URL carries user:pass@ and ?key=
+
+
+def _server_cases() -> dict[str, ServerCase]:
+    from fake_gemini import error, hang, html_error, ok, parts, reset, truncated
+
+    live = (ok(), [], {})
+    return {
+        "fleet-one-dead": ServerCase([None, live]),
+        "fleet-one-html-502": ServerCase([(html_error(502), [], {}), live]),
+        "fleet-one-resetting": ServerCase([(reset(), [], {}), live]),
+        "transient-502-reset-hang-504": ServerCase([(ok(), [html_error(502), reset(), hang(3.0), error(504)], {})],
+                                                   extra=("--timeout", "1")),
+        "truncated-and-content-parts": ServerCase([(parts(), [truncated(), truncated()], {})],
+                                                  dead={"truncated_answer": 2}, extra=("--max-in-flight", "1")),
+        "credentials-in-url": ServerCase([(ok(), [html_error(502), error(400)], {})], dead={"http_400": 1},
+                                         secret_url=True, extra=("--max-in-flight", "1")),
+        # two requests in flight: a stop must come before most images were sent
+        "fleet-all-dead": ServerCase([None, (html_error(503), [], {})], stops=True, extra=("--max-in-flight", "2")),
+        "unknown-model-400": ServerCase([(ok(), [], {"models": ["other"], "unknown_model_status": 400})], stops=True,
+                                        extra=("--max-in-flight", "2")),
+        "bad-key-401": ServerCase([(ok(), [], {"api_key": "the-right-key"})], stops=True,
+                                  extra=("--max-in-flight", "2")),
+        "bad-key-401-multi-processing": ServerCase([(ok(), [], {"api_key": "the-right-key"})], stops=True,
+                                                   extra=("--max-in-flight", "1", "--direct_running_mode",
+                                                          "multi_processing", "--direct_num_workers", "2")),
+    }
+
+
+SERVER_CASES = sorted(_server_cases())
+QUICK_SERVER = {"fleet-one-dead", "fleet-all-dead", "credentials-in-url"}
+
+
+def _caption_openai(data: str, out: str, urls: list[str], extra=(), vv: bool = False) -> subprocess.CompletedProcess:
+    args = ["caption", "--input", data, "--output", out, "--captioner", "openai", "--model", "m",
+            "--batch-size", "4", "--max-retries", "2", *extra]
+    for u in urls:
+        args += ["--openai-base-url", u]
+    env_extra = {"OPENAI_API_KEY": "sk-matrix"}
+    old = {k: os.environ.get(k) for k in env_extra}
+    os.environ.update(env_extra)
+    try:
+        return _run(["-vv", *args] if vv else args)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _answered_twice(fakes) -> int:
+    """Images the servers answered with 200 more than once (each answer would be billed)."""
+    from fake_gemini import mean_rgb
+    from fake_openai import image_of
+
+    seen: dict = {}
+    for f in fakes:
+        for r in f.requests:
+            if r.status == 200:
+                rgb = mean_rgb(image_of(r))
+                seen[rgb] = seen.get(rgb, 0) + 1
+    return sum(n > 1 for n in seen.values())
+
+
+def _server_outcome(out: str) -> tuple[list[str], dict[str, int]]:
+    caps = keys_of(os.path.join(out, "captions"))
+    dead_rows = [r for f in parquet_names(os.path.join(out, "dead_letter"))
+                 for r in pq.read_table(os.path.join(out, "dead_letter", f)).to_pylist()]
+    reasons: dict[str, int] = {}
+    for r in dead_rows:
+        reasons[r["error_type"]] = reasons.get(r["error_type"], 0) + 1
+    keys = caps + [r["key"] for r in dead_rows]
+    assert len(keys) == len(set(keys)), "a key is written twice"
+    return keys, reasons
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[] if c in QUICK_SERVER else [pytest.mark.slow])
+                                  for c in SERVER_CASES], ids=SERVER_CASES)
+def test_server_faults_lose_nothing_pay_nothing_twice_and_stop_with_one_line(tmp_path, case):
+    from fake_openai import FakeOpenAI
+
+    spec = _server_cases()[case]
+    data, out = server_images(str(tmp_path / "data")), str(tmp_path / "out")
+    fakes, urls = [], []
+    for s in spec.servers:
+        if s is None:  # dead: a port nothing listens on any more
+            gone = FakeOpenAI().start()
+            urls.append(gone.base_url)
+            gone.stop()
+            continue
+        default, script, kw = s
+        fakes.append(FakeOpenAI(default=default, script=list(script), **kw).start())
+        url = fakes[-1].base_url
+        if spec.secret_url:
+            url = url.replace("://", f"://alice:{SECRET_PASSWORD}@") + f"?key={SECRET_QUERY}&api-version=1"
+        urls.append(url)
+    try:
+        res = _caption_openai(data, out, urls, spec.extra, vv=spec.secret_url)  # -vv: every URL HTTP logs
+        err = res.stderr.decode(errors="replace")
+        if spec.stops:
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            assert res.returncode == 1, err[-3000:]
+            assert lines[-1].startswith("Error: ") and sum(ln.startswith("Error:") for ln in lines) == 1, err[-3000:]
+            assert "Traceback" not in err, err[-3000:]  # also from multi_processing workers
+            keys, reasons = _server_outcome(out)
+            assert not reasons, f"a stopped run dead-lettered {reasons}"
+            sent = len([r for f in fakes for r in f.requests])
+            assert sent < N_IMAGES / 2, sent                              # stopped early, not per image
+            healthy = FakeOpenAI().start()                               # the fix: a working server
+            fakes.append(healthy)
+            again = _caption_openai(data, out, [healthy.base_url])
+            assert again.returncode == 0, again.stderr.decode(errors="replace")[-3000:]
+        else:
+            assert res.returncode == 0, err[-3000:]
+        keys, reasons = _server_outcome(out)
+        assert sorted(keys) == server_keys(), "a key was lost"                 # 0 lost, 0 duplicated
+        assert reasons == (spec.dead or {}), reasons
+        assert _answered_twice(fakes) == 0                                     # 0 paid twice
+        summary = json.load(open(os.path.join(out, "caption_summary.json")))
+        assert summary["deferred"] == 0
+        if spec.secret_url:                                                    # in no file, no log line
+            blobs = [res.stdout, res.stderr] + [open(os.path.join(d, f), "rb").read()
+                                                for d, _, fs in os.walk(out) for f in fs]
+            assert fakes[0].requests[-1].path.endswith(f"key={SECRET_QUERY}&api-version=1")   # yet it was sent
+            assert not [b for b in blobs if SECRET_PASSWORD.encode() in b or SECRET_QUERY.encode() in b]
+    finally:
+        for f in fakes:
+            f.stop()
