@@ -28,6 +28,7 @@ COMMANDS = (
     ("textok.pipeline.cli_pools", "pools_cmd"),
     ("textok.pipeline.cli_prepare", "prepare_cmd"),
     ("textok.pipeline.cli_inspect", "inspect_cmd"),
+    ("textok.pipeline.cli_caption_report", "caption_report_cmd"),
     ("textok.trainer.cli_train_tokenizer", "train_tokenizer_cmd"),
     ("textok.trainer.cli_eval_tokenizer", "eval_tokenizer_cmd"),
     ("textok.trainer.cli_extract_latents", "extract_latents_cmd"),
