@@ -318,6 +318,8 @@ def run_caption_report(captions: str, output: str, config: ReportConfig = Report
     t0 = time.monotonic()
     rio.set_filesystem_options(beam_args)
     require_output_dir(output)
+    if not rio.is_remote(captions):
+        captions = os.path.abspath(captions)  # recorded in flags.parquet: `caption --recaption-flagged` compares it
     files = captions_files(captions)
     scorer = None
     if config.clip:
