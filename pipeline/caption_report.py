@@ -190,7 +190,8 @@ def _scan(files: list[str], spill: str, config: ReportConfig, scorer) -> _Scan:
     vocab = ClassVocabulary(use_imagenet=config.imagenet_synonyms)
     checks = CheckConfig(min_words=config.min_words, max_words=config.max_words)
     writer = pq.ParquetWriter(os.path.join(spill, "rows.parquet"), SPILL_SCHEMA, compression="zstd")
-    with open(os.path.join(spill, "bands.bin"), "wb") as bands_f, open(os.path.join(spill, "sig.bin"), "wb") as sig_f, \
+    band_files = [open(_band_path(spill, b), "wb") for b in range(NUM_BANDS)]
+    with open(os.path.join(spill, "sig.bin"), "wb") as sig_f, \
             Progress("caption-report", total=count_rows(files), unit="captions") as bar:
         for path in files:
             pf = pq.ParquetFile(parquet_source(path))
@@ -221,14 +222,41 @@ def _scan(files: list[str], spill: str, config: ReportConfig, scorer) -> _Scan:
                     exact[i] = exact_hash(text)
                     bands[i], sigs[i] = minhash_signature(text)
                 writer.write_table(pa.Table.from_pydict(out, schema=SPILL_SCHEMA))
-                bands.tofile(bands_f)
+                for b, f in enumerate(band_files):  # one file per band: pass 2 reads one band at a time
+                    np.ascontiguousarray(bands[:, b]).tofile(f)
                 sigs.tofile(sig_f)
                 scan.exact.append(exact)
                 scan.key_hashes.append(np.array([hash64(k) for k in out["key"]], np.int64))
                 scan.rows += len(rows)
                 bar.update(len(rows))
     writer.close()
+    for f in band_files:
+        f.close()
     return scan
+
+
+def _band_path(spill: str, b: int) -> str:
+    return os.path.join(spill, f"band-{b:02d}.bin")
+
+
+class SignatureFile:
+    """Row-addressed reads of the uint32 `[n, NUM_PERM]` signatures pass 1 wrote: only the rows
+    asked for are read (pread), so the resident memory is that of the rows, not of the file
+    (a memory map would count every page touched in the RSS)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        width = NUM_PERM * 4
+        out = np.empty((len(rows), NUM_PERM), np.uint32)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for j, r in enumerate(np.asarray(rows).tolist()):
+                out[j] = np.frombuffer(os.pread(fd, width, r * width), np.uint32)
+        finally:
+            os.close(fd)
+        return out
 
 
 # ----------------------------------------------------------------------------- duplicates
@@ -239,20 +267,22 @@ def _first_of_group(values: np.ndarray) -> np.ndarray:
     return first[inverse.reshape(-1)]
 
 
-def near_duplicates(bands: np.ndarray, sigs: np.ndarray, exact: np.ndarray, threshold: float,
+def near_duplicates(bands, sigs, exact: np.ndarray, threshold: float,
                     chunk: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(near_dup bool [n], partner index [n] (-1 if none), estimated Jaccard [n]).
 
     Row i is a near duplicate when, in some band, the first row j < i with the same band hash has
     a different normalised text and their signatures agree on >= `threshold` of the hashes.
-    `bands` and `sigs` may be memory-mapped: they are read one band / one chunk at a time."""
+    `bands`: a callable b -> int64 [n] (or an `[n, bands]` array); `sigs`: indexable by a row
+    array (an array or a `SignatureFile`)."""
     n = len(exact)
     near = np.zeros(n, bool)
     partner = np.full(n, -1, np.int64)
     sim = np.zeros(n, np.float32)
     idx = np.arange(n)
-    for b in range(bands.shape[1]):
-        first = _first_of_group(np.asarray(bands[:, b]))
+    num_bands = bands.shape[1] if isinstance(bands, np.ndarray) else NUM_BANDS
+    for b in range(num_bands):
+        first = _first_of_group(bands[:, b] if isinstance(bands, np.ndarray) else bands(b))
         cand = np.flatnonzero((first != idx) & (exact[first] != exact) & ~near)
         for s in range(0, len(cand), chunk):
             rows = cand[s:s + chunk]
@@ -357,15 +387,14 @@ def _settle_and_write(scan: _Scan, spill: str, output: str, captions: str, files
     first = _first_of_group(exact)
     dup = first != np.arange(n)
     uniq, counts = np.unique(exact, return_counts=True)
-    top = uniq[np.argsort(-counts, kind="stable")[:config.top_captions]]
-    top_counts = dict(zip(uniq.tolist(), counts.tolist()))
-    top = {int(h) for h in top if top_counts[int(h)] >= 2}
+    order = np.argsort(-counts, kind="stable")[:config.top_captions]
+    top_counts = {int(uniq[j]): int(counts[j]) for j in order if counts[j] >= 2}
+    top = set(top_counts)
     groups_with_dups = int((counts >= 2).sum())
     del uniq, counts
-    bands = np.memmap(os.path.join(spill, "bands.bin"), np.int64, "r", shape=(n, NUM_BANDS))
-    sigs = np.memmap(os.path.join(spill, "sig.bin"), np.uint32, "r", shape=(n, NUM_PERM))
-    near, near_partner, near_sim = near_duplicates(bands, sigs, exact, config.near_threshold)
-    del bands, sigs
+    near, near_partner, near_sim = near_duplicates(lambda b: np.fromfile(_band_path(spill, b), np.int64),
+                                                   SignatureFile(os.path.join(spill, "sig.bin")), exact,
+                                                   config.near_threshold)
     clip_threshold = None
     if scorer:
         scores = pq.read_table(os.path.join(spill, "rows.parquet"), columns=["clip_score"])["clip_score"]
