@@ -20,22 +20,22 @@ import click
 
 # (module, click command object) -- one module per command, named after it.
 COMMANDS = (
-    ("textok.pipeline.cli_make_demo_data", "make_demo_data_cmd"),
-    ("textok.pipeline.cli_caption", "caption_cmd"),
-    ("textok.pipeline.cli_compact", "compact_cmd"),
-    ("textok.pipeline.cli_batch_status", "batch_status_cmd"),
-    ("textok.pipeline.cli_encode", "encode_cmd"),
-    ("textok.pipeline.cli_pools", "pools_cmd"),
-    ("textok.pipeline.cli_prepare", "prepare_cmd"),
-    ("textok.pipeline.cli_inspect", "inspect_cmd"),
-    ("textok.trainer.cli_train_tokenizer", "train_tokenizer_cmd"),
-    ("textok.trainer.cli_eval_tokenizer", "eval_tokenizer_cmd"),
-    ("textok.trainer.cli_extract_latents", "extract_latents_cmd"),
-    ("textok.trainer.cli_train_dit", "train_dit_cmd"),
-    ("textok.trainer.cli_sample", "sample_cmd"),
-    ("textok.trainer.cli_eval_gen", "eval_gen_cmd"),
-    ("textok.trainer.cli_class_accuracy", "class_accuracy_cmd"),
-    ("textok.trainer.cli_efficiency", "efficiency_cmd"),
+    ("textok.pipeline.commands.make_demo_data", "make_demo_data_cmd"),
+    ("textok.pipeline.commands.caption", "caption_cmd"),
+    ("textok.pipeline.commands.compact", "compact_cmd"),
+    ("textok.pipeline.commands.batch_status", "batch_status_cmd"),
+    ("textok.pipeline.commands.encode", "encode_cmd"),
+    ("textok.pipeline.commands.pools", "pools_cmd"),
+    ("textok.pipeline.commands.prepare", "prepare_cmd"),
+    ("textok.pipeline.commands.inspect", "inspect_cmd"),
+    ("textok.trainer.commands.train_tokenizer", "train_tokenizer_cmd"),
+    ("textok.trainer.commands.eval_tokenizer", "eval_tokenizer_cmd"),
+    ("textok.trainer.commands.extract_latents", "extract_latents_cmd"),
+    ("textok.trainer.commands.train_dit", "train_dit_cmd"),
+    ("textok.trainer.commands.sample", "sample_cmd"),
+    ("textok.trainer.commands.eval_gen", "eval_gen_cmd"),
+    ("textok.trainer.commands.class_accuracy", "class_accuracy_cmd"),
+    ("textok.trainer.commands.efficiency", "efficiency_cmd"),
 )
 
 

@@ -66,7 +66,7 @@ def _save(model, processor, out: str, specials: list[str], video_config: dict | 
 
 
 def image_only(processor_cls):
-    from textok.pipeline.captioners.local import _image_only
+    from textok.pipeline.captioning.captioners.local import _image_only
 
     return _image_only(processor_cls)
 

@@ -15,7 +15,7 @@ OUTPUT/sweep.json; `textok eval-gen --samples OUTPUT/cfg-*/samples.npz` then rep
 Class-conditional (TexTok Sec. 3.3): the DiT generates Z from the label; the detokenizer needs
 a caption, drawn (seeded) for each sample from the pool of captions of *unseen* images of that
 class (`textok pools`). Text-to-image: each caption is encoded with the same text encoder the
-shards used (`pipeline.text_encoder.TextEncoder`; a different one is refused), DiT-T2I
+shards used (`text_encoder.TextEncoder`; a different one is refused), DiT-T2I
 generates Z from it, and the detokenizer decodes Z with the same caption.
 
 Writes OUTPUT/samples.png (a grid), OUTPUT/samples.npz (images uint8 [n,H,W,3], labels,
@@ -224,7 +224,7 @@ def run_sweep(cfg: SampleConfig, scales: list[float]) -> dict:
 
 
 def _encode_captions(captions: list[str], stats: dict, encoder: str | None, device: str) -> list[np.ndarray]:
-    from textok.pipeline.text_encoder import TextEncoder, encoder_fingerprint
+    from textok.text_encoder import TextEncoder, encoder_fingerprint
 
     name = encoder or stats["encoder"]
     enc = TextEncoder(name, max_tokens=int(stats["max_tokens"]), device=device).load()

@@ -133,10 +133,10 @@ def read_text_encoder(tok_dir: str) -> dict | None:
 def check_text_encoder(tok_path: str, shard_meta: dict, shards: str, require_record: bool = False) -> None:
     """Refuse shards encoded by another text encoder than the tokenizer was trained on. Identity
     is the weights' hash when both sides record one (the same T5 through another path is the same
-    encoder), else the encoder id (pipeline.encoder_identity). A tokenizer without a record is
+    encoder), else the encoder id (schemas.encoder_identity). A tokenizer without a record is
     refused when `require_record` (extract-latents and eval-tokenizer of a text-reading
     tokenizer: its text tokens would be read in a space it never saw) and unchecked otherwise."""
-    from textok.pipeline.encoder_identity import encoder_differences
+    from textok.schemas.encoder_identity import encoder_differences
 
     recorded = read_text_encoder(tok_path)
     if not recorded or not recorded.get("encoder"):
