@@ -9,7 +9,7 @@ vocabulary, 2 % exact duplicates, 1 % near duplicates, 1 % short captions, 1 % o
 the report runs in a fresh process (`python -m textok caption-report`), whose own report.json
 records its wall time and peak RSS (getrusage). Bounded memory means the RSS barely moves
 between sizes: the streamed passes hold one batch; what grows is ~40 B per row for the
-duplicate index (see pipeline/caption_report.py). No --clip: image reading and a model would
+duplicate index (see pipeline/captioning/report.py). No --clip: image reading and a model would
 dominate and are bounded by the batch anyway.
 """
 from __future__ import annotations

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from planted_captions import clip_training_pairs, make_planted_captions, train_tiny_clip
-from textok.pipeline.caption_checks import (CheckConfig, ClassVocabulary, check_caption, guess_language,
+from textok.pipeline.captioning.checks import (CheckConfig, ClassVocabulary, check_caption, guess_language,
                                             minhash_signature)
-from textok.pipeline.caption_report import ReportConfig, format_summary, near_duplicates, run_caption_report
+from textok.pipeline.captioning.report import ReportConfig, format_summary, near_duplicates, run_caption_report
 from textok.schemas.caption_flags import CHECKS, flagged_keys
 from textok.schemas.common import validate_file
 
@@ -117,7 +117,7 @@ def test_row_checks_units():
 
 def test_encode_exclude_flagged_leaves_exactly_the_flagged_keys_out(planted, tmp_path):
     from test_text_encoder import build_tiny_t5
-    from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.encode.pipeline import run_encode
 
     t5 = build_tiny_t5(str(tmp_path / "t5"))
     flags = os.path.join(planted["report_dir"], "flags.parquet")
@@ -136,7 +136,7 @@ def test_encode_exclude_flagged_leaves_exactly_the_flagged_keys_out(planted, tmp
 
 
 def test_recaption_flagged_writes_a_new_version_and_leaves_the_old_rows(planted, tmp_path):
-    from textok.pipeline.caption_pipeline import run_caption
+    from textok.pipeline.captioning.pipeline import run_caption
 
     flags = os.path.join(planted["report_dir"], "flags.parquet")
     old = {p: hashlib.sha256(open(p, "rb").read()).hexdigest()
