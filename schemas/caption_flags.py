@@ -13,12 +13,17 @@ Consumers pick keys with `flagged_keys`:
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from textok.schemas.common import SchemaError, TableSpec, parquet_source, read_meta, register_table
+from textok.schemas.common import (
+    SchemaError,
+    TableSpec,
+    parquet_source,
+    read_meta,
+    register_table,
+)
 
 # check name -> what it means (the names --flags takes; also the bool columns)
 CHECKS = {

@@ -17,7 +17,6 @@ import random
 
 import pyarrow as pa
 from PIL import Image, ImageDraw
-
 from textok.schemas.captions import CAPTIONS_SCHEMA, DEAD_LETTER_SCHEMA
 from textok.schemas.common import with_metadata, write_table_atomic
 

@@ -13,11 +13,20 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-
 from planted_captions import clip_training_pairs, make_planted_captions, train_tiny_clip
-from textok.pipeline.captioning.checks import (CheckConfig, ClassVocabulary, check_caption, guess_language,
-                                            minhash_signature)
-from textok.pipeline.captioning.report import ReportConfig, format_summary, near_duplicates, run_caption_report
+from textok.pipeline.captioning.checks import (
+    CheckConfig,
+    ClassVocabulary,
+    check_caption,
+    guess_language,
+    minhash_signature,
+)
+from textok.pipeline.captioning.report import (
+    ReportConfig,
+    format_summary,
+    near_duplicates,
+    run_caption_report,
+)
 from textok.schemas.caption_flags import CHECKS, flagged_keys
 from textok.schemas.common import validate_file
 
@@ -157,7 +166,9 @@ def test_recaption_flagged_writes_a_new_version_and_leaves_the_old_rows(planted,
 
 
 def test_cli_summary_remote_output_and_errors(planted, tmp_path):
-    from test_remote_write import STORE  # registers the memfs:// Beam filesystem (object-store semantics)
+    from test_remote_write import (
+        STORE,  # registers the memfs:// Beam filesystem (object-store semantics)
+    )
     from textok.cli import main
 
     STORE.clear()

@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-
-from textok.pipeline.captioning.rules import DEFAULT_MAX_WORDS, boilerplate_reason, count_words
+from textok.pipeline.captioning.rules import (
+    DEFAULT_MAX_WORDS,
+    boilerplate_reason,
+    count_words,
+)
 
 NUM_PERM = 64
 NUM_BANDS = 16

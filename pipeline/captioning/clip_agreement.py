@@ -18,8 +18,9 @@ lower it less, and a threshold is only meaningful within one model (the model id
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,10 @@ class ClipScorer:
     batch_size: int = 32
     max_text_tokens: int | None = None  # default: the model's text position limit
 
-    def load(self) -> "ClipScorer":
+    def load(self) -> ClipScorer:
         import torch
-        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-
         from textok.devices import resolve_device
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         try:
             self.model = AutoModel.from_pretrained(self.model_id)

@@ -48,13 +48,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from textok import storage as rio
-from textok.pipeline.captioning.checks import (NUM_BANDS, NUM_PERM, CheckConfig, ClassVocabulary, check_caption,
-                                            exact_hash, hash64, minhash_signature)
+from textok.pipeline.captioning.checks import (
+    NUM_BANDS,
+    NUM_PERM,
+    CheckConfig,
+    ClassVocabulary,
+    check_caption,
+    exact_hash,
+    hash64,
+    minhash_signature,
+)
 from textok.progress import Progress
 from textok.schemas.caption_flags import CHECKS, DEFAULT_CHECKS, FLAGS_SCHEMA
-from textok.schemas.common import SchemaError, list_parquet, parquet_source, read_meta, with_metadata
+from textok.schemas.common import (
+    SchemaError,
+    list_parquet,
+    parquet_source,
+    read_meta,
+    with_metadata,
+)
 
 log = logging.getLogger("textok.caption_report")
 
@@ -134,8 +147,8 @@ def image_source(row: dict, images: str | None) -> list[str]:
 
 def load_image(row: dict, images: str | None, max_side: int | None = None):
     """(PIL image, None) or (None, why it could not be read)."""
-    from textok.schemas.images import ImageDecodeError, decode_image
     from textok.pipeline.sources.records import read_image_bytes
+    from textok.schemas.images import ImageDecodeError, decode_image
 
     candidates = image_source(row, images)
     last = "no source_uri"
@@ -579,7 +592,7 @@ def dead_letter_summary(captions: str, examples: int = 3) -> dict[str, Any]:
 def format_summary(r: dict[str, Any]) -> str:
     """The one screen printed at the end of the command."""
     n = r["rows"]
-    pct = lambda k: f"{100 * k / n:5.1f}%" if n else "  -  "  # noqa: E731
+    pct = lambda k: f"{100 * k / n:5.1f}%" if n else "  -  "
     lines = [f"caption-report: {n} captions in {r['caption_files']} file(s) of {r['captions']}",
              f"  words: mean {r['words']['mean']}, median {r['words']['p50']:g}, p95 {r['words']['p95']:g}, "
              f"range {r['words']['min']}-{r['words']['max']}",

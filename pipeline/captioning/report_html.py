@@ -16,7 +16,6 @@ import io
 from typing import Any
 
 import numpy as np
-
 from textok.schemas.caption_flags import CHECKS
 
 _CSS = """

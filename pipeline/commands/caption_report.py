@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import click
-
 from textok.pipeline.commands.options import BeamCommand
 
 
@@ -42,7 +41,11 @@ def caption_report_cmd(ctx, captions, output, images, clip, clip_percentile, cli
     agreement) and write per-row flags that `encode --exclude-flagged` and `caption --recaption-flagged` use."""
     import json
 
-    from textok.pipeline.captioning.report import ReportConfig, format_summary, run_caption_report
+    from textok.pipeline.captioning.report import (
+        ReportConfig,
+        format_summary,
+        run_caption_report,
+    )
     from textok.schemas.caption_flags import DEFAULT_CHECKS, parse_checks
 
     config = ReportConfig(min_words=min_words, max_words=max_words, near_threshold=near_threshold, images=images,
