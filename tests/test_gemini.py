@@ -180,12 +180,11 @@ def test_limiter_keeps_under_rpm(serve):
     results = _captioner(fake, rpm=rpm, max_in_flight=8).caption_batch(_requests(n))
     assert all(r.ok for r in results)
     times = fake.arrival_times()
-    window, interval = 1.0, 60.0 / rpm
-    for i, t in enumerate(times):  # every half-open window that starts at a request
-        inside = sum(1 for u in times[i:] if u < t + window)
-        # +2: the limiter paces sends; the first connection's set-up and thread scheduling
-        # can bunch up to a couple of arrivals (the exact schedule is tested with a fake clock)
-        assert inside <= rpm / 60 * window + 2
+    interval = 60.0 / rpm
+    # Only a lower bound on the span holds on a loaded machine: a busy neighbour can delay sends
+    # and bunch their arrivals at the server, but never make 40 paced requests arrive sooner.
+    # The exact per-window schedule is tested with a fake clock (no wall-clock assertion there).
+    assert len(times) == n
     assert times[-1] - times[0] >= (n - 1) * interval - 0.15
 
 
