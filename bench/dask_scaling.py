@@ -49,7 +49,7 @@ def bench_encode(tmp: str, n: int, addresses: dict[str, str]) -> dict:
     from test_encode import make_captions_dir
     from test_text_encoder import make_random_t5
 
-    from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.encode.pipeline import run_encode
 
     caps = make_captions_dir(os.path.join(tmp, "cap"), n_train=n, n_val=0)
     t5 = make_random_t5(os.path.join(tmp, "t5"), make_captions(200), d_model=256, num_layers=4, vocab_size=400)
@@ -66,7 +66,7 @@ def bench_encode(tmp: str, n: int, addresses: dict[str, str]) -> dict:
 def bench_caption(tmp: str, n: int, latency: float, addresses: dict[str, str]) -> dict:
     from fake_gemini import FakeGemini, ok
 
-    from textok.pipeline.caption_pipeline import run_caption
+    from textok.pipeline.captioning.pipeline import run_caption
 
     data = make_images(os.path.join(tmp, "images"), n)
     out = {}

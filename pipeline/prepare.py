@@ -21,11 +21,11 @@ def run_prepare(input_path: str, output_dir: str, *, captioner: str, encoder: st
                 max_words: int = 75, caption_batch_size: int | None = None, emb_dtype: str = "float16",
                 source_options: dict[str, Any] | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     from textok.atomic import require_output_dir
-    from textok.pipeline.caption_pipeline import run_caption
-    from textok.pipeline import remote_io as rio
-    from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.captioning.pipeline import run_caption
+    from textok import storage as rio
+    from textok.pipeline.encode.pipeline import run_encode
     from textok.pipeline.pools import run_pools
-    from textok.pipeline.text_encoder import describe_encoder
+    from textok.text_encoder import describe_encoder
 
     beam_args = tuple(beam_args)
     enc = dict(encoder=encoder, max_tokens=max_tokens, revision=revision, batch_size=encoder_batch_size,

@@ -111,7 +111,7 @@ def local_cluster(n_workers: int) -> Iterator[str]:
     quiet = logging.getLogger("distributed")
     quiet.setLevel(min(logging.getLogger().getEffectiveLevel(), logging.WARNING))
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, scheduler_kwargs={"dashboard": False},
+                           dashboard_address=":0", scheduler_kwargs={"dashboard": False},
                            silence_logs=logging.ERROR)
     log.info("dask: local cluster %s with %d worker processes", cluster.scheduler_address, n_workers)
     try:

@@ -71,14 +71,14 @@ def test_cli_refuses_local_workers_without_dask_and_names_a_typo(tmp_path):
 
 
 def test_encode_on_dask_matches_in_process_and_loads_t5_once_per_worker(cluster, tmp_path):
-    from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.encode.pipeline import run_encode
 
     caps = make_captions_dir(str(tmp_path / "cap"), n_train=20, n_val=0, corrupt=("star/train_0005",))
     t5 = build_tiny_t5(str(tmp_path / "t5"), d_model=16)
     kw = dict(encoder=t5, rows_per_shard=4, max_tokens=8, image_size=32, batch_size=4, device="cpu")
 
     def count_loads():  # runs inside each worker process: count TextEncoder.load calls there
-        from textok.pipeline.text_encoder import TextEncoder
+        from textok.text_encoder import TextEncoder
 
         if not hasattr(TextEncoder, "_real_load"):
             TextEncoder._real_load, TextEncoder.loads = TextEncoder.load, 0
@@ -104,7 +104,7 @@ def test_encode_on_dask_matches_in_process_and_loads_t5_once_per_worker(cluster,
 
 
 def test_caption_on_dask_matches_in_process_dead_letters_included(cluster, tmp_path):
-    from textok.pipeline.caption_pipeline import run_caption
+    from textok.pipeline.captioning.pipeline import run_caption
 
     manifest, keys = hostile_manifest(str(tmp_path / "m"))
     kw = dict(captioner="provided", batch_size=2, commit_every=3)

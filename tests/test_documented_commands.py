@@ -9,7 +9,7 @@ import shlex
 
 from textok.cli import main
 from textok.pipeline.beam_utils import beam_leftovers
-from textok.pipeline.cli_options import BeamCommand
+from textok.pipeline.commands.options import BeamCommand
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _COMMAND = re.compile(r"(?:^|[\s`(])(?:python -m |-m )?textok ([a-z][a-z-]+)\b(.*)")

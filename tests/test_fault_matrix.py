@@ -66,7 +66,7 @@ def inputs(tmp_path_factory):
     from test_encode import make_captions_dir
     from test_latents import make_tokenizer
     from test_text_encoder import build_tiny_t5
-    from textok.pipeline.encode_pipeline import read_captions, run_encode
+    from textok.pipeline.encode.pipeline import read_captions, run_encode
 
     root = str(tmp_path_factory.mktemp("matrix"))
     manifest, caption_keys = hostile_manifest(os.path.join(root, "manifest"))

@@ -15,11 +15,11 @@ import time
 import pytest
 from PIL import Image
 
-from textok.pipeline.captioners import gemini
-from textok.pipeline.captioners.base import CaptionRequest
-from textok.pipeline.captioners.gemini import GeminiCaptioner, GeminiConfigError, from_options
-from textok.pipeline.captioners.prompt import PROMPT_VERSION, build_prompt
-from textok.pipeline.captioners.ratelimit import CostBudget, RateLimiter, backoff_s, retry_hint_s
+from textok.pipeline.captioning.captioners import gemini
+from textok.pipeline.captioning.captioners.base import CaptionRequest
+from textok.pipeline.captioning.captioners.gemini import GeminiCaptioner, GeminiConfigError, from_options
+from textok.pipeline.captioning.captioners.prompt import PROMPT_VERSION, build_prompt
+from textok.pipeline.captioning.captioners.ratelimit import CostBudget, RateLimiter, backoff_s, retry_hint_s
 from fake_gemini import (FakeGemini, empty, error, hang, long_answer, malformed, mean_rgb, ok,
                                prompt_blocked, safety)
 
@@ -318,8 +318,8 @@ def test_pipeline_defers_quota_failures_and_a_rerun_finishes_each_key_once(serve
     captions or the dead letter, and a rerun against a healthy server completes the set."""
     import pyarrow.parquet as pq
 
-    from textok.pipeline.caption_pipeline import run_caption
-    from textok.pipeline.caption_store import CAPTIONS, DEAD_LETTER, list_table_files
+    from textok.pipeline.captioning.pipeline import run_caption
+    from textok.pipeline.captioning.store import CAPTIONS, DEAD_LETTER, list_table_files
 
     data = tmp_path / "data"
     keys = []
