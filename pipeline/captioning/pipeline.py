@@ -7,16 +7,25 @@
     python -c "from textok.pipeline.captioning.pipeline import run_caption; \
         print(run_caption('data/folder', 'out/caps', captioner='template'))"
 
-Graph (`CaptionImages`): read bytes + decode (skipped when the captioner needs no pixels)
--> `BatchElements` -> `CaptionBatchFn` (captioner built in `setup()`, caption rules applied
-to every answer) -> tagged outputs "captions" and "dead_letter". `WriteCaptionParts` commits
-both to small atomic part files (textok.pipeline.captioning.store). Results a backend marks
-`retryable` (budget exhausted, rate limit given up) are written nowhere: they are counted
-as "deferred" and the next run over the same output tries them again.
+The graph `run_caption` runs, on every runner (in-process, Dask, Dataflow, Flink, Spark):
+
+    Create(TodoChunk...) | Reshuffle | ParDo(CaptionChunkFn)
+
+The records to caption go to a todo file; the graph carries only chunk descriptors (byte
+ranges of that file, `CAPTION_CHUNK_BATCHES` batches each). `CaptionChunkFn` reads its
+chunk, reads + decodes each image (skipped when the captioner needs no pixels), captions it
+in batches (`CaptionBatchFn`'s engine: captioner built in `setup()`, many requests in
+flight, the caption rules on every answer) and commits captions and dead letters to small
+atomic part files as it goes (textok.pipeline.captioning.store). One linear chain with no
+tagged outputs, no second sink, no output from `finish_bundle` and no `beam.io.Read`: Beam's
+DaskRunner supports no more than that (pipeline/runners.py). A chunk Beam retries (a worker
+died) first reads the keys its earlier attempt committed, and does not pay for them again.
+Results a backend marks `retryable` (budget exhausted, rate limit given up) are written
+nowhere: they are counted as "deferred" and the next run over the same output tries them again.
 
 `run_caption` plans the run (skips keys already on disk), runs the pipeline, compacts the
-parts and writes DIR/caption_summary.json. `textok prepare` reuses `plan_caption_run`,
-`ReadRecords`, `CaptionImages` and `WriteCaptionParts` inside its own pipeline.
+parts and writes DIR/caption_summary.json. `CaptionImages` + `WriteCaptionParts` (tagged
+outputs, two sinks) compose into a caller's own pipeline on runners that support those.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
@@ -41,7 +51,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from textok.atomic import require_output_dir, write_json_atomic
 from textok.pipeline.captioning.rules import DEFAULT_MAX_WORDS, clean_caption, count_words
 from textok.pipeline.captioning.store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, clean_caption_temps,
-                                           compact, has_parts, list_table_files, open_parquet, read_key_splits)
+                                           compact, has_parts, list_table_files, open_parquet, parts_tagged,
+                                              read_key_splits)
 from textok.pipeline.captioning.captioners import build_captioner
 from textok.pipeline.captioning.captioners.base import Captioner, CaptionRequest, CaptionResult
 from textok.schemas.images import ImageDecodeError, decode_image
@@ -52,6 +63,9 @@ log = logging.getLogger("textok.caption")
 
 NAMESPACE = "textok"
 DEFAULT_BATCH_SIZE = 32
+# Batches per unit of work: enough to keep several batches' requests in flight within a chunk
+# (`pending_limit`), few enough that a run of a few thousand images still spreads over workers.
+CAPTION_CHUNK_BATCHES = 4
 TODO_PREFIX = "_todo-"
 
 
@@ -67,6 +81,22 @@ def dead_letter_row(record: ImageRecord, stage: str, error_type: str, message: s
             "timestamp": dt.datetime.now(dt.timezone.utc)}
 
 
+def read_decode(record: ImageRecord, needs_pixels: bool) -> tuple[ImageRecord, Any] | dict:
+    """ImageRecord -> (record, RGB image or None), or the dead-letter row of an unreadable image."""
+    if getattr(record, "error_type", None):  # the source listed it but could not accept it
+        return dead_letter_row(record, "source", record.error_type, record.error_message or record.error_type)
+    if not needs_pixels:
+        return record, None
+    try:
+        data = read_image_bytes(record.source_uri)
+    except ImageDecodeError as e:
+        return dead_letter_row(record, "read", e.error_type, e.message)
+    try:
+        return record, decode_image(data, uri=record.source_uri)
+    except ImageDecodeError as e:
+        return dead_letter_row(record, "decode", e.error_type, e.message)
+
+
 class ReadDecodeFn(beam.DoFn):
     """ImageRecord -> (record, RGB image or None); unreadable images go to the dead letter."""
 
@@ -74,24 +104,8 @@ class ReadDecodeFn(beam.DoFn):
         self.needs_pixels = needs_pixels
 
     def process(self, record):  # -> (record, image) | TaggedOutput(dead_letter)
-        if getattr(record, "error_type", None):  # the source listed it but could not accept it
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(record, "source", record.error_type,
-                                                                        record.error_message or record.error_type))
-            return
-        if not self.needs_pixels:
-            yield record, None
-            return
-        try:
-            data = read_image_bytes(record.source_uri)
-        except ImageDecodeError as e:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(record, "read", e.error_type, e.message))
-            return
-        try:
-            image = decode_image(data, uri=record.source_uri)
-        except ImageDecodeError as e:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(record, "decode", e.error_type, e.message))
-            return
-        yield record, image
+        out = read_decode(record, self.needs_pixels)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, out) if isinstance(out, dict) else out
 
 
 def pending_limit(max_in_flight: int | None, batch_size: int) -> int:
@@ -294,37 +308,109 @@ def record_from_json(line: str) -> ImageRecord:
     return ImageRecord(**json.loads(line))
 
 
-def write_todo(records: Sequence[ImageRecord], output_dir: str) -> str:
-    """Write the records to caption as JSON lines DIR/_todo-*.jsonl (read back by `ReadRecords`).
+@dataclass(frozen=True)
+class TodoChunk:
+    """Records `[offset, offset + length)` (bytes) of a todo file: one unit of captioning work.
+    `tag` names the chunk's part files (run id + index), so a retried chunk finds what it committed."""
 
-    A file instead of `beam.Create`: a million records inline would bloat the pipeline
-    graph (Dataflow caps it at 10 MB), while a text file is read and split by workers.
-    Todo files a killed run left behind are removed first (they are recomputed anyway).
+    path: str
+    index: int
+    offset: int
+    length: int
+    tag: str
+
+
+def write_todo(records: Sequence[ImageRecord], output_dir: str,
+               chunk_size: int) -> tuple[str, list[TodoChunk]]:
+    """Write the records to caption as JSON lines DIR/_todo-*.jsonl; return it and its chunks of
+    `chunk_size` records.
+
+    A file instead of `beam.Create(records)`: a million records inline would bloat the pipeline
+    graph (Dataflow caps it at 10 MB), while chunk descriptors are a few dozen bytes each and
+    workers read their own byte range. Todo files a killed run left behind are removed first
+    (they are recomputed anyway).
     """
     stale = [m.path for m in FileSystems.match([FileSystems.join(output_dir, TODO_PREFIX + "*.jsonl")])[0]
              .metadata_list]
     if stale:
         log.info("removing %d todo file(s) of an earlier, interrupted run", len(stale))
         FileSystems.delete(stale)
-    path = FileSystems.join(output_dir, f"{TODO_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}.jsonl")
+    run_id = uuid.uuid4().hex[:8]
+    path = FileSystems.join(output_dir, f"{TODO_PREFIX}{time.time_ns()}-{run_id}.jsonl")
+    chunks, offset = [], 0
     with FileSystems.create(path) as f:
-        for r in records:
-            f.write((record_to_json(r) + "\n").encode())
-    return path
+        for start in range(0, len(records), max(chunk_size, 1)):
+            data = b"".join((record_to_json(r) + "\n").encode() for r in records[start:start + chunk_size])
+            f.write(data)
+            chunks.append(TodoChunk(path, len(chunks), offset, len(data), f"{run_id}-c{len(chunks):06d}"))
+            offset += len(data)
+    return path, chunks
 
 
-class ReadRecords(beam.PTransform):
-    """A todo file from `write_todo` -> PCollection[ImageRecord], spread across workers."""
+def read_todo_chunk(chunk: TodoChunk) -> list[ImageRecord]:
+    with FileSystems.open(chunk.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.seek(chunk.offset)
+        data = f.read(chunk.length)
+    return [record_from_json(line.decode()) for line in data.split(b"\n") if line]
 
-    def __init__(self, todo_path: str):
-        super().__init__()
-        self.todo_path = todo_path
 
-    def expand(self, pbegin):
-        # Reshuffle breaks fusion: without it one worker reading the (small) todo file would
-        # also caption every record it read.
-        return (pbegin | "ReadTodo" >> beam.io.ReadFromText(self.todo_path)
-                | "ParseRecord" >> beam.Map(lambda line: record_from_json(line)) | "Spread" >> beam.Reshuffle())
+class CaptionChunkFn(CaptionBatchFn):
+    """TodoChunk -> captions and dead letters committed to part files under output_dir (a sink).
+
+    Reads the chunk's records, drops the keys an earlier attempt of this chunk committed (a
+    worker died, the runner retried the chunk: they were paid for), reads and decodes images,
+    captions them `batch_size` at a time through `CaptionBatchFn` (requests of several batches
+    in flight) and waits for every batch before `process` returns, so nothing is emitted from
+    `finish_bundle`. Rows are committed every `commit_every` rows / `commit_seconds` and at
+    the end of the chunk.
+    """
+
+    def __init__(self, captioner: str, options: dict[str, Any], max_words: int, batch_size: int,
+                 needs_pixels: bool, output_dir: str, meta: dict[str, Any], commit_every: int = 256,
+                 commit_seconds: float = 60.0):
+        super().__init__(captioner, options, max_words, batch_size)
+        WritePartsFn(output_dir, CAPTIONS, meta, commit_every, commit_seconds)  # check the settings now
+        self.needs_pixels, self.output_dir, self.meta = needs_pixels, output_dir, meta
+        self.commit_every, self.commit_seconds = commit_every, commit_seconds
+
+    def process(self, chunk: TodoChunk, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+        writers = {t: WritePartsFn(self.output_dir, t, self.meta, self.commit_every, self.commit_seconds,
+                                   part_tag=chunk.tag) for t in (CAPTIONS, DEAD_LETTER)}
+        committed = set()
+        for table, fn in writers.items():
+            committed.update(k for p in parts_tagged(self.output_dir, table, chunk.tag)
+                             for k in open_parquet(p).read(columns=["key"]).column("key").to_pylist())
+            fn.setup()
+            fn.start_bundle()
+        if committed:
+            _counter("skipped_committed_by_earlier_attempt").inc(len(committed))
+            log.info("caption chunk %s: %d keys already committed by an earlier attempt", chunk.tag, len(committed))
+
+        def write(outputs) -> None:
+            for out in outputs:
+                table = out.tag if isinstance(out, beam.pvalue.TaggedOutput) else CAPTIONS
+                row = out.value if isinstance(out, beam.pvalue.TaggedOutput) else out
+                writers[table].process(row.value if isinstance(row, WindowedValue) else row)
+
+        batch: list = []
+        for record in read_todo_chunk(chunk):
+            if record.key in committed:
+                continue
+            decoded = read_decode(record, self.needs_pixels)
+            if isinstance(decoded, dict):
+                writers[DEAD_LETTER].process(decoded)
+                continue
+            batch.append(decoded)
+            if len(batch) == self.batch_size:
+                write(super().process(batch, window, timestamp))
+                batch = []
+        if batch:
+            write(super().process(batch, window, timestamp))
+        while self._pending:
+            write(self._collect(block=True))
+        for fn in writers.values():
+            fn.finish_bundle()
+        return ()
 
 
 @dataclass
@@ -395,13 +481,39 @@ def caption_meta(captioner: Captioner, max_words: int) -> dict[str, Any]:
             "settings": captioner.settings(), "max_words": max_words}
 
 
-def query_counters(result) -> dict[str, int]:
-    """Beam counters of namespace "textok", summed over steps (committed where the runner has them)."""
+def query_counters(result) -> dict[str, int] | None:
+    """Beam counters of namespace "textok", summed over steps (committed where the runner has them);
+    None when the runner collects no metrics (Beam's DaskRunner raises NotImplementedError)."""
     totals: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    except NotImplementedError:
+        return None
+    for c in counters:
         value = c.committed if c.committed is not None else c.attempted
         totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(value or 0)
     return totals
+
+
+def counters_from_parts(output_dir: str, run_id: str, to_caption: int) -> dict[str, int]:
+    """The summary's counters rebuilt from the part files this run committed (names carry the run
+    id), for runners without metrics. Exact for captioned, dead letters (by reason) and tokens;
+    `requests` counts the attempts of committed keys only (those of deferred keys are not on
+    disk), and `deferred` is what is neither captioned nor dead-lettered."""
+    rows: dict[str, dict[str, dict]] = {CAPTIONS: {}, DEAD_LETTER: {}}
+    for table in rows:
+        for path in parts_tagged(output_dir, table, f"{run_id}-c*"):  # later parts win, as in compaction
+            rows[table].update((r["key"], r) for r in open_parquet(path).read().to_pylist())
+    caps, dead = rows[CAPTIONS], {k: r for k, r in rows[DEAD_LETTER].items() if k not in rows[CAPTIONS]}
+    out = {"captioned": len(caps), "dead_letter": len(dead), "deferred": max(to_caption - len(caps) - len(dead), 0),
+           "input_tokens": sum(r["input_tokens"] or 0 for r in caps.values()),
+           "output_tokens": sum(r["output_tokens"] or 0 for r in caps.values())}
+    attempts = [int(r["attempts"] or 0) for r in (*caps.values(), *dead.values())
+                if r.get("stage", STAGE) == STAGE]  # dead letters of the source/read/decode steps sent nothing
+    out["requests"], out["retries"] = sum(attempts), sum(max(a - 1, 0) for a in attempts)
+    for r in dead.values():
+        out[f"dead_letter_{r['error_type']}"] = out.get(f"dead_letter_{r['error_type']}", 0) + 1
+    return out
 
 
 def _count_rows(output_dir: str, table: str) -> int:
@@ -445,23 +557,25 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
     counters: dict[str, int] = {}
     pipeline_s = 0.0
     if plan.records:
-        todo = write_todo(plan.records, output_dir)
+        todo, chunks = write_todo(plan.records, output_dir, CAPTION_CHUNK_BATCHES * batch_size)
         try:
             p = make_pipeline(beam_args)
-            outputs = (p | "Records" >> ReadRecords(todo)
-                       | "CaptionImages" >> CaptionImages(captioner, options, max_words=max_words,
-                                                          batch_size=batch_size))
             meta = caption_meta(cap, max_words)
             if recaption:
                 meta["recaption_of"] = {k: recaption[k] for k in ("flags", "checks", "captions")}
-            outputs | "WriteParts" >> WriteCaptionParts(output_dir, meta,
-                                                        commit_every=commit_every, commit_seconds=commit_seconds)
+            _ = (p | "Chunks" >> beam.Create(chunks)
+                 | "Spread" >> beam.Reshuffle()  # chunks to workers (no fusion with the one-worker Create)
+                 | "CaptionChunks" >> beam.ParDo(CaptionChunkFn(
+                     captioner, options, max_words, batch_size, cap.needs_pixels, output_dir, meta,
+                     commit_every, commit_seconds)))
             t_pipeline = time.monotonic()
             with open_stage("caption", len(plan.records), "images"):
                 result = p.run()
                 result.wait_until_finish()
             pipeline_s = time.monotonic() - t_pipeline
             counters = query_counters(result)
+            if counters is None:  # the runner reports no metrics (DaskRunner): count what this run committed
+                counters = counters_from_parts(output_dir, chunks[0].tag.split("-")[0], len(plan.records))
         finally:
             FileSystems.delete([todo])
     compaction = compact(output_dir) if has_parts(output_dir) else None

@@ -92,6 +92,12 @@ def read_keys(output_dir: str, table: str) -> set[str]:
     return set(read_key_splits(output_dir, table))
 
 
+def parts_tagged(output_dir: str, table: str, tag: str) -> list[str]:
+    """The part files of one table whose name carries `tag` (WritePartsFn's part_tag), sorted."""
+    pattern = FileSystems.join(table_dir(output_dir, table), f"{PART_PREFIX}*-{tag}-*.parquet")
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
 def done_keys(output_dir: str) -> tuple[set[str], set[str]]:
     """(captioned keys, dead-lettered keys) already on disk under DIR (parts included)."""
     return read_keys(output_dir, CAPTIONS), read_keys(output_dir, DEAD_LETTER)
@@ -106,11 +112,12 @@ class WritePartsFn(beam.DoFn):
     """
 
     def __init__(self, output_dir: str, table: str, meta: dict[str, Any], commit_every: int = 256,
-                 commit_seconds: float = 60.0, progress_seconds: float = 10.0):
+                 commit_seconds: float = 60.0, progress_seconds: float = 10.0, part_tag: str = ""):
         if commit_every < 1 or commit_seconds <= 0:
             raise ValueError(f"--commit-every must be >= 1 and --commit-seconds > 0, "
                              f"got {commit_every} and {commit_seconds}")
         self.output_dir, self.table, self.meta = output_dir, table, meta
+        self.part_tag = part_tag  # in every part name: part-<time_ns>-<tag>-<uuid> (see parts_tagged)
         self.commit_every, self.commit_seconds = commit_every, commit_seconds
         self.progress_seconds = progress_seconds
         self.parts_written = Metrics.counter("textok", f"parts_written_{table}")
@@ -144,7 +151,8 @@ class WritePartsFn(beam.DoFn):
         if not self._buffer:
             return
         table = pa.Table.from_pylist(self._buffer, schema=self._schema)
-        name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        tag = f"{self.part_tag}-" if self.part_tag else ""
+        name = f"{PART_PREFIX}{time.time_ns():020d}-{tag}{uuid.uuid4().hex[:12]}.parquet"
         write_table_atomic(table, FileSystems.join(self._dir, name), fault_point="caption.part_temp_written")
         maybe_fail("caption.part_committed")
         self._rows_total += len(self._buffer)

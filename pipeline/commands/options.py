@@ -6,6 +6,7 @@ Unknown options of the Beam commands pass through to Beam (`--runner DataflowRun
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 from typing import Any, Callable, Sequence
@@ -183,7 +184,8 @@ def _echo(obj: Any) -> None:
 class BeamCommand(click.Command):
     """A pipeline command: options it does not define pass through to Beam (`--runner`,
     `--direct_num_workers`, `--project`, `--s3_endpoint_url`, ...), but only those Beam's own option
-    parser knows; anything else (a typo, a flag of another version) is a usage error that names
+    parser knows, after importing the module of the runner `--runner` names (so its own options,
+    e.g. DaskRunner's `--dask_client_address`, are known too); anything else (a typo, a flag of another version) is a usage error that names
     the closest option of the command, instead of Beam's "Unparseable argument" warning."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -195,13 +197,24 @@ class BeamCommand(click.Command):
 
         from textok.pipeline.beam_utils import beam_leftovers
 
+        from textok.pipeline.runners import command_cluster
+
         try:
             leftovers = beam_leftovers(ctx.args)
         except argparse.ArgumentError as e:
             raise click.UsageError(f"Beam option {e}", ctx) from None
+        except ValueError as e:  # the runner named by --runner cannot be imported
+            raise click.UsageError(str(e), ctx) from None
         if leftovers:
             raise click.UsageError(self._unknown_message(ctx, leftovers[0]), ctx)
-        return super().invoke(ctx)
+        try:
+            cluster = command_cluster(ctx.args)
+            ctx.args = cluster.__enter__()  # --dask-local-workers N: one local cluster for the whole command
+        except ValueError as e:
+            raise click.UsageError(str(e), ctx) from None
+        with contextlib.ExitStack() as stack:
+            stack.push(cluster)
+            return super().invoke(ctx)
 
     def _unknown_message(self, ctx: click.Context, token: str) -> str:
         if not token.startswith("-"):
