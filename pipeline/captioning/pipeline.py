@@ -38,9 +38,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.windowed_value import WindowedValue
 
+from textok import storage as rio
 from textok.atomic import require_output_dir, write_json_atomic
+from textok.lease import hold_lease
 from textok.pipeline.captioning.rules import DEFAULT_MAX_WORDS, clean_caption, count_words
-from textok.pipeline.captioning.store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, clean_caption_temps,
+from textok.pipeline.captioning.store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn,
                                            compact, has_parts, list_table_files, open_parquet, read_key_splits)
 from textok.pipeline.captioning.captioners import build_captioner
 from textok.pipeline.captioning.captioners.base import Captioner, CaptionRequest, CaptionResult
@@ -384,10 +386,13 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
                 max_words: int = DEFAULT_MAX_WORDS, retry_dead_letters: bool = False, commit_every: int = 256,
                 commit_seconds: float = 60.0, batch_size: int | None = None, beam_args: Sequence[str] = (),
                 source_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Caption one split of a source into output_dir; resumable; returns the run summary."""
+    """Caption one split of a source into output_dir; resumable; returns the run summary.
+    The run holds output_dir's writer lease (textok.lease) from its first write to its summary."""
     from textok.pipeline.beam_utils import make_pipeline
+    from textok.pipeline.cleanup import clean_output
 
     t0 = time.monotonic()
+    rio.set_filesystem_options(beam_args)
     require_output_dir(output_dir)
     if "://" not in output_dir:  # workers (other processes, other cwd) get the same absolute paths
         output_dir = os.path.abspath(output_dir)
@@ -399,41 +404,42 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
             options[key] = value
     batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
     cap = build_captioner(captioner, options)  # fail on bad options before listing a million files
-    records = list_records(input_path, source, split, **(source_options or {}))
-    clean_caption_temps(output_dir)  # a killed run's temp files; none can be in flight before the run
-    plan = plan_caption_run(records, output_dir, retry_dead_letters)
-    log.info("caption %s [%s]: %d records, %d already done, %d to caption with %s",
-             input_path, split, len(records), plan.skipped_existing, len(plan.records), cap.name)
-    counters: dict[str, int] = {}
-    pipeline_s = 0.0
-    if plan.records:
-        todo = write_todo(plan.records, output_dir)
-        try:
-            p = make_pipeline(beam_args)
-            outputs = (p | "Records" >> ReadRecords(todo)
-                       | "CaptionImages" >> CaptionImages(captioner, options, max_words=max_words,
-                                                          batch_size=batch_size))
-            outputs | "WriteParts" >> WriteCaptionParts(output_dir, caption_meta(cap, max_words),
-                                                        commit_every=commit_every, commit_seconds=commit_seconds)
-            t_pipeline = time.monotonic()
-            with open_stage("caption", len(plan.records), "images"):
-                result = p.run()
-                result.wait_until_finish()
-            pipeline_s = time.monotonic() - t_pipeline
-            counters = query_counters(result)
-        finally:
-            FileSystems.delete([todo])
-    compaction = compact(output_dir) if has_parts(output_dir) else None
-    wall = time.monotonic() - t0
-    summary = _summary(cap, counters, plan, len(records), wall, pipeline_s, compaction, output_dir)
-    summary.update({"input": input_path, "split": split, "output": output_dir})
-    write_json_atomic(summary, FileSystems.join(output_dir, SUMMARY_FILE))
-    log.info("caption summary: %s", {k: summary[k] for k in ("captioned", "dead_letter", "deferred",
-                                                             "skipped_existing", "wall_s")})
-    if summary["deferred"]:
-        log.warning("%d keys were deferred (budget or rate limit); rerun the same command to caption them",
-                    summary["deferred"])
-    return summary
+    with hold_lease(output_dir, "caption") as lease:  # also the destination check: before any listing or work
+        records = list_records(input_path, source, split, **(source_options or {}))
+        clean_output(output_dir, lease)  # a killed run's temp and to-do files (older than this lease)
+        plan = plan_caption_run(records, output_dir, retry_dead_letters)
+        log.info("caption %s [%s]: %d records, %d already done, %d to caption with %s",
+                 input_path, split, len(records), plan.skipped_existing, len(plan.records), cap.name)
+        counters: dict[str, int] = {}
+        pipeline_s = 0.0
+        if plan.records:
+            todo = write_todo(plan.records, output_dir)
+            try:
+                p = make_pipeline(beam_args)
+                outputs = (p | "Records" >> ReadRecords(todo)
+                           | "CaptionImages" >> CaptionImages(captioner, options, max_words=max_words,
+                                                              batch_size=batch_size))
+                outputs | "WriteParts" >> WriteCaptionParts(output_dir, caption_meta(cap, max_words),
+                                                            commit_every=commit_every, commit_seconds=commit_seconds)
+                t_pipeline = time.monotonic()
+                with open_stage("caption", len(plan.records), "images"):
+                    result = p.run()
+                    result.wait_until_finish()
+                pipeline_s = time.monotonic() - t_pipeline
+                counters = query_counters(result)
+            finally:
+                FileSystems.delete([todo])
+        compaction = compact(output_dir) if has_parts(output_dir) else None
+        wall = time.monotonic() - t0
+        summary = _summary(cap, counters, plan, len(records), wall, pipeline_s, compaction, output_dir)
+        summary.update({"input": input_path, "split": split, "output": output_dir})
+        write_json_atomic(summary, FileSystems.join(output_dir, SUMMARY_FILE))
+        log.info("caption summary: %s", {k: summary[k] for k in ("captioned", "dead_letter", "deferred",
+                                                                 "skipped_existing", "wall_s")})
+        if summary["deferred"]:
+            log.warning("%d keys were deferred (budget or rate limit); rerun the same command to caption them",
+                        summary["deferred"])
+        return summary
 
 
 def _summary(cap: Captioner, counters: dict[str, int], plan: CaptionPlan, n_records: int, wall: float,

@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from textok.pipeline.commands.options import BeamCommand, caption_flags, captioner_options, check_captioner, source_options
+from textok.pipeline.commands.options import (BeamCommand, caption_flags, captioner_options, check_captioner, lease_flag,
+                                              source_options)
 
 _BATCH_DEFAULTS = dict(wait=False, max_requests_per_job=20_000, max_file_mb=1900.0, poll_s=30.0, poll_max_s=600.0,
                        max_attempts=3)
@@ -89,6 +90,7 @@ def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dea
 @click.option("--commit-seconds", type=float, default=60.0, show_default=True,
               help="Commit buffered rows at least this often.")
 @batch_flags
+@lease_flag
 @click.pass_context
 def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, output_dir: str,
                 retry_dead_letters: bool, commit_every: int, commit_seconds: float, **kwargs: Any) -> None:
@@ -99,8 +101,11 @@ def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, ou
     check_captioner(kwargs["captioner"], options, kwargs["max_words"], ctx.args)
     batch = batch_options(kwargs)
     if batch is not None:
-        if ctx.args:
-            raise click.UsageError(f"--gemini-mode batch runs no Beam pipeline; unknown options {ctx.args}")
+        from textok.storage import filesystem_args
+
+        pipeline_only = [a for a in ctx.args if a not in filesystem_args(ctx.args)]
+        if pipeline_only:  # storage options (--s3_endpoint_url ...) are used; pipeline ones would be ignored
+            raise click.UsageError(f"--gemini-mode batch runs no Beam pipeline; unknown options {pipeline_only}")
         summary = _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dead_letters,
                              commit_every, commit_seconds, batch)
         click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags, _shard_flags
+from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags, _shard_flags, lease_flag
 
 
 @click.command("encode", cls=BeamCommand)
@@ -15,6 +15,7 @@ from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags,
 @click.option("--split", default="train", show_default=True)
 @_encoder_flags()
 @_shard_flags
+@lease_flag
 @click.pass_context
 def encode_cmd(ctx, captions, output_dir, split, encoder, max_tokens, revision, batch_size, dtype, device,
                pool_holdout_fraction, seed, image_size, rows_per_shard, shard_mb, emb_dtype):
