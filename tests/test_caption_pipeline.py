@@ -351,7 +351,18 @@ def test_sigkill_keeps_committed_parts_and_rerun_completes_each_key_once(tmp_pat
     assert proc.returncode == -signal.SIGKILL
     captioned_before, _ = done_keys(str(out))  # every committed part is a complete file
     assert 4 <= len(captioned_before) < 24
-    s = run_caption(data, str(out), captioner=PLUGIN, batch_size=4)
+    # The killed holder's lease stays: refused with the holder's details, cleared by --force-unlock.
+    refused = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=120)
+    err = refused.stderr.decode()
+    assert refused.returncode == 1 and err.count("Error:") == 1, err[-2000:]
+    assert f"pid {proc.pid} is no longer running" in err and "--force-unlock" in err and "Traceback" not in err
+    from textok.lease import set_force_unlock
+
+    set_force_unlock(True)
+    try:
+        s = run_caption(data, str(out), captioner=PLUGIN, batch_size=4)
+    finally:
+        set_force_unlock(False)
     assert s["skipped_existing"] == len(captioned_before)
     assert s["captioned"] == 24 - len(captioned_before)
     assert_each_key_once(out, [f"{c}/{i}" for c in COLOURS for i in range(8)])

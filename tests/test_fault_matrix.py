@@ -251,6 +251,8 @@ WRITERS = {
         "--batch-size", "4", "--save-every", "2", "--num-workers", "0", "--device", "cpu"], _verify_dit),
 }
 
+LEASED = {"caption", "caption-mp", "compact", "encode", "pools"}  # writers that take the output lease (textok.lease)
+
 # (writer, TEXTOK_FAULT value): every named point of textok.faults, in every writer that has it
 CASES = [
     ("caption", "caption.part_temp_written:2"), ("caption", "caption.part_committed:2"),
@@ -292,7 +294,10 @@ def test_sigkill_at_a_named_point_then_rerun_loses_and_duplicates_nothing(inputs
     out = str(tmp_path / "out")
     if w.prepare:
         w.prepare(inputs, out)
-    died = _run(w.command(inputs, out), fault=fault)
+    # A SIGKILLed writer leaves its output lease behind: the rerun clears it with --force-unlock (the
+    # compact case starts from a killed caption run, so its first run needs it too).
+    unlock = ["--force-unlock"] if writer in LEASED else []
+    died = _run(w.command(inputs, out) + (unlock if writer == "compact" else []), fault=fault)
     # multi_processing: the SIGKILL hits a worker process and the runner fails the pipeline
     if writer == "caption-mp" and died.returncode != -signal.SIGKILL:
         assert died.returncode != 0, died.stderr.decode(errors="replace")[-2000:]
@@ -300,7 +305,7 @@ def test_sigkill_at_a_named_point_then_rerun_loses_and_duplicates_nothing(inputs
         assert died.returncode == -signal.SIGKILL, (died.returncode, died.stderr.decode(errors="replace")[-2000:])
     for sub in w.watch:  # a temp file must never be what a *.parquet glob picks up
         assert not [n for n in parquet_names(os.path.join(out, sub)) if n.startswith(".")]
-    again = _run(w.command(inputs, out) + (["--resume"] if writer.startswith("train") else []))
+    again = _run(w.command(inputs, out) + (["--resume"] if writer.startswith("train") else []) + unlock)
     assert again.returncode == 0, again.stderr.decode(errors="replace")[-3000:]
     w.verify(inputs, out, str(tmp_path / "hf-cache"))
     no_temps(out)

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from textok.cli import main
+from textok.lease import LeaseHeld, set_force_unlock
 from textok.pipeline.captioning.batch import BatchOptions, run_batch_caption
 from textok.pipeline.captioning.batch_ledger import COLLECTED, load_all
 from textok.pipeline.captioning.captioners.prompt import build_prompt
@@ -36,6 +37,9 @@ def _env(monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", FAKE_KEY)
     monkeypatch.delenv("TEXTOK_BATCH_FAULT", raising=False)
     gemini.reset_process_state()
+    set_force_unlock(False)
+    yield
+    set_force_unlock(False)
 
 
 @pytest.fixture
@@ -267,6 +271,9 @@ def test_sigkill_at_each_point_then_rerun_each_key_once_never_paid_twice(tmp_pat
     proc = killed_run(data, out, fake, point)
     assert len(fake.created_jobs()) == jobs_at_kill
     assert len(read_table(out, "captions")) == captions_at_kill  # write:5 -> two parts of 2 rows committed
+    with pytest.raises(LeaseHeld, match="looks stale: pid .* is no longer running.*--force-unlock"):
+        run(data, out, fake, batch={"wait": True, "max_requests_per_job": 5})
+    set_force_unlock(True)  # what --force-unlock does
     s = run(data, out, fake, batch={"wait": True, "max_requests_per_job": 5})
     assert_each_key_once(out, keys(n))
     assert_captions_match_images(out)
@@ -320,6 +327,7 @@ def test_recovered_upload_that_expired_is_uploaded_again_once(tmp_path, serve):
     fake = serve()
     out = tmp_path / "out"
     killed_run(data, out, fake, "before_create")
+    set_force_unlock(True)
     fake.files.clear()  # the Files API dropped the upload (48 h later)
     s = run(data, out, fake, batch={"wait": True})
     assert s["batch"]["jobs_created_this_run"] == 1 and len(fake.created_jobs()) == 1

@@ -63,7 +63,7 @@ def batch_options(kwargs: dict[str, Any]):
 
 
 def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dead_letters, commit_every,
-               commit_seconds, batch):
+               commit_seconds, batch, beam_args=()):
     from textok.pipeline.captioning.batch import run_batch_caption
     from textok.pipeline.captioning.captioners.gemini import GeminiConfigError
     from textok.pipeline.captioning.captioners.gemini_batch import BatchAPIError
@@ -73,7 +73,7 @@ def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dea
         return run_batch_caption(input_path, output_dir, source=source, split=split, captioner_options=options,
                                  max_words=kwargs["max_words"], retry_dead_letters=retry_dead_letters,
                                  commit_every=commit_every, commit_seconds=commit_seconds, batch=batch,
-                                 source_options=source_options(kwargs))
+                                 source_options=source_options(kwargs), beam_args=beam_args)
     except (ValueError, KeyError, FileNotFoundError, SchemaError, GeminiConfigError, BatchAPIError) as e:
         raise click.ClickException(str(e)) from e
 
@@ -107,7 +107,7 @@ def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, ou
         if pipeline_only:  # storage options (--s3_endpoint_url ...) are used; pipeline ones would be ignored
             raise click.UsageError(f"--gemini-mode batch runs no Beam pipeline; unknown options {pipeline_only}")
         summary = _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dead_letters,
-                             commit_every, commit_seconds, batch)
+                             commit_every, commit_seconds, batch, tuple(ctx.args))
         click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
     summary = run_caption(
