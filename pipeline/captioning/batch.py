@@ -158,6 +158,7 @@ class BatchRun:
                     if cur is None:
                         cur = self._open()
                     cur["file"].write(line)
+                    fault_point("request_file")  # a kill here leaves a request file no ledger entry names
                     cur["bytes"] += len(line)
                     cur["keys"].append(record.key)
                     cur["sizes"][record.key] = size

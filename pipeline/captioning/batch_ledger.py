@@ -15,8 +15,11 @@ follows it, which is what makes a killed run recoverable without paying twice:
                run resubmits them in a new job, up to --batch-max-attempts).
 
 Fault injection for tests: TEXTOK_BATCH_FAULT=<point>[:<n>] SIGKILLs the process at the
-n-th pass through `fault_point(<point>)` (points: after_upload, before_create,
-after_create, poll, write).
+n-th pass through `fault_point(<point>)` (points: request_file, after_upload,
+before_create, after_create, poll, write).
+
+Only the holder of DIR's writer lease (textok.lease) writes entries (`save` checks); `update`
+is the read-modify-write a second command (`textok batch-status`) uses.
 """
 from __future__ import annotations
 

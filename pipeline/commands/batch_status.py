@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import click
 
-from textok.pipeline.commands.options import BeamCommand
+from textok.pipeline.commands.options import BeamCommand, lease_flag
 
 
 def _age(iso: Optional[str], now: dt.datetime) -> str:
@@ -46,6 +46,7 @@ def job_rows(entries, now: dt.datetime) -> list[dict[str, Any]]:
               help="Ask the API for the state of jobs in flight (needs GEMINI_API_KEY).")
 @click.option("--gemini-base-url", "base_url", default=None, help="API base URL (a proxy or a local fake server).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@lease_flag
 def batch_status_cmd(output_dir: str, refresh: bool, base_url: Optional[str], as_json: bool) -> None:
     """List the Batch Mode jobs of a caption output DIR: state, counts, age, estimated cost.
 
