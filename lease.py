@@ -58,6 +58,7 @@ DEFAULT_SETTLE_S = 2.0
 
 _force_unlock = False
 _held: dict[str, "Lease"] = {}           # lease path -> the lease this process holds
+_live_tokens: set[str] = set()           # tokens of every lease this process holds now
 _held_lock = threading.Lock()
 
 
@@ -270,8 +271,10 @@ def staleness(rec: dict[str, Any], now: Optional[float] = None) -> Optional[str]
     ttl = float(rec.get("ttl_s", DEFAULT_TTL_S))
     if rec.get("host") == socket.gethostname():
         pid = int(rec.get("pid", -1))
-        if pid == os.getpid():  # not one of ours (those are in _held): an earlier process with our pid
-            return f"pid {pid} on this host is this process, so its old holder is gone"
+        if pid == os.getpid():
+            if rec.get("token") in _live_tokens:
+                return None
+            return f"pid {pid} on this host is this process, which does not hold it: its holder is gone"
         if pid > 0 and _pid_gone(pid):
             return f"pid {pid} is no longer running on this host"
     if age > ttl:
@@ -321,6 +324,7 @@ class Lease:
                 rec = _parse(raw)
                 if rec is not None and rec.get("token") == self.token:
                     self._etag = read_etag or etag
+                    _live_tokens.add(self.token)
                     self._start_heartbeat()
                     return
                 raise LeaseHeld(self._refusal(rec or {}, racing=True))
@@ -384,6 +388,7 @@ class Lease:
                             f"{self.path}")
 
     def release(self) -> None:
+        _live_tokens.discard(self.token)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
