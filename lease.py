@@ -96,12 +96,18 @@ def _iso(t: float) -> str:
 class _LocalStore:
     def __init__(self, path: str):
         self.path = path
+        self.made: list[str] = []  # folders the take created: removed again if the run leaves them empty
 
     def create(self, data: bytes) -> Optional[str]:
         """Write the record if no lease exists; "" when created, None when one exists."""
         from textok.atomic import temp_path
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        folder = os.path.dirname(self.path)
+        missing = folder
+        while missing and not os.path.exists(missing):
+            self.made.insert(0, missing)
+            missing = os.path.dirname(missing)
+        os.makedirs(folder, exist_ok=True)
         tmp = temp_path(self.path)
         with open(tmp, "wb") as f:
             f.write(data)
@@ -142,6 +148,9 @@ class _LocalStore:
     def delete(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.path)
+        for folder in reversed(self.made):  # a run that failed before writing leaves no empty output folder
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 class _S3Store:

@@ -330,3 +330,35 @@ def test_a_kill_between_write_and_rename_leaves_nothing_a_parquet_glob_reads(tmp
     from textok.atomic import clean_temps
 
     assert clean_temps(str(folder), final_prefix="train-") == [str(folder / left[0])] and not os.listdir(folder)
+
+
+# ---------------------------------------------------------------- a second writer (issue 19)
+HOLDER = ("import sys, time; from textok.lease import hold_lease, set_force_unlock\n"
+          "set_force_unlock(True)\n"  # the compact case starts from a killed caption run's stale lease
+          "with hold_lease(sys.argv[1], 'caption'):\n"
+          "    print('held', flush=True); time.sleep(600)\n")
+
+
+@pytest.mark.parametrize("writer", [pytest.param(w, marks=[] if w == "encode" else [pytest.mark.slow])
+                                    for w in ("caption", "compact", "encode", "pools")])
+def test_a_second_writer_is_refused_with_the_owner_and_writes_nothing(inputs, tmp_path, writer):
+    """Another run holds the output folder: the command exits 1 with one line naming it, before any work."""
+    w = WRITERS[writer]
+    out = str(tmp_path / "out")
+    if w.prepare:
+        w.prepare(inputs, out)
+    before = sorted(os.path.join(d, n) for d, _, files in os.walk(out) for n in files) if os.path.isdir(out) else []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, out], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        res = _run(w.command(inputs, out))
+    finally:
+        holder.kill()
+        holder.wait()
+    err = res.stderr.decode(errors="replace")
+    assert res.returncode == 1 and err.count("Error:") == 1 and "Traceback" not in err, err[-2000:]
+    assert f"another writer holds this output folder: `textok caption` (pid {holder.pid}" in err
+    after = {os.path.join(d, n) for d, _, files in os.walk(out) for n in files}
+    assert after == set(before) | {os.path.join(out, "_textok.lease")}  # nothing written, nothing removed

@@ -107,3 +107,11 @@ def test_s3_lease_is_a_conditional_create_and_renewal_never_overwrites_a_new_hol
         first.release()
         second.release()
     assert read_lease(folder) is None
+
+
+def test_batch_mode_keeps_storage_options_and_refuses_pipeline_ones():
+    args = ["--s3_endpoint_url", "http://minio:9000", "--runner", "DataflowRunner", "--s3_region_name=eu-west-1"]
+    assert rio.filesystem_args(args) == ["--s3_endpoint_url", "http://minio:9000", "--s3_region_name=eu-west-1"]
+    r = CliRunner().invoke(main, ["caption", "--input", "x", "--output", "y", "--captioner", "gemini",
+                                  "--gemini-mode", "batch", "--runner", "DataflowRunner"])
+    assert r.exit_code == 2 and "unknown options ['--runner', 'DataflowRunner']" in r.output, r.output
