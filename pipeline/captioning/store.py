@@ -38,7 +38,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from textok import storage as rio
-from textok.atomic import TEMP_PREFIX, clean_temps
+from textok.atomic import TEMP_PREFIX
 from textok.lease import hold_lease
 from textok.faults import maybe_fail
 from textok.schemas.captions import CAPTIONS_SCHEMA, DEAD_LETTER_SCHEMA
@@ -261,12 +261,6 @@ def compact(output_dir: str, rows_per_file: int = COMPACT_ROWS_PER_FILE) -> dict
     stats = {CAPTIONS: cap_stats, DEAD_LETTER: dead_stats, "seconds": round(time.monotonic() - t0, 3)}
     log.info("compacted %s: %s", output_dir, stats)
     return stats
-
-
-def clean_caption_temps(output_dir: str) -> list[str]:
-    """Temp files a killed caption run left (local folders; remote writes are single uploads).
-    Called by the launcher before a run, never by a worker (another worker's may be in flight)."""
-    return [p for d in ("", CAPTIONS, DEAD_LETTER) for p in clean_temps(os.path.join(output_dir, d))]
 
 
 def has_parts(output_dir: str) -> bool:
