@@ -29,6 +29,7 @@ COMMANDS = (
     ("textok.pipeline.commands.pools", "pools_cmd"),
     ("textok.pipeline.commands.prepare", "prepare_cmd"),
     ("textok.pipeline.commands.inspect", "inspect_cmd"),
+    ("textok.pipeline.commands.caption_report", "caption_report_cmd"),
     ("textok.trainer.commands.train_tokenizer", "train_tokenizer_cmd"),
     ("textok.trainer.commands.eval_tokenizer", "eval_tokenizer_cmd"),
     ("textok.trainer.commands.extract_latents", "extract_latents_cmd"),

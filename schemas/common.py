@@ -61,7 +61,7 @@ def _ensure_registered() -> None:
     # Import the table modules so they register themselves (lazy to avoid import cycles).
     import importlib
 
-    for mod in ("captions", "shards", "pools", "latents"):
+    for mod in ("captions", "shards", "pools", "latents", "caption_flags"):
         importlib.import_module(f"textok.schemas.{mod}")
 
 

@@ -361,6 +361,35 @@ def plan_caption_run(records: Sequence[ImageRecord], output_dir: str,
     return CaptionPlan(todo, set(captioned), set(dead), skipped, retried)
 
 
+def _same_folder(a: str, b: str) -> bool:
+    norm = (lambda p: p.rstrip("/") if "://" in p else os.path.realpath(p))  # noqa: E731
+    a, b = norm(a), norm(b)
+    return a == b or a == norm(FileSystems.join(b, CAPTIONS)) or b == norm(FileSystems.join(a, CAPTIONS))
+
+
+def select_flagged(records: Sequence[ImageRecord], output_dir: str, flags: str,
+                   checks: Sequence[str] | None) -> tuple[list[ImageRecord], dict[str, Any]]:
+    """The records whose keys a caption report flagged, and a record of the selection. Refuses to
+    write into the captions folder the report read: re-captions are a new version beside the old."""
+    from textok.schemas.caption_flags import flagged_keys, parse_checks
+
+    keys, info = flagged_keys(flags, parse_checks(checks) if checks else None)
+    source = info.get("captions")
+    if source and "://" not in source and not os.path.isabs(source):
+        source = None  # a relative path recorded elsewhere cannot be compared; the key check below still holds
+    if source and _same_folder(output_dir, source):
+        raise ValueError(f"--output {output_dir} is the captions folder {flags} reports on; re-caption into a new "
+                         f"folder (e.g. {output_dir.rstrip('/')}_v2) so the old captions stay comparable")
+    chosen = [r for r in records if r.key in keys]
+    info["keys_in_input"] = len(chosen)
+    info["keys_not_in_input"] = len(keys) - len(chosen)
+    if keys and not chosen:
+        raise ValueError(f"{flags}: none of its {len(keys)} flagged keys is a record of this --input/--split; "
+                         "give the input the flagged captions were made from")
+    log.info("re-captioning %d flagged keys (%s) of %s", len(chosen), ",".join(info["checks"]), flags)
+    return chosen, info
+
+
 def caption_meta(captioner: Captioner, max_words: int) -> dict[str, Any]:
     """The `textok.meta` of caption files: what made these captions (never secrets)."""
     return {"captioner": captioner.name, "backend": captioner.backend, "model": captioner.model_id,
@@ -385,9 +414,15 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
                 captioner: str = "provided", captioner_options: dict[str, Any] | None = None,
                 max_words: int = DEFAULT_MAX_WORDS, retry_dead_letters: bool = False, commit_every: int = 256,
                 commit_seconds: float = 60.0, batch_size: int | None = None, beam_args: Sequence[str] = (),
-                source_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                source_options: dict[str, Any] | None = None, recaption_flagged: str | None = None,
+                recaption_checks: Sequence[str] | None = None) -> dict[str, Any]:
     """Caption one split of a source into output_dir; resumable; returns the run summary.
-    The run holds output_dir's writer lease (textok.lease) from its first write to its summary."""
+
+    `recaption_flagged`: a caption report's flags.parquet; only its flagged keys (any of
+    `recaption_checks`, default its `flagged` column) are captioned, into `output_dir`, which must
+    not be the folder the report read: the old rows stay as they are, and both versions can be
+    reported on and compared (`textok caption-report` on each). The run holds output_dir's writer
+    lease (textok.lease) from its first write to its summary."""
     from textok.pipeline.beam_utils import make_pipeline
     from textok.pipeline.cleanup import clean_output
 
@@ -406,6 +441,9 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
     cap = build_captioner(captioner, options)  # fail on bad options before listing a million files
     with hold_lease(output_dir, "caption") as lease:  # also the destination check: before any listing or work
         records = list_records(input_path, source, split, **(source_options or {}))
+        recaption = None
+        if recaption_flagged:
+            records, recaption = select_flagged(records, output_dir, recaption_flagged, recaption_checks)
         clean_output(output_dir, lease)  # a killed run's temp and to-do files (older than this lease)
         plan = plan_caption_run(records, output_dir, retry_dead_letters)
         log.info("caption %s [%s]: %d records, %d already done, %d to caption with %s",
@@ -419,7 +457,10 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
                 outputs = (p | "Records" >> ReadRecords(todo)
                            | "CaptionImages" >> CaptionImages(captioner, options, max_words=max_words,
                                                               batch_size=batch_size))
-                outputs | "WriteParts" >> WriteCaptionParts(output_dir, caption_meta(cap, max_words),
+                meta = caption_meta(cap, max_words)
+                if recaption:
+                    meta["recaption_of"] = {k: recaption[k] for k in ("flags", "checks", "captions")}
+                outputs | "WriteParts" >> WriteCaptionParts(output_dir, meta,
                                                             commit_every=commit_every, commit_seconds=commit_seconds)
                 t_pipeline = time.monotonic()
                 with open_stage("caption", len(plan.records), "images"):
@@ -433,6 +474,8 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
         wall = time.monotonic() - t0
         summary = _summary(cap, counters, plan, len(records), wall, pipeline_s, compaction, output_dir)
         summary.update({"input": input_path, "split": split, "output": output_dir})
+        if recaption:
+            summary["recaption_of"] = recaption
         write_json_atomic(summary, FileSystems.join(output_dir, SUMMARY_FILE))
         log.info("caption summary: %s", {k: summary[k] for k in ("captioned", "dead_letter", "deferred",
                                                                  "skipped_existing", "wall_s")})

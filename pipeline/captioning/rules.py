@@ -140,3 +140,25 @@ def clean_caption(text: str | None, max_words: int = DEFAULT_MAX_WORDS) -> tuple
 def _shorten(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def boilerplate_reason(text: str | None) -> str | None:
+    """Why a *stored* caption still reads like an unclean model answer, or None.
+
+    The same rules `clean_caption` applies, used as a check (`textok caption-report`): captions
+    written by an older prompt version, by the `provided` backend or by another tool never went
+    through them. Returns "refusal: ...", "opener: ..." or "wrapper: ..." naming the text found.
+    """
+    if not text or not text.strip():
+        return "empty"
+    stripped = " ".join(text.split())
+    if _REFUSAL_OPENERS.match(stripped) or _REFUSAL_ANYWHERE.search(stripped):
+        return f"refusal: {_shorten(stripped, 60)}"
+    for pattern in _OPENERS:
+        m = pattern.match(stripped)
+        if m:
+            return f"opener: {m.group(0).strip()!r}"
+    unwrapped = _strip_wrappers(stripped)
+    if unwrapped != stripped:
+        return f"wrapper: markdown, label or quotes around {_shorten(unwrapped, 40)!r}"
+    return None

@@ -5,6 +5,8 @@
         --model gemini-2.5-flash-lite --rpm 1000 --max-cost-usd 20
     textok caption --input /data/imagenet --split train --output out/train_caps --captioner gemini \
         --gemini-mode batch [--wait]          # Batch Mode: half price, see pipeline/captioning/batch.py
+    textok caption --input /data/imagenet --split train --output out/train_caps_v2 --captioner gemini \
+        --model gemini-2.5-flash --recaption-flagged out/report/flags.parquet --flags short,boilerplate
     textok caption --input folder/ --output out --captioner template --template "a photo of a {class_name}" \
         --direct_running_mode multi_processing --direct_num_workers 4     # any Beam option passes through
 """
@@ -90,16 +92,27 @@ def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dea
 @click.option("--commit-seconds", type=float, default=60.0, show_default=True,
               help="Commit buffered rows at least this often.")
 @batch_flags
+@click.option("--recaption-flagged", default=None,
+              help="flags.parquet of `textok caption-report`: caption only its flagged keys, into a new --output "
+                   "(the old captions stay untouched).")
+@click.option("--flags", "recaption_checks", default=None,
+              help="With --recaption-flagged: the checks that select a key, e.g. short,boilerplate (default: its "
+                   "`flagged` column).")
 @lease_flag
 @click.pass_context
 def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, output_dir: str,
-                retry_dead_letters: bool, commit_every: int, commit_seconds: float, **kwargs: Any) -> None:
+                retry_dead_letters: bool, commit_every: int, commit_seconds: float, recaption_flagged: str | None,
+                recaption_checks: str | None, **kwargs: Any) -> None:
     """Caption images into DIR (resumable; unknown options go to Beam, e.g. --runner)."""
     from textok.pipeline.captioning.pipeline import run_caption
 
     options = captioner_options(kwargs)
     check_captioner(kwargs["captioner"], options, kwargs["max_words"], ctx.args)
     batch = batch_options(kwargs)
+    if recaption_checks and not recaption_flagged:
+        raise click.UsageError("--flags chooses checks of --recaption-flagged FLAGS.parquet; give that file too")
+    if batch is not None and recaption_flagged:
+        raise click.UsageError("--recaption-flagged runs with --gemini-mode sync (Batch Mode plans its own keys)")
     if batch is not None:
         from textok.storage import filesystem_args
 
@@ -114,5 +127,6 @@ def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, ou
         input_path, output_dir, source=source, split=split, captioner=kwargs["captioner"],
         captioner_options=options, max_words=kwargs["max_words"],
         retry_dead_letters=retry_dead_letters, commit_every=commit_every, commit_seconds=commit_seconds,
-        batch_size=kwargs["batch_size"], beam_args=tuple(ctx.args), source_options=source_options(kwargs))
+        batch_size=kwargs["batch_size"], beam_args=tuple(ctx.args), source_options=source_options(kwargs),
+        recaption_flagged=recaption_flagged, recaption_checks=recaption_checks)
     click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))

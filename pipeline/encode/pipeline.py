@@ -98,6 +98,14 @@ def read_captions(captions: str | list[str], split: str | None = None, columns: 
     return table.drop_columns(["_file"])
 
 
+def excluded_keys(flags: str, checks: tuple[str, ...] | None = None) -> tuple[set[str], dict[str, Any]]:
+    """Keys `textok caption-report` flagged (any of `checks`, default its `flagged` column) and the
+    record of that choice that goes into the shard metadata."""
+    from textok.schemas.caption_flags import flagged_keys
+
+    return flagged_keys(flags, checks)
+
+
 @dataclass(frozen=True)
 class ShardTask:
     """Shard `index` of `count`: the `num_keys` keys of `split` in [first_key, last_key], hold-out excluded."""
@@ -172,17 +180,25 @@ def dead_letter_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
 # ---------------------------------------------------------------- Beam transforms
 
 class ReadShardRowsFn(beam.DoFn):
-    """ShardTask -> (task, caption rows): reads the shard's key range from the caption files."""
+    """ShardTask -> (task, caption rows): reads the shard's key range from the caption files.
+    `exclude` ((flags path, checks) or None): keys a caption report flagged are left out; the
+    set is read in `setup()` on the worker, so the graph carries a path, not a million keys."""
 
-    def __init__(self, files: list[str], holdout_fraction: float, seed: int, shard_path):
+    def __init__(self, files: list[str], holdout_fraction: float, seed: int, shard_path,
+                 exclude: tuple[str, tuple[str, ...] | None] | None = None):
         self.files, self.holdout_fraction, self.seed, self.shard_path = files, holdout_fraction, seed, shard_path
+        self.exclude = exclude
+
+    def setup(self):
+        self._excluded = excluded_keys(*self.exclude)[0] if self.exclude else set()
 
     def process(self, task: ShardTask):
         if rio.exists(self.shard_path(task)):
             return []  # done by an earlier attempt of this bundle
         rows = read_captions(self.files, task.split, filters=[("key", ">=", task.first_key),
                                                               ("key", "<=", task.last_key)]).to_pylist()
-        rows = [r for r in rows if not in_holdout(r["key"], self.holdout_fraction, self.seed)]
+        rows = [r for r in rows if not in_holdout(r["key"], self.holdout_fraction, self.seed)
+                and r["key"] not in self._excluded]
         if len(rows) != task.num_keys:
             raise RuntimeError(f"shard {task.name}: {len(rows)} caption rows in [{task.first_key!r}, "
                                f"{task.last_key!r}], {task.num_keys} planned: the captions changed during the run")
@@ -367,10 +383,13 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
                rows_per_shard: int | None = None,
                shard_mb: float | None = None, dtype: str | None = None, device: str | None = None,
                revision: str | None = None, pool_holdout_fraction: float = 0.0, seed: int = 0,
-               emb_dtype: str = "float16", beam_args: Sequence[str] = ()) -> dict[str, Any]:
+               emb_dtype: str = "float16", exclude_flagged: str | None = None,
+               exclude_checks: Sequence[str] | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Encode one split's captions into shards under `output_dir/shards/` (local or any Beam
-    filesystem). `emb_dtype` "int8" stores int8 + per-token scales (schemas.shards). Returns the summary.
-    Holds output_dir's writer lease (textok.lease) for the whole run."""
+    filesystem). `emb_dtype` "int8" stores int8 + per-token scales (schemas.shards).
+    `exclude_flagged`: a caption report's flags.parquet; keys flagged by `exclude_checks` (default:
+    its `flagged` column) are left out, and the shard metadata records which and how many.
+    Returns the summary. Holds output_dir's writer lease (textok.lease) for the whole run."""
     from textok.lease import hold_lease
 
     rio.set_filesystem_options(beam_args)
@@ -380,6 +399,7 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
                                 max_tokens=max_tokens, image_size=image_size, rows_per_shard=rows_per_shard,
                                 shard_mb=shard_mb, dtype=dtype, device=device, revision=revision,
                                 pool_holdout_fraction=pool_holdout_fraction, seed=seed, emb_dtype=emb_dtype,
+                                exclude_flagged=exclude_flagged, exclude_checks=exclude_checks,
                                 beam_args=beam_args)
 
 
@@ -388,7 +408,8 @@ def _run_encode_held(captions: str, output_dir: str, *, encoder: str, split: str
                      rows_per_shard: int | None = None,
                      shard_mb: float | None = None, dtype: str | None = None, device: str | None = None,
                      revision: str | None = None, pool_holdout_fraction: float = 0.0, seed: int = 0,
-                     emb_dtype: str = "float16", beam_args: Sequence[str] = ()) -> dict[str, Any]:
+                     emb_dtype: str = "float16", exclude_flagged: str | None = None,
+                     exclude_checks: Sequence[str] | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """The body of `run_encode`, run while the output lease is held."""
     from textok.pipeline.beam_utils import make_pipeline
     from textok.text_encoder import describe_encoder
@@ -409,6 +430,19 @@ def _run_encode_held(captions: str, output_dir: str, *, encoder: str, split: str
     all_keys = read_captions(files, split, columns=["key", "split"])["key"].to_pylist()  # sorted, unique
     if not all_keys:
         raise ValueError(f"{captions}: no captions of split {split!r}")
+    exclude, exclusion = None, None
+    if exclude_flagged:
+        from textok.schemas.caption_flags import parse_checks
+
+        exclude = (exclude_flagged, parse_checks(exclude_checks) if exclude_checks else None)
+        flagged, exclusion = excluded_keys(*exclude)
+        exclusion["keys_in_split"] = sum(k in flagged for k in all_keys)
+        exclusion["keys_sha256"] = hashlib.sha256("\n".join(sorted(flagged)).encode()).hexdigest()
+        all_keys = [k for k in all_keys if k not in flagged]
+        log.info("encode %s: %d flagged keys left out (%s of %s)", split, exclusion["keys_in_split"],
+                 ",".join(exclusion["checks"]), exclude_flagged)
+    elif exclude_checks:
+        raise FlagError("--flags chooses checks of --exclude-flagged FLAGS.parquet; give that file too")
     meta = describe_encoder(encoder, max_tokens=max_tokens, device=device, dtype=dtype, revision=revision)
     from textok.schemas.encoder_identity import check_output_encoder
 
@@ -421,6 +455,8 @@ def _run_encode_held(captions: str, output_dir: str, *, encoder: str, split: str
     image_mode = "original" if image_size is None else f"resize_center_crop:{image_size}"
     meta.update(image_mode=image_mode, pool_holdout_fraction=pool_holdout_fraction, pool_seed=seed,
                 captions=captions, storage_dtype=emb_dtype)
+    if exclusion:
+        meta["excluded_flagged"] = exclusion
     opts = encoder_options(meta, batch_size, revision)
     meta.pop("device")
     plan = plan_shards(keys, split, rows_per_shard)
@@ -430,7 +466,8 @@ def _run_encode_held(captions: str, output_dir: str, *, encoder: str, split: str
         "pool_holdout_fraction": pool_holdout_fraction, "pool_seed": seed,
         "shards_version": SHARDS_VERSION,  # never mix shard layouts (v1: image as plain bytes) in one dir
         # only when not the default, so plans written before int8 existed still resume
-        **({"emb_dtype": emb_dtype} if emb_dtype != "float16" else {})})
+        **({"emb_dtype": emb_dtype} if emb_dtype != "float16" else {}),
+        **({"excluded_flagged": {k: exclusion[k] for k in ("checks", "keys_sha256")}} if exclusion else {})})
     shard_path = _ShardPath(output_dir)
     todo = [t for t in plan if not rio.exists(shard_path(t))]
     log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(keys),
@@ -439,7 +476,7 @@ def _run_encode_held(captions: str, output_dir: str, *, encoder: str, split: str
         with open_stage("encode", sum(t.num_keys for t in todo), "captions"), make_pipeline(beam_args) as p:
             _ = (p | "Shards" >> beam.Create(todo)
                  | "Spread" >> beam.Reshuffle()
-                 | "ReadCaptions" >> beam.ParDo(ReadShardRowsFn(files, pool_holdout_fraction, seed, shard_path))
+                 | "ReadCaptions" >> beam.ParDo(ReadShardRowsFn(files, pool_holdout_fraction, seed, shard_path, exclude))
                  | "EncodeCaptions" >> EncodeCaptions(opts, image_size=image_size, skip_if_exists=shard_path)
                  | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, meta)))
     summary = summarize_shards(output_dir, split, len(keys))
@@ -447,6 +484,8 @@ def _run_encode_held(captions: str, output_dir: str, *, encoder: str, split: str
                    shards_skipped_done=len(plan) - len(todo), rows_per_shard=rows_per_shard,
                    wall_s=round(time.time() - start, 2), encoder=encoder, D=meta["D"], image_mode=image_mode,
                    emb_dtype=emb_dtype)
+    if exclusion:
+        summary["excluded_flagged"] = exclusion
     summary["captions_per_s"] = round(sum(t.num_keys for t in todo) / max(summary["wall_s"], 1e-9), 2)
     rio.write_json_atomic(summary, rio.join(output_dir, f"encode_summary_{split}.json"))
     return summary
