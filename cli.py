@@ -23,6 +23,7 @@ COMMANDS = (
     ("textok.pipeline.commands.make_demo_data", "make_demo_data_cmd"),
     ("textok.pipeline.commands.caption", "caption_cmd"),
     ("textok.pipeline.commands.compact", "compact_cmd"),
+    ("textok.pipeline.commands.clean", "clean_cmd"),
     ("textok.pipeline.commands.batch_status", "batch_status_cmd"),
     ("textok.pipeline.commands.encode", "encode_cmd"),
     ("textok.pipeline.commands.pools", "pools_cmd"),

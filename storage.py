@@ -36,12 +36,106 @@ def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
+def _filesystem_option_classes():
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, HadoopFileSystemOptions, S3Options
+
+    return (S3Options, GoogleCloudOptions, HadoopFileSystemOptions)
+
+
+def filesystem_args(beam_args: Sequence[str] = ()) -> list[str]:
+    """The part of `beam_args` that configures storage (`--s3_*`, `--project`/GCS, `--hdfs_*`): what a
+    command that runs no pipeline (`caption --gemini-mode batch`, `clean`) still needs."""
+    import argparse
+
+    args = list(beam_args)
+    if not args:
+        return []
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for cls in _filesystem_option_classes():
+        cls._add_argparse_args(parser)
+    _, rest = parser.parse_known_args(args)
+    out, rest_left = [], list(rest)
+    for token in args:  # the recognised tokens, in their order
+        if rest_left and token == rest_left[0]:
+            rest_left.pop(0)
+        else:
+            out.append(token)
+    return out
+
+
 def set_filesystem_options(beam_args: Sequence[str] = ()) -> None:
-    """Hand the Beam options (`--s3_endpoint_url`, `--s3_access_key_id`, ...) to this process's FileSystems."""
+    """THE place every command's storage settings come from: hand the Beam options
+    (`--s3_endpoint_url`, `--s3_access_key_id`, `--project`, ...) to this process's FileSystems, so
+    the launcher's own reads and writes (plans, skip-if-done checks, leases, summaries) reach the
+    same buckets as the workers. Called by every pipeline command before its work
+    (`pipeline.commands.options.BeamCommand`) and by the `run_*` library entry points."""
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     FileSystems.set_options(PipelineOptions(list(beam_args)))
+
+
+def s3_client():
+    """A boto3 S3 client built from the options `set_filesystem_options` set (Beam's own wrapper,
+    so endpoint, keys and region are read exactly as Beam's S3 filesystem reads them)."""
+    from apache_beam.io.aws.clients.s3.boto3_client import Client
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return Client(FileSystems._pipeline_options or PipelineOptions([])).client
+
+
+def split_bucket(path: str) -> tuple[str, str]:
+    """"s3://bucket/a/b" -> ("bucket", "a/b")."""
+    rest = path.split("://", 1)[1]
+    bucket, _, key = rest.partition("/")
+    return bucket, key
+
+
+def check_destination(path: str, flag: str = "--output") -> None:
+    """Fail in one line, before any work, when `path` cannot be written: a file where a folder is
+    expected (local), or an object store bucket that does not exist or cannot be reached."""
+    if not is_remote(path):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{flag} {path}: this is an existing file, not a folder; pass a folder path "
+                             f"(it is created if missing)")
+        return
+    scheme = path.split("://", 1)[0]
+    if scheme != "s3":
+        return  # gs:// and others: the lease write (textok.lease) is the first write and fails first
+    bucket, _ = split_bucket(path)
+    try:
+        s3_client().head_bucket(Bucket=bucket)
+    except Exception as e:  # botocore ClientError / EndpointConnectionError / NoCredentialsError
+        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+        why = {"404": "the bucket does not exist", "NoSuchBucket": "the bucket does not exist",
+               "403": "access denied"}.get(str(code), f"{type(e).__name__}: {' '.join(str(e).split())}")
+        raise ValueError(f"{flag} {path}: cannot write there ({why}); create bucket {bucket!r} or fix {flag} "
+                         "(and --s3_endpoint_url / credentials)") from None
+
+
+def list_with_mtime(folder: str, recursive: bool = True) -> list[tuple[str, float]]:
+    """(path, modification time in Unix seconds) of every file under `folder` (none when missing)."""
+    if not is_remote(folder):
+        out = []
+        for root, dirs, files in os.walk(folder):
+            for n in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                p = os.path.join(root, n)
+                try:
+                    out.append((p, os.lstat(p).st_mtime))
+                except FileNotFoundError:
+                    pass
+            if not recursive:
+                break
+        return sorted(out)
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = join(folder, "**" if recursive else "*")
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # BeamIOError: nothing there yet
+        return []
+    return sorted((m.path, float(m.last_updated_in_seconds or 0.0)) for m in found)
 
 
 def join(base: str, *parts: str) -> str:

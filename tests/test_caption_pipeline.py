@@ -351,6 +351,8 @@ def test_sigkill_keeps_committed_parts_and_rerun_completes_each_key_once(tmp_pat
     assert proc.returncode == -signal.SIGKILL
     captioned_before, _ = done_keys(str(out))  # every committed part is a complete file
     assert 4 <= len(captioned_before) < 24
+    # The killed holder's lease stays, but its holder is provably dead (same host, boot and pid
+    # namespace): the rerun takes the folder over and resumes, no flag needed.
     s = run_caption(data, str(out), captioner=PLUGIN, batch_size=4)
     assert s["skipped_existing"] == len(captioned_before)
     assert s["captioned"] == 24 - len(captioned_before)

@@ -251,6 +251,7 @@ WRITERS = {
         "--batch-size", "4", "--save-every", "2", "--num-workers", "0", "--device", "cpu"], _verify_dit),
 }
 
+
 # (writer, TEXTOK_FAULT value): every named point of textok.faults, in every writer that has it
 CASES = [
     ("caption", "caption.part_temp_written:2"), ("caption", "caption.part_committed:2"),
@@ -295,6 +296,8 @@ def test_sigkill_at_a_named_point_then_rerun_loses_and_duplicates_nothing(inputs
     out = str(tmp_path / "out")
     if w.prepare:
         w.prepare(inputs, out)
+    # A SIGKILLed writer leaves its output lease behind; its holder is provably dead (this host, boot
+    # and pid namespace), so the rerun takes the folder over with no flag, as a user reruns a killed job.
     died = _run(w.command(inputs, out), fault=fault)
     # multi_processing: the SIGKILL hits a worker process and the runner fails the pipeline
     if writer == "caption-mp" and died.returncode != -signal.SIGKILL:
@@ -381,3 +384,35 @@ def test_dask_worker_killed_mid_caption_pays_for_no_key_twice(tmp_path):
     assert sorted(caps) == sorted(f"{c}/{i}" for c in ("red", "green", "blue") for i in range(4))
     assert requests == 12, f"{requests} requests for 12 images: a committed key was paid for twice"
     no_temps(out)
+
+
+# ---------------------------------------------------------------- a second writer (issue 19)
+HOLDER = ("import sys, time; from textok.lease import hold_lease, set_force_unlock\n"
+          "set_force_unlock(True)\n"  # the compact case starts from a killed caption run's stale lease
+          "with hold_lease(sys.argv[1], 'caption'):\n"
+          "    print('held', flush=True); time.sleep(600)\n")
+
+
+@pytest.mark.parametrize("writer", [pytest.param(w, marks=[] if w == "encode" else [pytest.mark.slow])
+                                    for w in ("caption", "compact", "encode", "pools")])
+def test_a_second_writer_is_refused_with_the_owner_and_writes_nothing(inputs, tmp_path, writer):
+    """Another run holds the output folder: the command exits 1 with one line naming it, before any work."""
+    w = WRITERS[writer]
+    out = str(tmp_path / "out")
+    if w.prepare:
+        w.prepare(inputs, out)
+    before = sorted(os.path.join(d, n) for d, _, files in os.walk(out) for n in files) if os.path.isdir(out) else []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, out], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        res = _run(w.command(inputs, out))
+    finally:
+        holder.kill()
+        holder.wait()
+    err = res.stderr.decode(errors="replace")
+    assert res.returncode == 1 and err.count("Error:") == 1 and "Traceback" not in err, err[-2000:]
+    assert f"another writer holds this output folder: `textok caption` (pid {holder.pid}" in err
+    after = {os.path.join(d, n) for d, _, files in os.walk(out) for n in files}
+    assert after == set(before) | {os.path.join(out, "_textok.lease")}  # nothing written, nothing removed

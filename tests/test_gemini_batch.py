@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from textok.cli import main
+from textok.lease import set_force_unlock
 from textok.pipeline.captioning.batch import BatchOptions, run_batch_caption
 from textok.pipeline.captioning.batch_ledger import COLLECTED, load_all
 from textok.pipeline.captioning.captioners.prompt import build_prompt
@@ -36,6 +37,9 @@ def _env(monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", FAKE_KEY)
     monkeypatch.delenv("TEXTOK_BATCH_FAULT", raising=False)
     gemini.reset_process_state()
+    set_force_unlock(False)
+    yield
+    set_force_unlock(False)
 
 
 @pytest.fixture

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import logging
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from types import SimpleNamespace
+from typing import Any, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -75,21 +77,33 @@ class BatchOptions:
 
 
 class _Writers:
-    """The synchronous path's part writers (caption_store.WritePartsFn), driven outside Beam."""
+    """The synchronous path's part writers (caption_store.WritePartsFn), driven outside Beam: one pair
+    per caption metadata, because jobs submitted with another model or prompt keep theirs (their
+    part files, and the compacted files after them, carry the metadata the job was sent with)."""
 
-    def __init__(self, output_dir: str, meta: dict, commit_every: int, commit_seconds: float):
-        self.fns = {t: WritePartsFn(output_dir, t, meta, commit_every, commit_seconds) for t in (CAPTIONS, DEAD_LETTER)}
-        for fn in self.fns.values():
-            fn.setup()
-            fn.start_bundle()
+    def __init__(self, output_dir: str, commit_every: int, commit_seconds: float):
+        self.output_dir, self.commit_every, self.commit_seconds = output_dir, commit_every, commit_seconds
+        self.by_meta: dict[str, dict[str, WritePartsFn]] = {}
 
-    def add(self, table: str, row: dict) -> None:
-        self.fns[table].process(row)
+    def _fns(self, meta: dict) -> dict[str, WritePartsFn]:
+        tag = json.dumps(meta, sort_keys=True, default=str)
+        if tag not in self.by_meta:
+            fns = {t: WritePartsFn(self.output_dir, t, meta, self.commit_every, self.commit_seconds)
+                   for t in (CAPTIONS, DEAD_LETTER)}
+            for fn in fns.values():
+                fn.setup()
+                fn.start_bundle()
+            self.by_meta[tag] = fns
+        return self.by_meta[tag]
+
+    def add(self, table: str, row: dict, meta: dict) -> None:
+        self._fns(meta)[table].process(row)
 
     def flush(self) -> None:
-        for fn in self.fns.values():
-            fn.finish_bundle()
-            fn.start_bundle()
+        for fns in self.by_meta.values():
+            for fn in fns.values():
+                fn.finish_bundle()
+                fn.start_bundle()
 
 
 class BatchRun:
@@ -99,6 +113,7 @@ class BatchRun:
         self.by_key = {r.key: r for r in records}
         self.writers, self.captioned, self.dead = writers, captioned, dead
         self.generation = generation_settings(cap.max_output_tokens, cap.temperature, cap.thinking_budget)
+        self.meta = caption_meta(cap, max_words)  # what new jobs are submitted with
         self.stats: collections.Counter = collections.Counter()
         self.dead_by_reason: collections.Counter = collections.Counter()
         self.attempts: collections.Counter = collections.Counter()
@@ -133,7 +148,7 @@ class BatchRun:
                 chunk = todo[start:start + 256]
                 for record, (ok, dead_row) in zip(chunk, pool.map(self._encode, chunk)):
                     if dead_row is not None:
-                        self._write(DEAD_LETTER, dead_row)
+                        self._write(DEAD_LETTER, dead_row, self.meta)
                         continue
                     line, size = ok
                     if cur is not None and (len(cur["keys"]) >= self.opts.max_requests_per_job
@@ -143,6 +158,7 @@ class BatchRun:
                     if cur is None:
                         cur = self._open()
                     cur["file"].write(line)
+                    fault_point("request_file")  # a kill here leaves a request file no ledger entry names
                     cur["bytes"] += len(line)
                     cur["keys"].append(record.key)
                     cur["sizes"][record.key] = size
@@ -162,8 +178,9 @@ class BatchRun:
         cur["file"].close()
         entry = JobEntry(id=cur["id"], display_name=f"textok-{cur['id']}", model=self.cap.model_id,
                          prompt_version=self.cap.prompt_version, keys=cur["keys"], sizes=cur["sizes"],
-                         request_file=cur["path"], request_bytes=cur["bytes"], est_cost_usd=round(cur["cost"], 6))
-        save(entry, self.output_dir)  # on disk before anything is sent
+                         request_file=cur["path"], request_bytes=cur["bytes"], est_cost_usd=round(cur["cost"], 6),
+                         caption_meta=self.meta)
+        save(entry, self.output_dir)  # the intent record: on disk before anything is sent
         self.advance(entry, recovering=False)
         return entry
 
@@ -232,20 +249,65 @@ class BatchRun:
             time.sleep(delay)
             delay = min(delay * 1.5, self.opts.poll_max_s)
 
+    def entry_meta(self, e: JobEntry) -> dict:
+        """The caption metadata `e` was submitted with (the ledger is the source of truth). Entries
+        written before it was recorded keep their ledger model and prompt version; the settings
+        they lack are marked as taken from the collecting run."""
+        if e.caption_meta:
+            return e.caption_meta
+        meta = dict(self.meta, captioner=f"gemini:{e.model}", model=e.model, prompt_version=e.prompt_version,
+                    settings={**self.meta["settings"], "model_id": e.model})
+        if e.prompt_version != self.meta["prompt_version"]:
+            meta["prompt_text"] = None
+        meta["provenance"] = "model and prompt version from the batch ledger; other settings from the collecting run"
+        return meta
+
+    def read_results(self, e: JobEntry, data: bytes) -> dict[str, CaptionResult]:
+        """Result lines -> one result per key this job sent. A line whose key is not a string, or a key
+        with two different answers, never crashes the collection (a crash would repeat on every rerun
+        and strand the job): it becomes a non-retryable dead letter that says what the file held."""
+        results: dict[str, CaptionResult] = {}
+        conflicts: dict[str, list[str]] = {}
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            key, res = parse_result_line(line)
+            if key is None:
+                self.stats["unreadable_result_lines"] += 1
+                continue
+            if not isinstance(key, str):
+                self.stats["bad_key_result_lines"] += 1
+                sent = str(key) if not isinstance(key, (dict, list)) and str(key) in e.sizes else None
+                log.warning("batch job %s: a result line has key %r (%s, not a string)", e.job_name,
+                            key, type(key).__name__)
+                if sent is None:
+                    continue
+                res = CaptionResult(sent, error_type="invalid_result_key", message=(
+                    f"the batch result line for this request has key {key!r} ({type(key).__name__}), not the string "
+                    f"{sent!r} that was sent; its answer is not trusted"))
+                key = sent
+            if key not in e.sizes:  # never attach an answer to a key this job did not send
+                self.stats["foreign_result_lines"] += 1
+                continue
+            if key in results and _answer(results[key]) != _answer(res):
+                conflicts.setdefault(key, [_answer(results[key])]).append(_answer(res))
+                continue
+            results.setdefault(key, res)
+        for key, answers in conflicts.items():
+            self.stats["conflicting_result_keys"] += 1
+            shown = " | ".join(repr(a[:200]) for a in answers)
+            results[key] = CaptionResult(key, error_type="conflicting_results", attempts=1, message=(
+                f"the batch result file holds {len(answers)} different answers for this key: {shown}"))
+        return results
+
     def collect(self, e: JobEntry, job) -> None:
         results: dict[str, CaptionResult] = {}
         reason = None
+        meta = self.entry_meta(e)
+        provenance = SimpleNamespace(name=meta["captioner"], prompt_version=meta["prompt_version"])
+        max_words = int(meta.get("max_words") or self.max_words)
         if job.result_file:
-            for line in self.client.download(job.result_file).splitlines():
-                if not line.strip():
-                    continue
-                key, res = parse_result_line(line)
-                if key is None:
-                    self.stats["unreadable_result_lines"] += 1
-                elif key not in e.sizes:  # never attach an answer to a key this job did not send
-                    self.stats["foreign_result_lines"] += 1
-                else:
-                    results.setdefault(key, res)
+            results = self.read_results(e, self.client.download(job.result_file))
         else:
             reason = f"batch job {e.job_name} ended {job.state}" + (" without a result file" if job.state == SUCCEEDED
                                                                      else "")
@@ -271,8 +333,8 @@ class BatchRun:
                                     message=f"{res.message} (gave up after {tries} batch attempts)")
             res.attempts = max(res.attempts, attempts[key] + 1)
             width, height = e.sizes[key]
-            table, row = result_row(record, res, self.cap, self.max_words, width, height)
-            self._write(table, row)
+            table, row = result_row(record, res, provenance, max_words, width, height)
+            self._write(table, row, meta)
             written[table] += 1
             fault_point("write")
         self.writers.flush()  # committed before the entry says collected
@@ -285,8 +347,8 @@ class BatchRun:
         self.stats["input_tokens"] += in_tok
         self.stats["output_tokens"] += out_tok
 
-    def _write(self, table: str, row: dict) -> None:
-        self.writers.add(table, row)
+    def _write(self, table: str, row: dict, meta: dict) -> None:
+        self.writers.add(table, row, meta)
         (self.captioned if table == CAPTIONS else self.dead).add(row["key"])
         self.stats[table] += 1
         if table == DEAD_LETTER:
@@ -297,15 +359,38 @@ class BatchRun:
         self.attempts = collections.Counter(k for e in entries if e.phase == COLLECTED for k in e.retry)
 
 
+def _answer(res: CaptionResult) -> str:
+    """What a result line said, for comparing duplicates and naming them in a dead letter."""
+    return res.text if res.error_type is None and res.text is not None else f"[{res.error_type}] {res.message or ''}"
+
+
 def run_batch_caption(input_path: str, output_dir: str, *, source: str = "auto", split: str = "train",
                       captioner_options: dict[str, Any] | None = None, max_words: int = DEFAULT_MAX_WORDS,
                       retry_dead_letters: bool = False, commit_every: int = 256, commit_seconds: float = 60.0,
-                      batch: BatchOptions | None = None, source_options: dict[str, Any] | None = None) -> dict:
-    """Submit / poll / collect Batch Mode jobs for one split into output_dir; returns the run summary."""
+                      batch: BatchOptions | None = None, source_options: dict[str, Any] | None = None,
+                      beam_args: Sequence[str] = ()) -> dict:
+    """Submit / poll / collect Batch Mode jobs for one split into output_dir; returns the run summary.
+    The whole run holds output_dir's writer lease: a second run on the same folder is refused before
+    it can submit anything (two runs would each pay for every key). `beam_args` carry storage
+    options (--s3_endpoint_url ...) for an object-store output."""
+    from textok import storage as rio
+    from textok.lease import hold_lease
+
     t0 = time.monotonic()
     opts = batch or BatchOptions()
+    rio.set_filesystem_options(beam_args)
     if "://" not in output_dir:
         output_dir = os.path.abspath(output_dir)
+    rio.check_destination(output_dir)
+    with hold_lease(output_dir, "caption --gemini-mode batch") as lease:
+        return _run_batch_held(input_path, output_dir, lease, t0, opts, source, split, captioner_options, max_words,
+                               retry_dead_letters, commit_every, commit_seconds, source_options)
+
+
+def _run_batch_held(input_path, output_dir, lease, t0, opts, source, split, captioner_options, max_words,
+                    retry_dead_letters, commit_every, commit_seconds, source_options) -> dict:
+    from textok.pipeline.cleanup import clean_output
+
     options = {k: v for k, v in (captioner_options or {}).items() if v is not None}
     if options.get("vertex_project"):
         raise ValueError("--gemini-mode batch uses the Gemini Developer API (GEMINI_API_KEY); Vertex AI batch "
@@ -313,8 +398,9 @@ def run_batch_caption(input_path: str, output_dir: str, *, source: str = "auto",
     cap = from_options({**options, "max_words": max_words})
     client = BatchClient(cap.base_url, max(cap.timeout_s, 600.0))
     records = list_records(input_path, source, split, **(source_options or {}))
+    clean_output(output_dir, lease)  # orphaned request files and temp files of killed runs
     plan = plan_caption_run(records, output_dir, retry_dead_letters)
-    writers = _Writers(output_dir, caption_meta(cap, max_words), commit_every, commit_seconds)
+    writers = _Writers(output_dir, commit_every, commit_seconds)
     run = BatchRun(output_dir, cap, client, records, opts, max_words, writers, set(plan.captioned_keys),
                    set() if retry_dead_letters else set(plan.dead_keys))
     entries = load_all(output_dir)
@@ -403,6 +489,8 @@ def batch_summary(run: BatchRun, entries: list[JobEntry], plan, records: list, b
                                     - run.captioned - run.dead),
             "budget_deferred": budget_deferred, "polls": s["polls"],
             "unreadable_result_lines": s["unreadable_result_lines"],
+            "bad_key_result_lines": s["bad_key_result_lines"],
+            "conflicting_result_keys": s["conflicting_result_keys"],
             "foreign_result_lines": s["foreign_result_lines"],
             "estimated_cost_usd_all_jobs": round(sum((e.outcome.get("cost_usd") or 0.0) if not e.in_flight
                                                      else e.est_cost_usd for e in entries), 6),

@@ -48,11 +48,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.windowed_value import WindowedValue
 
+from textok import storage as rio
 from textok.atomic import require_output_dir, write_json_atomic
+from textok.lease import hold_lease
 from textok.pipeline.captioning.rules import DEFAULT_MAX_WORDS, clean_caption, count_words
-from textok.pipeline.captioning.store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn, clean_caption_temps,
+from textok.pipeline.captioning.store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn,
                                            compact, has_parts, list_table_files, open_parquet, parts_tagged,
-                                              read_key_splits)
+                                           read_key_splits)
 from textok.pipeline.captioning.captioners import build_captioner
 from textok.pipeline.captioning.captioners.base import Captioner, CaptionRequest, CaptionResult
 from textok.schemas.images import ImageDecodeError, decode_image
@@ -531,10 +533,13 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
     `recaption_flagged`: a caption report's flags.parquet; only its flagged keys (any of
     `recaption_checks`, default its `flagged` column) are captioned, into `output_dir`, which must
     not be the folder the report read: the old rows stay as they are, and both versions can be
-    reported on and compared (`textok caption-report` on each)."""
+    reported on and compared (`textok caption-report` on each). The run holds output_dir's writer
+    lease (textok.lease) from its first write to its summary."""
     from textok.pipeline.beam_utils import make_pipeline
+    from textok.pipeline.cleanup import clean_output
 
     t0 = time.monotonic()
+    rio.set_filesystem_options(beam_args)
     require_output_dir(output_dir)
     if "://" not in output_dir:  # workers (other processes, other cwd) get the same absolute paths
         output_dir = os.path.abspath(output_dir)
@@ -546,51 +551,52 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
             options[key] = value
     batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
     cap = build_captioner(captioner, options)  # fail on bad options before listing a million files
-    records = list_records(input_path, source, split, **(source_options or {}))
-    recaption = None
-    if recaption_flagged:
-        records, recaption = select_flagged(records, output_dir, recaption_flagged, recaption_checks)
-    clean_caption_temps(output_dir)  # a killed run's temp files; none can be in flight before the run
-    plan = plan_caption_run(records, output_dir, retry_dead_letters)
-    log.info("caption %s [%s]: %d records, %d already done, %d to caption with %s",
-             input_path, split, len(records), plan.skipped_existing, len(plan.records), cap.name)
-    counters: dict[str, int] = {}
-    pipeline_s = 0.0
-    if plan.records:
-        todo, chunks = write_todo(plan.records, output_dir, CAPTION_CHUNK_BATCHES * batch_size)
-        try:
-            p = make_pipeline(beam_args)
-            meta = caption_meta(cap, max_words)
-            if recaption:
-                meta["recaption_of"] = {k: recaption[k] for k in ("flags", "checks", "captions")}
-            _ = (p | "Chunks" >> beam.Create(chunks)
-                 | "Spread" >> beam.Reshuffle()  # chunks to workers (no fusion with the one-worker Create)
-                 | "CaptionChunks" >> beam.ParDo(CaptionChunkFn(
-                     captioner, options, max_words, batch_size, cap.needs_pixels, output_dir, meta,
-                     commit_every, commit_seconds)))
-            t_pipeline = time.monotonic()
-            with open_stage("caption", len(plan.records), "images"):
-                result = p.run()
-                result.wait_until_finish()
-            pipeline_s = time.monotonic() - t_pipeline
-            counters = query_counters(result)
-            if counters is None:  # the runner reports no metrics (DaskRunner): count what this run committed
-                counters = counters_from_parts(output_dir, chunks[0].tag.split("-")[0], len(plan.records))
-        finally:
-            FileSystems.delete([todo])
-    compaction = compact(output_dir) if has_parts(output_dir) else None
-    wall = time.monotonic() - t0
-    summary = _summary(cap, counters, plan, len(records), wall, pipeline_s, compaction, output_dir)
-    summary.update({"input": input_path, "split": split, "output": output_dir})
-    if recaption:
-        summary["recaption_of"] = recaption
-    write_json_atomic(summary, FileSystems.join(output_dir, SUMMARY_FILE))
-    log.info("caption summary: %s", {k: summary[k] for k in ("captioned", "dead_letter", "deferred",
-                                                             "skipped_existing", "wall_s")})
-    if summary["deferred"]:
-        log.warning("%d keys were deferred (budget or rate limit); rerun the same command to caption them",
-                    summary["deferred"])
-    return summary
+    with hold_lease(output_dir, "caption") as lease:  # also the destination check: before any listing or work
+        records = list_records(input_path, source, split, **(source_options or {}))
+        recaption = None
+        if recaption_flagged:
+            records, recaption = select_flagged(records, output_dir, recaption_flagged, recaption_checks)
+        clean_output(output_dir, lease)  # a killed run's temp and to-do files (older than this lease)
+        plan = plan_caption_run(records, output_dir, retry_dead_letters)
+        log.info("caption %s [%s]: %d records, %d already done, %d to caption with %s",
+                 input_path, split, len(records), plan.skipped_existing, len(plan.records), cap.name)
+        counters: dict[str, int] = {}
+        pipeline_s = 0.0
+        if plan.records:
+            todo, chunks = write_todo(plan.records, output_dir, CAPTION_CHUNK_BATCHES * batch_size)
+            try:
+                p = make_pipeline(beam_args)
+                meta = caption_meta(cap, max_words)
+                if recaption:
+                    meta["recaption_of"] = {k: recaption[k] for k in ("flags", "checks", "captions")}
+                _ = (p | "Chunks" >> beam.Create(chunks)
+                     | "Spread" >> beam.Reshuffle()  # chunks to workers (no fusion with the one-worker Create)
+                     | "CaptionChunks" >> beam.ParDo(CaptionChunkFn(
+                         captioner, options, max_words, batch_size, cap.needs_pixels, output_dir, meta,
+                         commit_every, commit_seconds)))
+                t_pipeline = time.monotonic()
+                with open_stage("caption", len(plan.records), "images"):
+                    result = p.run()
+                    result.wait_until_finish()
+                pipeline_s = time.monotonic() - t_pipeline
+                counters = query_counters(result)
+                if counters is None:  # the runner reports no metrics (DaskRunner): count what this run committed
+                    counters = counters_from_parts(output_dir, chunks[0].tag.split("-")[0], len(plan.records))
+            finally:
+                FileSystems.delete([todo])
+        compaction = compact(output_dir) if has_parts(output_dir) else None
+        wall = time.monotonic() - t0
+        summary = _summary(cap, counters, plan, len(records), wall, pipeline_s, compaction, output_dir)
+        summary.update({"input": input_path, "split": split, "output": output_dir})
+        if recaption:
+            summary["recaption_of"] = recaption
+        write_json_atomic(summary, FileSystems.join(output_dir, SUMMARY_FILE))
+        log.info("caption summary: %s", {k: summary[k] for k in ("captioned", "dead_letter", "deferred",
+                                                                 "skipped_existing", "wall_s")})
+        if summary["deferred"]:
+            log.warning("%d keys were deferred (budget or rate limit); rerun the same command to caption them",
+                        summary["deferred"])
+        return summary
 
 
 def _summary(cap: Captioner, counters: dict[str, int], plan: CaptionPlan, n_records: int, wall: float,

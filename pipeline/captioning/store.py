@@ -37,7 +37,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from textok.atomic import clean_temps
+from textok import storage as rio
+from textok.atomic import TEMP_PREFIX
+from textok.lease import hold_lease
 from textok.faults import maybe_fail
 from textok.schemas.captions import CAPTIONS_SCHEMA, DEAD_LETTER_SCHEMA
 from textok.schemas.common import KEY_META, SchemaError, with_metadata, write_table_atomic
@@ -74,6 +76,13 @@ def open_parquet(path: str) -> pq.ParquetFile:
             with FileSystems.open(path) as f:
                 return pq.ParquetFile(pa.BufferReader(f.read()))
         return pq.ParquetFile(path)
+    except FileNotFoundError as e:
+        # Listed a moment ago, gone now: another process compacted or cleaned this folder while we
+        # read it. The file is not damaged and no row is lost (compaction writes its outputs before
+        # deleting inputs); the writer lease (textok.lease) exists to stop exactly this.
+        raise SchemaError(f"{path}: disappeared while being read: another process compacted or cleaned this "
+                          "output folder at the same time (two writers on one folder; was --force-unlock used "
+                          "on a live run?). Nothing is lost: rerun once the other run has ended") from e
     except (OSError, pa.ArrowInvalid) as e:
         raise SchemaError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e}); "
                           "move it aside and rerun to caption its keys again") from e
@@ -197,7 +206,8 @@ def _load_rows(paths: list[str], table: str) -> tuple[pa.Table, list[str], list[
     return combined, metas, group_of_row
 
 
-def _rewrite(output_dir: str, table: str, exclude_keys: set[str], rows_per_file: int) -> tuple[dict, set[str]]:
+def _rewrite(output_dir: str, table: str, exclude_keys: set[str], rows_per_file: int,
+             lease_start: float) -> tuple[dict, set[str]]:
     inputs = list_table_files(output_dir, table)
     combined, metas, group_of_row = _load_rows(inputs, table)
     keys = combined.column("key").to_pylist()
@@ -228,8 +238,10 @@ def _rewrite(output_dir: str, table: str, exclude_keys: set[str], rows_per_file:
     # next compaction keeps (parts rank newest), never a lost row.
     maybe_fail("compact.outputs_written")
     stale = [p for p in inputs if p not in set(outputs)]
-    stale += [m.path for m in FileSystems.match([FileSystems.join(table_dir(output_dir, table), ".tmp-*")])[0]
-              .metadata_list]
+    # Temp files only of writers that died before this compaction's lease was taken: a temp file
+    # newer than that could be a live writer's in-flight part (never delete it under its feet).
+    stale += [p for p, mtime in rio.list_with_mtime(table_dir(output_dir, table), recursive=False)
+              if rio.basename(p).startswith(TEMP_PREFIX) and mtime < lease_start]
     for is_part in (False, True):
         batch = [p for p in stale if os.path.basename(p).startswith(PART_PREFIX) == is_part]
         if batch:
@@ -250,17 +262,13 @@ def compact(output_dir: str, rows_per_file: int = COMPACT_ROWS_PER_FILE) -> dict
         raise FileNotFoundError(f"{output_dir}: no Parquet files under {CAPTIONS}/ or {DEAD_LETTER}/ "
                                 "(expected the --output DIR of `textok caption`)")
     t0 = time.monotonic()
-    cap_stats, captioned = _rewrite(output_dir, CAPTIONS, set(), rows_per_file)
-    dead_stats, _ = _rewrite(output_dir, DEAD_LETTER, captioned, rows_per_file)
+    with hold_lease(output_dir, "compact") as lease:  # re-entered when a caption run compacts its own output
+        cap_stats, captioned = _rewrite(output_dir, CAPTIONS, set(), rows_per_file, lease.started_unix)
+        lease.check()
+        dead_stats, _ = _rewrite(output_dir, DEAD_LETTER, captioned, rows_per_file, lease.started_unix)
     stats = {CAPTIONS: cap_stats, DEAD_LETTER: dead_stats, "seconds": round(time.monotonic() - t0, 3)}
     log.info("compacted %s: %s", output_dir, stats)
     return stats
-
-
-def clean_caption_temps(output_dir: str) -> list[str]:
-    """Temp files a killed caption run left (local folders; remote writes are single uploads).
-    Called by the launcher before a run, never by a worker (another worker's may be in flight)."""
-    return [p for d in ("", CAPTIONS, DEAD_LETTER) for p in clean_temps(os.path.join(output_dir, d))]
 
 
 def has_parts(output_dir: str) -> bool:

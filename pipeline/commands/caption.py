@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from textok.pipeline.commands.options import BeamCommand, caption_flags, captioner_options, check_captioner, source_options
+from textok.pipeline.commands.options import (BeamCommand, caption_flags, captioner_options, check_captioner, lease_flag,
+                                              source_options)
 
 _BATCH_DEFAULTS = dict(wait=False, max_requests_per_job=20_000, max_file_mb=1900.0, poll_s=30.0, poll_max_s=600.0,
                        max_attempts=3)
@@ -64,7 +65,7 @@ def batch_options(kwargs: dict[str, Any]):
 
 
 def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dead_letters, commit_every,
-               commit_seconds, batch):
+               commit_seconds, batch, beam_args=()):
     from textok.pipeline.captioning.batch import run_batch_caption
     from textok.pipeline.captioning.captioners.gemini import GeminiConfigError
     from textok.pipeline.captioning.captioners.gemini_batch import BatchAPIError
@@ -74,7 +75,7 @@ def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dea
         return run_batch_caption(input_path, output_dir, source=source, split=split, captioner_options=options,
                                  max_words=kwargs["max_words"], retry_dead_letters=retry_dead_letters,
                                  commit_every=commit_every, commit_seconds=commit_seconds, batch=batch,
-                                 source_options=source_options(kwargs))
+                                 source_options=source_options(kwargs), beam_args=beam_args)
     except (ValueError, KeyError, FileNotFoundError, SchemaError, GeminiConfigError, BatchAPIError) as e:
         raise click.ClickException(str(e)) from e
 
@@ -97,6 +98,7 @@ def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dea
 @click.option("--flags", "recaption_checks", default=None,
               help="With --recaption-flagged: the checks that select a key, e.g. short,boilerplate (default: its "
                    "`flagged` column).")
+@lease_flag
 @click.pass_context
 def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, output_dir: str,
                 retry_dead_letters: bool, commit_every: int, commit_seconds: float, recaption_flagged: str | None,
@@ -112,10 +114,13 @@ def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, ou
     if batch is not None and recaption_flagged:
         raise click.UsageError("--recaption-flagged runs with --gemini-mode sync (Batch Mode plans its own keys)")
     if batch is not None:
-        if ctx.args:
-            raise click.UsageError(f"--gemini-mode batch runs no Beam pipeline; unknown options {ctx.args}")
+        from textok.storage import filesystem_args
+
+        pipeline_only = [a for a in ctx.args if a not in filesystem_args(ctx.args)]
+        if pipeline_only:  # storage options (--s3_endpoint_url ...) are used; pipeline ones would be ignored
+            raise click.UsageError(f"--gemini-mode batch runs no Beam pipeline; unknown options {pipeline_only}")
         summary = _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dead_letters,
-                             commit_every, commit_seconds, batch)
+                             commit_every, commit_seconds, batch, tuple(ctx.args))
         click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
     summary = run_caption(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags, _shard_flags
+from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags, _shard_flags, lease_flag
 
 
 @click.command("encode", cls=BeamCommand)
@@ -23,6 +23,7 @@ from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags,
 @click.option("--flags", "exclude_checks", default=None,
               help="With --exclude-flagged: the checks that exclude a key, e.g. dup,short (default: its `flagged` "
                    "column, every check but non_ascii).")
+@lease_flag
 @click.pass_context
 def encode_cmd(ctx, captions, output_dir, split, encoder, max_tokens, revision, batch_size, dtype, device,
                pool_holdout_fraction, seed, image_size, rows_per_shard, shard_mb, emb_dtype, exclude_flagged,

@@ -21,8 +21,5 @@ def inspect_cmd(ctx, path, contact_sheet, n_images, as_json, project_rows):
     """Validate a textok table (file or folder, local, gs:// or s3://) and describe it: counts,
     histograms, bytes/example. Filesystem options (--s3_endpoint_url ...) pass through to Beam."""
     from textok.pipeline.inspect_table import format_report, inspect_table, report_json
-    from textok.storage import set_filesystem_options
-
-    set_filesystem_options(ctx.args)
     report = inspect_table(path, contact_sheet=contact_sheet, n_images=n_images, project_rows=project_rows)
     click.echo(report_json(report) if as_json else format_report(report))

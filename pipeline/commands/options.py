@@ -177,6 +177,13 @@ def _shard_flags(f: Callable) -> Callable:
     return f
 
 
+def lease_flag(f: Callable) -> Callable:
+    """--force-unlock on a command that writes an output folder (textok.lease)."""
+    return click.option("--force-unlock", "force_unlock", is_flag=True, default=False,
+                        help="Clear a STALE writer lease of the output folder (left by a killed run) before "
+                             "starting; a live lease is never cleared.")(f)
+
+
 def _echo(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
@@ -207,6 +214,11 @@ class BeamCommand(click.Command):
             raise click.UsageError(str(e), ctx) from None
         if leftovers:
             raise click.UsageError(self._unknown_message(ctx, leftovers[0]), ctx)
+        from textok.lease import set_force_unlock
+        from textok.storage import set_filesystem_options
+
+        set_filesystem_options(ctx.args)  # the one place: the launcher's own storage calls see --s3_* etc.
+        set_force_unlock(ctx.params.pop("force_unlock", False))
         try:
             cluster = command_cluster(ctx.args)
             ctx.args = cluster.__enter__()  # --dask-local-workers N: one local cluster for the whole command

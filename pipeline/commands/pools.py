@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags
+from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags, lease_flag
 
 
 @click.command("pools", cls=BeamCommand)
@@ -15,6 +15,7 @@ from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags
 @click.option("--split", default="val", show_default=True, help="Source split of unseen images.")
 @click.option("--per-class", type=int, default=50, show_default=True, help="Captions per class (K).")
 @_encoder_flags()
+@lease_flag
 @click.pass_context
 def pools_cmd(ctx, captions, output_dir, split, per_class, encoder, max_tokens, revision, batch_size, dtype,
               device, pool_holdout_fraction, seed):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.commands.options import (BeamCommand, _echo, _encoder_flags, _shard_flags, caption_flags,
+from textok.pipeline.commands.options import (BeamCommand, _echo, _encoder_flags, _shard_flags, caption_flags, lease_flag,
                                          captioner_options, check_captioner, source_options)
 
 
@@ -25,6 +25,7 @@ from textok.pipeline.commands.options import (BeamCommand, _echo, _encoder_flags
 @caption_flags
 @_encoder_flags("encoder-")
 @_shard_flags
+@lease_flag
 @click.pass_context
 def prepare_cmd(ctx, input_path, source, output_dir, train_split, pool_split, per_class, no_pools,
                 encoder, max_tokens, revision, encoder_batch_size, encoder_dtype, encoder_device,

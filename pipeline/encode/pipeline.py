@@ -389,12 +389,32 @@ def run_encode(captions: str, output_dir: str, *, encoder: str, split: str = "tr
     filesystem). `emb_dtype` "int8" stores int8 + per-token scales (schemas.shards).
     `exclude_flagged`: a caption report's flags.parquet; keys flagged by `exclude_checks` (default:
     its `flagged` column) are left out, and the shard metadata records which and how many.
-    Returns the summary."""
+    Returns the summary. Holds output_dir's writer lease (textok.lease) for the whole run."""
+    from textok.lease import hold_lease
+
+    rio.set_filesystem_options(beam_args)
+    rio.check_destination(output_dir)
+    with hold_lease(output_dir, "encode"):  # one writer per output folder; taken before any work
+        return _run_encode_held(captions, output_dir, encoder=encoder, split=split, batch_size=batch_size,
+                                max_tokens=max_tokens, image_size=image_size, rows_per_shard=rows_per_shard,
+                                shard_mb=shard_mb, dtype=dtype, device=device, revision=revision,
+                                pool_holdout_fraction=pool_holdout_fraction, seed=seed, emb_dtype=emb_dtype,
+                                exclude_flagged=exclude_flagged, exclude_checks=exclude_checks,
+                                beam_args=beam_args)
+
+
+def _run_encode_held(captions: str, output_dir: str, *, encoder: str, split: str = "train",
+                     batch_size: int | None = None, max_tokens: int = 128, image_size: int | None = None,
+                     rows_per_shard: int | None = None,
+                     shard_mb: float | None = None, dtype: str | None = None, device: str | None = None,
+                     revision: str | None = None, pool_holdout_fraction: float = 0.0, seed: int = 0,
+                     emb_dtype: str = "float16", exclude_flagged: str | None = None,
+                     exclude_checks: Sequence[str] | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
+    """The body of `run_encode`, run while the output lease is held."""
     from textok.pipeline.beam_utils import make_pipeline
     from textok.text_encoder import describe_encoder
 
     start = time.time()
-    rio.set_filesystem_options(beam_args)
     require_output_dir(output_dir)
     for folder in ("shards", "dead_letter"):  # temp files a killed run of this split left (local outputs)
         clean_temps(rio.join(output_dir, folder), final_prefix=f"encode-{split}-" if folder == "dead_letter"
