@@ -46,7 +46,7 @@ def poison_shard(path: str, row: int) -> None:
 def test_encode_dead_letters_non_finite_embeddings_and_keeps_the_rest(tmp_path):
     from transformers import AutoTokenizer
 
-    from textok.pipeline.encode_pipeline import read_captions, run_encode
+    from textok.pipeline.encode.pipeline import read_captions, run_encode
 
     caps = make_captions_dir(str(tmp_path / "cap"), n_train=12, n_val=0)
     t5 = build_tiny_t5(str(tmp_path / "t5"), d_model=16)

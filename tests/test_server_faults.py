@@ -17,11 +17,11 @@ from fake_gemini import FakeGemini, error, hang, html_error, ok, parts, reset, t
 from fake_openai import FakeOpenAI
 from PIL import Image
 
-from textok.pipeline.captioners.base import CaptionRequest
-from textok.pipeline.captioners.fleet import FleetDownError, FleetHealth
-from textok.pipeline.captioners.gemini import GeminiCaptioner
-from textok.pipeline.captioners.openai_compat import OpenAICompatCaptioner, OpenAICompatConfigError, content_text
-from textok.pipeline.captioners.remote import reset_process_state
+from textok.pipeline.captioning.captioners.base import CaptionRequest
+from textok.pipeline.captioning.captioners.fleet import FleetDownError, FleetHealth
+from textok.pipeline.captioning.captioners.gemini import GeminiCaptioner
+from textok.pipeline.captioning.captioners.openai_compat import OpenAICompatCaptioner, OpenAICompatConfigError, content_text
+from textok.pipeline.captioning.captioners.remote import reset_process_state
 from textok.redaction import redact_url, scrub, url_secrets
 
 FAST = dict(backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=5.0)
