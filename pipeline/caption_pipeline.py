@@ -383,8 +383,11 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
                 captioner: str = "provided", captioner_options: dict[str, Any] | None = None,
                 max_words: int = DEFAULT_MAX_WORDS, retry_dead_letters: bool = False, commit_every: int = 256,
                 commit_seconds: float = 60.0, batch_size: int | None = None, beam_args: Sequence[str] = (),
-                source_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Caption one split of a source into output_dir; resumable; returns the run summary."""
+                source_options: dict[str, Any] | None = None,
+                records: Sequence[ImageRecord] | None = None) -> dict[str, Any]:
+    """Caption one split of a source into output_dir; resumable; returns the run summary.
+    `records`: the split's records already listed (`textok prepare` assigns rows without a split
+    of their own to exactly one split first); by default the source is listed here."""
     from textok.pipeline.beam_utils import make_pipeline
 
     t0 = time.monotonic()
@@ -399,7 +402,9 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
             options[key] = value
     batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
     cap = build_captioner(captioner, options)  # fail on bad options before listing a million files
-    records = list_records(input_path, source, split, **(source_options or {}))
+    if records is None:
+        records = list_records(input_path, source, split, **(source_options or {}))
+    records = list(records)
     clean_caption_temps(output_dir)  # a killed run's temp files; none can be in flight before the run
     plan = plan_caption_run(records, output_dir, retry_dead_letters)
     log.info("caption %s [%s]: %d records, %d already done, %d to caption with %s",
@@ -416,7 +421,7 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
             outputs | "WriteParts" >> WriteCaptionParts(output_dir, caption_meta(cap, max_words),
                                                         commit_every=commit_every, commit_seconds=commit_seconds)
             t_pipeline = time.monotonic()
-            with open_stage("caption", len(plan.records), "images"):
+            with open_stage("caption", len(plan.records), "images", output=output_dir):
                 result = p.run()
                 result.wait_until_finish()
             pipeline_s = time.monotonic() - t_pipeline

@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from textok.pipeline.cli_options import BeamCommand, caption_flags, captioner_options, check_captioner, source_options
+from textok.pipeline.cli_options import (BeamCommand, caption_flags, captioner_options, check_captioner,
+                                         dead_letter_flag, source_options)
 
 _BATCH_DEFAULTS = dict(wait=False, max_requests_per_job=20_000, max_file_mb=1900.0, poll_s=30.0, poll_max_s=600.0,
                        max_attempts=3)
@@ -88,12 +89,15 @@ def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dea
 @click.option("--commit-every", type=int, default=256, show_default=True, help="Rows per committed part file.")
 @click.option("--commit-seconds", type=float, default=60.0, show_default=True,
               help="Commit buffered rows at least this often.")
+@dead_letter_flag
 @batch_flags
 @click.pass_context
 def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, output_dir: str,
-                retry_dead_letters: bool, commit_every: int, commit_seconds: float, **kwargs: Any) -> None:
+                retry_dead_letters: bool, commit_every: int, commit_seconds: float, max_dead_letter_fraction: float,
+                **kwargs: Any) -> None:
     """Caption images into DIR (resumable; unknown options go to Beam, e.g. --runner)."""
     from textok.pipeline.caption_pipeline import run_caption
+    from textok.pipeline.run_outcome import check_caption_run
 
     options = captioner_options(kwargs)
     check_captioner(kwargs["captioner"], options, kwargs["max_words"], ctx.args)
@@ -104,6 +108,8 @@ def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, ou
         summary = _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dead_letters,
                              commit_every, commit_seconds, batch)
         click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        if not summary["batch"]["requests_in_flight"]:  # keys of running jobs are neither done nor dead yet
+            check_caption_run(summary, output_dir, max_dead_letter_fraction)
         return
     summary = run_caption(
         input_path, output_dir, source=source, split=split, captioner=kwargs["captioner"],
@@ -111,3 +117,4 @@ def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, ou
         retry_dead_letters=retry_dead_letters, commit_every=commit_every, commit_seconds=commit_seconds,
         batch_size=kwargs["batch_size"], beam_args=tuple(ctx.args), source_options=source_options(kwargs))
     click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    check_caption_run(summary, output_dir, max_dead_letter_fraction)  # after the summary: it exists on failure

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.cli_options import BeamCommand, _echo, _encoder_flags, _shard_flags
+from textok.pipeline.cli_options import BeamCommand, _echo, _encoder_flags, _shard_flags, dead_letter_flag
 
 
 @click.command("encode", cls=BeamCommand)
@@ -15,14 +15,18 @@ from textok.pipeline.cli_options import BeamCommand, _echo, _encoder_flags, _sha
 @click.option("--split", default="train", show_default=True)
 @_encoder_flags()
 @_shard_flags
+@dead_letter_flag
 @click.pass_context
 def encode_cmd(ctx, captions, output_dir, split, encoder, max_tokens, revision, batch_size, dtype, device,
-               pool_holdout_fraction, seed, image_size, rows_per_shard, shard_mb, emb_dtype):
+               pool_holdout_fraction, seed, image_size, rows_per_shard, shard_mb, emb_dtype, max_dead_letter_fraction):
     """Encode captions with a frozen text encoder into training shards (resumable per shard)."""
     from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.run_outcome import check_encode_run
 
-    _echo(run_encode(captions, output_dir, encoder=encoder, split=split, batch_size=batch_size,
+    summary = (run_encode(captions, output_dir, encoder=encoder, split=split, batch_size=batch_size,
                      max_tokens=max_tokens, image_size=image_size, rows_per_shard=rows_per_shard,
                      shard_mb=shard_mb, dtype=dtype, device=device, revision=revision,
                      pool_holdout_fraction=pool_holdout_fraction, seed=seed, emb_dtype=emb_dtype,
                      beam_args=tuple(ctx.args)))
+    _echo(summary)
+    check_encode_run(summary, output_dir, max_dead_letter_fraction)  # after the summary: it exists on failure

@@ -121,7 +121,8 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     per_image = {"psnr": [], "ssim": [], "lpips": []}
     feats_real, feats_fake, probs, keys = [], [], [], []
     seen, grid = 0, None
-    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="images")
+    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="images",
+                   output=cfg.output)
     for batch in loader:
         take = min(len(batch["key"]), cfg.num_samples - seen)
         images = batch["images"][:take].to(device)

@@ -25,8 +25,10 @@ import torch
 from textok.atomic import atomic_dir, write_json_atomic
 from textok.schemas.common import SchemaError
 from textok.trainer.data.loader import ShardLoader
+from textok.trainer.models.hub import TEXT_ENCODER_FILE, TRAINING_FILE
 from textok.trainer.evaluation.grid import save_pairs
-from textok.trainer.training.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
+from textok.trainer.training.checkpoint import (Checkpointer, load_run_checkpoint, run_settings, save_run_checkpoint,
+                                                start_or_resume)
 from textok.trainer.training.optim import EMA, build_optimizer, clip_grad, warmup_cosine
 from textok.trainer.training.distributed import Dist, all_reduce_grads, average_buffers, broadcast_params, distributed, local_batch, seed_everything, wrap_ddp
 from textok.trainer.training.metrics_log import MetricsLogger
@@ -92,6 +94,18 @@ TRAINING_PRESETS: dict[str, dict] = {
 }
 
 
+def preset_defaults(field: str) -> dict:
+    """{preset: the value `field` takes when no flag or --config sets it} (what --help shows)."""
+    from textok.trainer.models.textok import TEXTOK_PRESETS, textok_config
+
+    default = {f.name: f.default for f in dataclasses.fields(TrainTokenizerConfig)}[field]
+    out = {}
+    for preset in TEXTOK_PRESETS:
+        value = TRAINING_PRESETS.get(preset, {}).get(field, default)
+        out[preset] = getattr(textok_config(preset), field) if value is None else value
+    return out
+
+
 def load_config(path: str | None, **overrides) -> TrainTokenizerConfig:
     """Defaults <- the preset's TRAINING_PRESETS <- JSON/YAML file <- explicit overrides (None
     values are 'not given'); unset sizes take the model preset's values."""
@@ -108,14 +122,18 @@ def load_config(path: str | None, **overrides) -> TrainTokenizerConfig:
 
 # ----------------------------------------------------------------------------- text-encoder record
 
-TEXT_ENCODER_FILE = "text_encoder.json"
 TEXT_ENCODER_KEYS = ("encoder", "encoder_hash", "encoder_revision", "D", "max_tokens")
+
+
+def text_encoder_record(shard_meta: dict) -> dict:
+    """What TEXT_ENCODER_FILE holds: the shards' encoder id, weights hash, revision, D, max_tokens."""
+    return {k: shard_meta[k] for k in TEXT_ENCODER_KEYS if shard_meta.get(k) is not None}
 
 
 def write_text_encoder(shard_meta: dict, *dirs: str) -> dict:
     """Record which text encoder the training shards came from (TEXT_ENCODER_FILE in each dir):
     the tokenizer only understands embeddings of that encoder, so extract-latents checks it."""
-    record = {k: shard_meta[k] for k in TEXT_ENCODER_KEYS if shard_meta.get(k) is not None}
+    record = text_encoder_record(shard_meta)
     for d in dirs:
         write_json_atomic(record, os.path.join(d, TEXT_ENCODER_FILE))
     return record
@@ -302,10 +320,13 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
 
     out = os.path.join(cfg.output, "tokenizer")
     if dist.is_main:
+        # the side files travel with the weights: a save_pretrained / push_to_hub of this model
+        # anywhere keeps what extract-latents and eval-tokenizer check (hub.HubModel.side_files)
+        model.side_files.update({TEXT_ENCODER_FILE: text_encoder_record(loader.meta),
+                                 TRAINING_FILE: {**run_settings(cfg.output), "steps_done": step}})
         with atomic_dir(out) as tmp, ema.swapped(model):  # readers never see a half-written tokenizer/
             model.save_pretrained(tmp, card={"data": cfg.shards, "steps": step, "batch size": cfg.batch_size,
                                              "text encoder": loader.meta.get("encoder"), "metrics": logger.last})
-            write_text_encoder(loader.meta, tmp)
         logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
 
