@@ -1,6 +1,6 @@
 """Local captioner: any Hugging Face image-text-to-text model, batched `generate`, GPU if present.
 
-    huggingface-cli download Salesforce/blip-image-captioning-large --local-dir models/blip
+    hf download Salesforce/blip-image-captioning-large --local-dir models/blip
     textok caption --input imgs/ --output out/ --captioner local --model models/blip --task-prompt "a picture of"
 
     python -m textok.pipeline.captioners.local --model PATH_OR_ID [--task-prompt TEXT] a.jpg b.png
@@ -52,10 +52,13 @@ class LocalVLMConfigError(RuntimeError):
 
 
 def _missing_weights(model_id: str, why: str) -> LocalVLMConfigError:
+    looks_like_path = os.path.isabs(model_id) or model_id.startswith(".") or model_id.count("/") != 1
+    fetch = (f"`hf download ORG/MODEL --local-dir {model_id}`" if looks_like_path
+             else f"`hf download {model_id} --local-dir models/{model_id.split('/')[-1]}`")
     return LocalVLMConfigError(
-        f"cannot load the local captioning model {model_id!r}: {why}. Download it with "
-        f"`huggingface-cli download {model_id} --local-dir models/<name>` on a machine with network access "
-        f"and pass that directory with --model PATH (or set HF_HOME to a cache that holds it).")
+        f"cannot load the local captioning model {model_id!r}: {' '.join(why.split())}. Download it on a machine "
+        f"with network access with {fetch} and pass that directory with --model PATH (or point HF_HOME / "
+        f"HF_HUB_CACHE at a cache that holds it; see the README's \"Offline and clusters\").")
 
 
 def _missing_package(model_id: str, e: ImportError) -> LocalVLMConfigError:
