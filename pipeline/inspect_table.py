@@ -148,8 +148,8 @@ def _sheet_items(files: list[str], kind: str, n: int) -> list[tuple[bytes | None
                 if "image" in row:
                     data = row["image"]["bytes"]  # datasets' Image() storage: {bytes, path}
                 elif "source_uri" in row:
-                    from textok.pipeline.images import ImageDecodeError
-                    from textok.pipeline.sources import read_image_bytes
+                    from textok.schemas.images import ImageDecodeError
+                    from textok.pipeline.sources.records import read_image_bytes
 
                     try:
                         data = read_image_bytes(row["source_uri"])
@@ -185,7 +185,7 @@ def write_contact_sheet(files: list[str], kind: str, out_png: str, n: int = 8, t
         x, y = 10 + (i % cols) * (thumb + 10), 10 + (i // cols) * (thumb + text_h + 10)
         if data is not None:
             try:
-                from textok.pipeline.images import decode_image
+                from textok.schemas.images import decode_image
 
                 img = decode_image(data)
                 scale = thumb / max(img.size)  # small images are scaled up too, pixels kept sharp

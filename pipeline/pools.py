@@ -7,7 +7,7 @@ caption: it is drawn from a pool of captions of *unseen* images of that class (p
     textok pools --captions runs/cap --output runs/data --encoder /models/t5-xl --pool-holdout-fraction 0.02
 
 Source: the `val` split by default; or `--pool-holdout-fraction f`, a deterministic slice of
-train (hash of seed + key, `encode_pipeline.in_holdout`) that `textok encode` with the same
+train (hash of seed + key, `encode.pipeline.in_holdout`) that `textok encode` with the same
 fraction and seed leaves out of the training shards. Each class keeps the K keys with the
 smallest hash(seed, key): deterministic on every runner, and a class with fewer than K images
 keeps all it has (reported in the summary). Per-class part files are written as classes
@@ -31,13 +31,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from textok.pipeline import remote_io as rio
-from textok.pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
+from textok import storage as rio
+from textok.pipeline.encode.pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
                                              read_captions)
 from textok.atomic import clean_temps, require_output_dir
 from textok.errors import FlagError
 from textok.faults import maybe_fail
-from textok.pipeline.encoder_identity import check_output_encoder
+from textok.schemas.encoder_identity import check_output_encoder
 from textok.progress import open_stage
 from textok.schemas.common import parquet_source, read_meta, with_metadata, write_table_atomic
 from textok.schemas.pools import pools_schema
@@ -160,7 +160,7 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
               revision: str | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Build `output_dir/pools/{split}.parquet` (+ `_summary.json`). Returns the summary."""
     from textok.pipeline.beam_utils import make_pipeline
-    from textok.pipeline.text_encoder import describe_encoder
+    from textok.text_encoder import describe_encoder
 
     start = time.time()
     rio.set_filesystem_options(beam_args)

@@ -4,7 +4,7 @@ consecutive Beam pipelines, each resumable on its own.
     from textok.pipeline.prepare import run_prepare
     run_prepare("demo/data/manifest.jsonl", "runs/demo", captioner="provided", encoder="/models/t5-v1_1-xl")
 
-Every input row lands in exactly one split (pipeline/splits.py): its own split when it has one,
+Every input row lands in exactly one split (pipeline/sources/splits.py): its own split when it has one,
 else train or val by a hash of its key (`val_fraction`, stated in the summary). Captions go to
 OUTPUT/caption/{split}/ (their own artifact: rerunning with another encoder re-encodes without
 re-captioning anything); shards of both splits to OUTPUT/shards/ (`train-*`, `val-*`: the val
@@ -19,7 +19,7 @@ import time
 from typing import Any, Sequence
 
 from textok.pipeline.run_outcome import DEFAULT_MAX_DEAD_LETTER_FRACTION
-from textok.pipeline.splits import DEFAULT_VAL_FRACTION
+from textok.pipeline.sources.splits import DEFAULT_VAL_FRACTION
 
 SUMMARY_FILE = "prepare_summary.json"
 
@@ -35,13 +35,13 @@ def run_prepare(input_path: str, output_dir: str, *, captioner: str, encoder: st
                 val_fraction: float = DEFAULT_VAL_FRACTION,
                 max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION) -> dict[str, Any]:
     from textok.atomic import require_output_dir
-    from textok.pipeline import remote_io as rio
-    from textok.pipeline.caption_pipeline import run_caption
-    from textok.pipeline.encode_pipeline import run_encode
+    from textok import storage as rio
+    from textok.pipeline.captioning.pipeline import run_caption
+    from textok.pipeline.encode.pipeline import run_encode
     from textok.pipeline.pools import run_pools
     from textok.pipeline.run_outcome import check_caption_run, check_encode_run
-    from textok.pipeline.splits import assign_splits
-    from textok.pipeline.text_encoder import describe_encoder
+    from textok.pipeline.sources.splits import assign_splits
+    from textok.text_encoder import describe_encoder
 
     t0 = time.monotonic()
     beam_args = tuple(beam_args)

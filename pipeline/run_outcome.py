@@ -72,7 +72,7 @@ def check_dead_letters(stage: str, *, done: int, dead: int, dead_letter_files: S
 
 def check_caption_run(summary: dict, output_dir: str, max_fraction: float) -> None:
     """A caption run's outcome from its summary's on-disk counts (this run and earlier ones)."""
-    from textok.pipeline.caption_store import CAPTIONS, DEAD_LETTER, list_table_files, table_dir
+    from textok.pipeline.captioning.store import CAPTIONS, DEAD_LETTER, list_table_files, table_dir
 
     on_disk = summary.get("on_disk") or {}
     check_dead_letters("caption", done=int(on_disk.get(CAPTIONS, summary.get("captioned", 0))),
@@ -84,7 +84,7 @@ def check_caption_run(summary: dict, output_dir: str, max_fraction: float) -> No
 
 def check_encode_run(summary: dict, output_dir: str, max_fraction: float) -> None:
     """An encode run's outcome: its split's shard rows against its dead letters (encode-{split}-*)."""
-    from textok.pipeline import remote_io as rio
+    from textok import storage as rio
     from textok.schemas.common import list_parquet
 
     split = summary["split"]

@@ -8,7 +8,7 @@
 #      from each class's pool -> gFID + class accuracy under a probe trained on the real images
 #   -> DiT-T2I -> images from the captions of held-out images, next to those images
 #
-# The data (pipeline/demo_data.py, style "tiles"): a 3x3 quilt of tiles in 8 colours with one
+# The data (pipeline/sources/demo_data.py, style "tiles"): a 3x3 quilt of tiles in 8 colours with one
 # large black or white shape (the class, 7 kinds) over it; the caption names the shape, its
 # colour and all nine tiles row by row. Those ~27 bits are what a few tokens of a tiny tokenizer
 # trained for minutes cannot hold and the caption states exactly: the paper's mechanism, made

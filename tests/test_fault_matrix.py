@@ -66,7 +66,7 @@ def inputs(tmp_path_factory):
     from test_encode import make_captions_dir
     from test_latents import make_tokenizer
     from test_text_encoder import build_tiny_t5
-    from textok.pipeline.encode_pipeline import read_captions, run_encode
+    from textok.pipeline.encode.pipeline import read_captions, run_encode
 
     root = str(tmp_path_factory.mktemp("matrix"))
     manifest, caption_keys = hostile_manifest(os.path.join(root, "manifest"))
@@ -272,10 +272,13 @@ QUICK = {("caption", "caption.part_temp_written:2"), ("encode", "shards.after_wr
          ("pools", "pools.part_written:2"), ("latents", "latents.after_write_before_rename:2")}
 
 
-def _run(argv: list[str], fault: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def _run(argv: list[str], fault: str | None = None, timeout: float = 240,
+         env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
     env.pop(faults.ENV, None)
+    env.pop(faults.ONCE_ENV, None)
+    env.update(env_extra or {})
     if fault:
         env[faults.ENV] = fault
     return subprocess.run([sys.executable, "-m", "textok", *argv], cwd=ROOT, env=env, capture_output=True,
@@ -326,3 +329,56 @@ def test_a_kill_between_write_and_rename_leaves_nothing_a_parquet_glob_reads(tmp
     from textok.atomic import clean_temps
 
     assert clean_temps(str(folder), final_prefix="train-") == [str(folder / left[0])] and not os.listdir(folder)
+
+
+# ---------------------------------------------------------------- a Dask worker killed mid-run
+# `--dask-local-workers 2` starts the cluster inside the command, so its worker processes inherit
+# TEXTOK_FAULT; TEXTOK_FAULT_ONCE makes only the first worker to reach the point die (its nanny
+# restarts it, and Dask reruns the task it held on a live worker).
+DASK = ("--runner", "dask", "--dask-local-workers", "2")
+
+
+def _one_worker_died(res: subprocess.CompletedProcess, marker: str) -> None:
+    """The worker died (the marker exists); the run completed or failed with one `Error:` line."""
+    err = res.stderr.decode(errors="replace")
+    assert os.path.exists(marker), "no worker reached the armed point: " + err[-2000:]
+    if res.returncode != 0:
+        assert res.returncode == 1 and len([ln for ln in err.splitlines() if ln.startswith("Error:")]) == 1, err
+
+
+@pytest.mark.slow
+def test_dask_worker_killed_mid_encode_then_rerun_holds_every_key_once(inputs, tmp_path):
+    out, marker = str(tmp_path / "out"), str(tmp_path / "killed")
+    argv = WRITERS["encode"].command(inputs, out) + list(DASK)
+    first = _run(argv, fault="shards.after_rename", env_extra={faults.ONCE_ENV: marker})
+    _one_worker_died(first, marker)
+    again = _run(argv)
+    assert again.returncode == 0, again.stderr.decode(errors="replace")[-3000:]
+    _verify_encode(inputs, out, str(tmp_path / "hf-cache"))
+    no_temps(out)
+
+
+@pytest.mark.slow
+def test_dask_worker_killed_mid_caption_pays_for_no_key_twice(tmp_path):
+    """Gemini (fake server) on 2 Dask workers; one dies right after committing the 4th caption of
+    its chunk (chunks of 4 here). Dask reruns that chunk elsewhere, which reads what the dead
+    attempt committed and sends none of it again: 12 images, 12 requests over both runs."""
+    from fake_gemini import FakeGemini, ok
+    from test_caption_pipeline import make_folder
+
+    data, out, marker = make_folder(str(tmp_path / "data"), per_class=4, corrupt=False), str(tmp_path / "out"), \
+        str(tmp_path / "killed")
+    with FakeGemini(default=ok(latency_s=0.05)) as fake:
+        argv = ["caption", "--input", data, "--output", out, "--captioner", "gemini", "--model",
+                "gemini-2.5-flash-lite", "--gemini-base-url", fake.url, "--batch-size", "1", "--max-in-flight", "1",
+                "--commit-every", "1", *DASK]
+        key = {"GEMINI_API_KEY": "fake-key-for-the-local-server"}
+        first = _run(argv, fault="caption.part_committed:4", env_extra={**key, faults.ONCE_ENV: marker})
+        _one_worker_died(first, marker)
+        again = _run(argv, env_extra=key)
+        assert again.returncode == 0, again.stderr.decode(errors="replace")[-3000:]
+        requests = len(fake.requests)
+    caps = check_table(os.path.join(out, "captions"), str(tmp_path / "hf-cache"), "captions")
+    assert sorted(caps) == sorted(f"{c}/{i}" for c in ("red", "green", "blue") for i in range(4))
+    assert requests == 12, f"{requests} requests for 12 images: a committed key was paid for twice"
+    no_temps(out)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from textok.cli import main
-from textok.pipeline.encode_pipeline import run_encode
+from textok.pipeline.encode.pipeline import run_encode
 from textok.pipeline.inspect_table import format_report, inspect_table, text_histogram
 from textok.schemas.common import SchemaError, write_table_atomic
 from test_encode import make_captions_dir
@@ -110,7 +110,7 @@ def test_cli_encode_pools_inspect(t5_dir, data, tmp_path):
 
 
 def test_cli_prepare_from_images(t5_dir, tmp_path):
-    from textok.pipeline.demo_data import make_demo_data
+    from textok.pipeline.sources.demo_data import make_demo_data
 
     make_demo_data(str(tmp_path / "demo"), n=30, size=16, seed=0, val_fraction=0.3)
     out = str(tmp_path / "run")

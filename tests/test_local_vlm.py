@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from textok.pipeline.captioners.base import CaptionRequest
-from textok.pipeline.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, from_options
+from textok.pipeline.captioning.captioners.base import CaptionRequest
+from textok.pipeline.captioning.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, from_options
 from tiny_vlms import WORDS, build_blip, build_llava
 
 
@@ -149,7 +149,7 @@ def test_fallback_to_one_by_one_logs_its_cause(tiny_blip, caplog, monkeypatch):
         return real(reqs)
 
     monkeypatch.setattr(cap, "_generate", only_single)
-    with caplog.at_level(logging.WARNING, logger="textok.pipeline.captioners.local"):
+    with caplog.at_level(logging.WARNING, logger="textok.pipeline.captioning.captioners.local"):
         res = cap.caption_batch(_requests(3))
     assert all(r.ok for r in res)
     assert "ValueError: The number of <image> tokens in each prompt" in caplog.text

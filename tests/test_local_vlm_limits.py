@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from textok.cli import main
-from textok.pipeline.captioners.local import LocalVLMCaptioner, LocalVLMConfigError
+from textok.pipeline.captioning.captioners.local import LocalVLMCaptioner, LocalVLMConfigError
 from tiny_vlms import build_blip, build_llava
 
 

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from textok.cli import main
-from textok.pipeline.demo_data import make_demo_data
-from textok.pipeline.splits import in_val
+from textok.pipeline.sources.demo_data import make_demo_data
+from textok.pipeline.sources.splits import in_val
 from test_text_encoder import build_tiny_t5
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import make_random_t5
-from textok.pipeline.text_encoder import EncoderError, TextEncoder, describe_encoder, resolve_dtype
+from textok.text_encoder import EncoderError, TextEncoder, describe_encoder, resolve_dtype
 
 WORDS = ("a red blue green yellow small large circle square triangle star ring cross on the top left right "
          "bottom centre of background with gradient stripes near and below above photo dog cat").split()

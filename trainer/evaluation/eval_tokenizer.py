@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from textok.trainer.data.loader import ShardLoader
+from textok.trainer.run_dir import check_text_encoder, tokenizer_dir
 from textok.trainer.evaluation.eval_gen import set_metrics, write_result
 from textok.trainer.evaluation.grid import save_pairs
 from textok.devices import autocast, resolve_device
@@ -86,20 +87,6 @@ def training_settings(tok_dir: str) -> dict:
     return {"perceptual": kind, "trained_on_fid_network": kind == "inception", "hflip": train.get("hflip", True)}
 
 
-def tokenizer_dir(ckpt: str, flag: str = "--tokenizer") -> str:
-    """A TexTok dir, a train-tokenizer run dir holding tokenizer/, or a Hugging Face Hub id (its
-    cached snapshot; offline and not cached: a ModelNotFoundError naming the id)."""
-    for cand in (ckpt, os.path.join(ckpt, "tokenizer")):
-        if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(os.path.join(cand, "model.safetensors")):
-            return cand
-    if not os.path.exists(ckpt):
-        from textok.trainer.models.hub import resolve_model_dir
-
-        return str(resolve_model_dir(ckpt, "TexTok", flag=flag))
-    raise FileNotFoundError(f"{flag} {ckpt}: neither it nor {ckpt}/tokenizer holds a saved TexTok "
-                            f"(config.json + model.safetensors); point it at a train-tokenizer output dir")
-
-
 @torch.no_grad()
 def evaluate(cfg: EvalTokenizerConfig) -> dict:
     from textok.trainer.models.textok import TexTok
@@ -110,8 +97,6 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     mc = model.cfg
     loader = ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,
                          max_tokens=mc.max_text_tokens, split=cfg.split, train=False, num_workers=cfg.num_workers)
-    from textok.trainer.training.train_tokenizer import check_text_encoder
-
     check_text_encoder(path, loader.meta, cfg.shards)  # same D, other encoder: captions would mean noise
     lpips = None
     if cfg.lpips_weights or cfg.vgg16_weights:

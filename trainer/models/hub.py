@@ -32,7 +32,7 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-TEXT_ENCODER_FILE = "text_encoder.json"  # which text encoder's embeddings the model reads (pipeline/encoder_identity)
+TEXT_ENCODER_FILE = "text_encoder.json"  # which text encoder's embeddings the model reads (schemas/encoder_identity)
 LATENT_STATS_FILE = "latent_stats.json"  # a DiT's latent set: per-channel mean/std, tokenizer hash, encoder
 TRAINING_FILE = "training.json"          # the run's resolved settings and environment (its config.json)
 PAPER_URL = "https://arxiv.org/abs/2412.05796"  # Zha et al., Language-Guided Image Tokenization for Generation

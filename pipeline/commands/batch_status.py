@@ -1,0 +1,78 @@
+"""`textok batch-status DIR`: the Gemini Batch Mode jobs of a caption output folder.
+
+    textok batch-status out/val_caps             # refreshes states when GEMINI_API_KEY is set
+    textok batch-status out/val_caps --no-refresh --json
+
+One line per job from the ledger (DIR/batch/jobs/*.json): local phase, remote state,
+requests, results written, keys to resubmit, age, estimated cost (worst case at batch
+prices while in flight; from reported usage once collected). Refreshing only reads job
+states (`batches.get`); collecting results is `textok caption ... --gemini-mode batch`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Optional
+
+import click
+
+
+def _age(iso: Optional[str], now: dt.datetime) -> str:
+    if not iso:
+        return "-"
+    s = (now - dt.datetime.fromisoformat(iso)).total_seconds()
+    return f"{s / 3600:.1f}h" if s >= 3600 else f"{s / 60:.0f}m" if s >= 60 else f"{s:.0f}s"
+
+
+def job_rows(entries, now: dt.datetime) -> list[dict[str, Any]]:
+    rows = []
+    for e in entries:
+        done = e.outcome.get("results") if e.outcome else None
+        cost = e.outcome.get("cost_usd") if not e.in_flight else e.est_cost_usd
+        rows.append({"id": e.id, "job": e.job_name or "-", "phase": e.phase, "state": e.remote_state or "-",
+                     "requests": len(e.keys), "results": done, "to_resubmit": len(e.retry),
+                     "age": _age(e.submitted_at or e.created_at, now),
+                     "est_cost_usd": None if cost is None else round(cost, 4),
+                     "cost_basis": "usage" if not e.in_flight else "worst case"})
+    return rows
+
+
+@click.command("batch-status")
+@click.argument("output_dir")
+@click.option("--refresh/--no-refresh", default=True, show_default=True,
+              help="Ask the API for the state of jobs in flight (needs GEMINI_API_KEY).")
+@click.option("--gemini-base-url", "base_url", default=None, help="API base URL (a proxy or a local fake server).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def batch_status_cmd(output_dir: str, refresh: bool, base_url: Optional[str], as_json: bool) -> None:
+    """List the Batch Mode jobs of a caption output DIR: state, counts, age, estimated cost."""
+    from textok.pipeline.captioning.batch_ledger import SUBMITTED, load_all, now_iso, save
+    from textok.pipeline.captioning.captioners.gemini import GeminiConfigError, api_key_from_env
+    from textok.pipeline.captioning.captioners.gemini_batch import BatchAPIError, BatchClient
+
+    try:
+        entries = load_all(output_dir)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if not entries:
+        raise click.ClickException(f"{output_dir}: no batch jobs (expected DIR/batch/jobs/*.json from "
+                                   "`textok caption --gemini-mode batch --output DIR`)")
+    if refresh and api_key_from_env() and any(e.phase == SUBMITTED for e in entries):
+        try:
+            client = BatchClient(base_url)
+            for e in entries:
+                if e.phase == SUBMITTED:
+                    e.remote_state, e.polled_at = client.get(e.job_name).state, now_iso()
+                    save(e, output_dir)
+        except (GeminiConfigError, BatchAPIError) as err:
+            raise click.ClickException(f"refreshing job states failed: {err}") from err
+    rows = job_rows(entries, dt.datetime.now(dt.timezone.utc))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    cols = ["id", "job", "phase", "state", "requests", "results", "to_resubmit", "age", "est_cost_usd"]
+    table = [cols] + [[str(r[c]) if r[c] is not None else "-" for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    total = sum(r["est_cost_usd"] or 0.0 for r in rows)
+    click.echo(f"{len(rows)} jobs, {sum(r['requests'] for r in rows)} requests, est. ${total:.4f} at batch prices")
