@@ -41,13 +41,16 @@ from textok.trainer.evaluation.metrics import InceptionFeatures, fid_from_featur
 log = logging.getLogger(__name__)
 
 
+DEFAULT_NUM_SAMPLES = 50_000  # the paper's ImageNet val set
+
+
 @dataclass
 class EvalTokenizerConfig:
     ckpt: str
     shards: str
     output: str
     split: str | None = "val"  # in a shards dir, only {split}-*.parquet
-    num_samples: int = 50_000
+    num_samples: int = DEFAULT_NUM_SAMPLES
     batch_size: int = 32
     lpips_weights: str | None = None
     vgg16_weights: str | None = None
@@ -106,7 +109,8 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     per_image = {"psnr": [], "ssim": [], "lpips": []}
     feats_real, feats_fake, probs, keys = [], [], [], []
     seen, grid = 0, None
-    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="images")
+    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="images",
+                   output=cfg.output)
     for batch in loader:
         take = min(len(batch["key"]), cfg.num_samples - seen)
         images = batch["images"][:take].to(device)
@@ -133,8 +137,9 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     bar.close()
     if seen < 2:
         raise ValueError(f"{cfg.shards}: only {seen} images to evaluate; rFID needs at least 2")
-    if seen < cfg.num_samples:
-        log.warning("evaluated %d images, fewer than --num-samples %d (the shards hold no more)", seen, cfg.num_samples)
+    if seen < cfg.num_samples:  # a warning only when the user asked for that many (eval.json records the count)
+        (log.info if cfg.num_samples == DEFAULT_NUM_SAMPLES else log.warning)(
+            "evaluated %d images, fewer than --num-samples %d (the shards hold no more)", seen, cfg.num_samples)
 
     real, fake = _real_features(cfg.real_features, cached, feats_real, keys), np.concatenate(feats_fake)
     result = {
