@@ -58,7 +58,7 @@ def train_tiny(mode: str, data, steps: int = 300, seed: int = 0) -> TexTok:
 def controls(model: TexTok, data) -> dict:
     sums = ControlSums()
     images, text, mask = data
-    sums.add(reconstruction_controls(model, images, text, mask, mean_image=images.mean(0)))
+    sums.add(reconstruction_controls(model, images, text, mask, mean_image=images.mean(0))[0])
     return sums.result()
 
 

@@ -190,6 +190,11 @@ def test_compare_refuses_text_and_baseline_trained_with_different_flips(tmp_path
     with pytest.raises(ValueError, match="different flips"):
         compare_table([fake_eval("tok", "both", False), fake_eval("base", "none", True)])
     assert "| no |" in compare_table([str(tmp_path / "tok"), fake_eval("base2", "none", False)])
+    # a run that does not know its flip setting cannot be compared with one that does (issue 18 item 9)
+    unknown = fake_eval("copied", "none", None)
+    with pytest.raises(ValueError, match=r"copied does not record whether.*tok does \(hflip=False\).*"
+                                         r"eval-tokenizer --ckpt RUN_DIR.*--no-hflip"):
+        compare_table([str(tmp_path / "tok"), unknown])
 
 
 def _torchrun(cfg, tmp_path, name):
@@ -238,6 +243,13 @@ def test_eval_tokenizer_writes_json_and_grid(shards, tmp_path):
     r = json.load(open(tmp_path / "eval" / "eval.json"))
     assert r["num_samples"] == 5 and r["text_mode"] == "both" and r["num_tokens"] == 8
     assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["rfid"] > 0
+    # the controls, on the same 5 images (the lone 5th is swapped with the 4th: batch size 3)
+    for k in ("psnr_swapped_latent", "psnr_mean_latent", "psnr_swapped_text", "psnr_mean_image"):
+        assert 0 < r[k] < 100, k
+    assert r["latent_gain_db"] == pytest.approx(r["psnr"] - r["psnr_swapped_latent"])
+    assert r["text_gain_db"] == pytest.approx(r["psnr"] - r["psnr_swapped_text"])
+    assert r["rkid_std"] >= 0 and r["kid_subset_size"] == 2 and r["kid_subsets"] == 100
+    assert "latent_gain_db" in res.output and "another image's Z" in res.output  # the terminal report
     assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
     assert r["inception_score"] is None and "classifier" in r["inception_score_note"]
     from PIL import Image
@@ -266,13 +278,20 @@ def test_compare_table_has_gain_vs_no_text_baseline(shards, tmp_path):
     res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--compare",
                                     str(tmp_path / "both" / "eval"), str(tmp_path / "none" / "eval")])
     assert res.exit_code == 0, res.output
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in (tmp_path / "cmp.md").read_text().splitlines()[2:]]
+    rows = [[c.strip() for c in line.split("|")[1:-1]]
+            for line in (tmp_path / "cmp.md").read_text().splitlines()[2:] if line.startswith("|")]
     assert len(rows) == 2
     gain = 100 * (runs["both"]["rfid"] - runs["none"]["rfid"]) / runs["none"]["rfid"]
     both, none = (next(r for r in rows if r[1] == mode) for mode in ("both", "none"))
-    assert both[1:4] == ["both", "32", "8"] and none[1:4] == ["none", "32", "8"]
-    assert float(both[4]) == pytest.approx(runs["both"]["rfid"], abs=5e-4)
-    assert both[5] == f"{gain:+.1f} %" and none[5] == "—"
+    assert both[1:5] == ["both", "32", "8", "6"] and none[1:5] == ["none", "32", "8", "6"]
+    # the controls side by side: PSNR, another's Z, mean Z, another's caption, mean image, the two gains
+    assert both[5:12] == [f"{runs['both'][k]:.2f}" for k in ("psnr", "psnr_swapped_latent", "psnr_mean_latent",
+                                                              "psnr_swapped_text", "psnr_mean_image",
+                                                              "latent_gain_db", "text_gain_db")]
+    assert none[8] == "—" and none[11] == "—"  # the baseline reads no caption
+    assert float(both[12]) == pytest.approx(runs["both"]["rfid"], abs=5e-4)
+    assert both[13] == f"{runs['both']['rkid']:.4f} ± {runs['both']['rkid_std']:.4f}"
+    assert both[14] == f"{gain:+.1f} %" and none[14] == "—"
 
 
 def test_compare_table_plots_rfid_vs_tokens_and_shows_the_flip_setting(tmp_path):
@@ -295,11 +314,13 @@ def test_compare_table_plots_rfid_vs_tokens_and_shows_the_flip_setting(tmp_path)
     from PIL import Image
 
     assert Image.open(tmp_path / "rfid_vs_tokens.png").size[0] > 400
-    lines = (tmp_path / "cmp.md").read_text().splitlines()
+    text = (tmp_path / "cmp.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("|")]
     assert len(lines) == 6 and "| ? |" in lines[2]  # eval.json without the flip setting: unknown, said so
-    assert "tok32 | both | 256 | 32 | 2.400 | -36.8 % |" in lines[3]
-    assert "tok64 | both | 256 | 64 | 1.530 | -25.0 % |" in lines[5]
-    assert "base32 | none | 256 | 32 | 3.800 | — |" in lines[2]
+    assert "tok32 | both | 256 | 32 | 100 | 20.00 | — |" in lines[3] and "| 2.400 | — | -36.8 % |" in lines[3]
+    assert "from before the controls; rerun eval-tokenizer" in text
+    assert "tok64 | both | 256 | 64 | 100 |" in lines[5] and "| 1.530 | — | -25.0 % |" in lines[5]
+    assert "base32 | none | 256 | 32 | 100 |" in lines[2] and "| 3.800 | — | — |" in lines[2]
 
 
 def test_config_file_yaml_and_json_overrides_and_unknown_key(tmp_path):

@@ -1,7 +1,7 @@
 """Where a reconstruction comes from: the latent, the caption, or neither (issue 18).
 
     from textok.trainer.evaluation.controls import ControlSums, reconstruction_controls
-    per = reconstruction_controls(model, images, text_emb, text_mask, mean_z, mean_image)  # {name: PSNR [B]}
+    per, recon = reconstruction_controls(model, images, text_emb, text_mask, mean_z, mean_image)  # {name: PSNR [B]}
     sums = ControlSums(); sums.add(per); sums.result()   # {"psnr": ..., "latent_gain_db": ..., ...}
 
 A PSNR alone cannot tell a tokenizer whose latent carries the image from one that decodes from
@@ -42,8 +42,9 @@ def _psnr(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def reconstruction_controls(model, images: torch.Tensor, text_emb: torch.Tensor | None,
                             text_mask: torch.Tensor | None, mean_z: torch.Tensor | None = None,
-                            mean_image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Per-image PSNR [B] of each decode (CONTROL_KEYS; psnr_swapped_text only for text modes).
+                            mean_image: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """-> ({name: per-image PSNR [B]} for CONTROL_KEYS (psnr_swapped_text only for text modes),
+    the own reconstruction [B,3,H,W] float in [-1,1]).
 
     The partner of image i is image i+1 of the batch (B >= 2). mean_z [N,d] and mean_image [3,H,W]
     default to this batch's means (what train-tokenizer's one-batch watch uses).
@@ -58,8 +59,9 @@ def reconstruction_controls(model, images: torch.Tensor, text_emb: torch.Tensor 
     z = model.encode(images, text_emb, text_mask)
     mean_z = z.float().mean(0) if mean_z is None else mean_z.to(z.device)
     mean_image = images.float().mean(0) if mean_image is None else mean_image.to(images.device)
+    recon = model.decode(z, text_emb, text_mask).float().clamp(-1, 1)
     out = {
-        "psnr": _psnr(model.decode(z, text_emb, text_mask), images),
+        "psnr": _psnr(recon, images),
         "psnr_swapped_latent": _psnr(model.decode(z[partner], text_emb, text_mask), images),
         "psnr_mean_latent": _psnr(model.decode(mean_z.to(z.dtype).expand_as(z), text_emb, text_mask), images),
         "psnr_mean_image": _psnr(mean_image.expand_as(images), images),
@@ -70,7 +72,7 @@ def reconstruction_controls(model, images: torch.Tensor, text_emb: torch.Tensor 
             out["psnr_swapped_text"] = _psnr(model.decode(z, t, m), images)
         else:  # enc: the decoder never reads text, so the other caption goes where it is read
             out["psnr_swapped_text"] = _psnr(model.decode(model.encode(images, t, m)), images)
-    return out
+    return out, recon
 
 
 class ControlSums:
@@ -94,5 +96,5 @@ class ControlSums:
 def latent_gain_db(model, images, text_emb, text_mask) -> float:
     """One batch's latent_gain_db (train-tokenizer's watch for the degenerate optimum)."""
     sums = ControlSums()
-    sums.add(reconstruction_controls(model, images, text_emb, text_mask))
+    sums.add(reconstruction_controls(model, images, text_emb, text_mask)[0])
     return sums.result()["latent_gain_db"]
