@@ -55,6 +55,8 @@ def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path, monkey
     rows = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert "d_hinge" not in rows[1] and "d_hinge" in rows[2]  # D starts at step index 2
+    # after warm-up (2 steps) each preview measures the latent: own Z vs another image's Z
+    assert "latent_gain_db" not in rows[1] and isinstance(rows[3]["latent_gain_db"], float)
     ck = tmp_path / "run" / "checkpoints"
     assert open(ck / "latest").read() == "step-000004"
     for f in ("model", "ema", "discriminator"):
@@ -69,6 +71,23 @@ def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path, monkey
     # the shards' text encoder travels with the tokenizer (extract-latents checks it)
     for d in (tmp_path / "run", tmp_path / "run" / "tokenizer"):
         assert json.load(open(d / "text_encoder.json")) == {"encoder": "tiny-t5", "D": 16, "max_tokens": 8}
+
+
+def test_degenerate_latent_is_warned_about_and_logged(shards, tmp_path, monkeypatch, caplog):
+    """A latent that carries nothing (the decoder's view of Z zeroed) is logged near 0 dB and warned about."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from textok.trainer.models.textok import TexTok
+
+    real_decode = TexTok.decode
+    monkeypatch.setattr(TexTok, "decode", lambda self, z, *a, **k: real_decode(self, torch.zeros_like(z), *a, **k))
+    with caplog.at_level("WARNING", logger="textok.trainer.training.train_tokenizer"):
+        train(tiny(shards, tmp_path / "run", steps=4, warmup=1, disc_start=100))
+    rows = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert [r["latent_gain_db"] for r in rows if "latent_gain_db" in r] == [0.0, 0.0]  # steps 2 and 4
+    assert "latent_gain_db = 0.00 dB" in caplog.text and "carries almost nothing" in caplog.text
+    events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
+    assert [e.step for e in events.Scalars("latent_gain_db")] == [2, 4]
 
 
 def assert_watchable(run, image_tag: str, image_steps: list[int], scalar: str) -> None:
