@@ -268,10 +268,11 @@ def check_flips(rows: list[dict]) -> None:
     unknown = [r for r in rows if r.get("hflip") is None]
     if known and unknown:
         r, k = unknown[0], known[0]
+        flag = "--hflip" if k["hflip"] else "--no-hflip"
         raise ValueError(f"--compare: {r['run']} does not record whether its training flipped images, but {k['run']} "
                          f"does (hflip={k['hflip']}). Rerun `textok eval-tokenizer --ckpt RUN_DIR ...` on the "
                          f"train-tokenizer run directory of {r['run']} (its config.json records the flip), or "
-                         f"retrain it with `textok train-tokenizer ... {'--hflip' if k['hflip'] else '--no-hflip'}`")
+                         f"retrain it with train-tokenizer {flag}")
     baseline = {(r["image_size"], r["num_tokens"]): r for r in rows if r["text_mode"] == "none"}
     for r in known:
         base = baseline.get((r["image_size"], r["num_tokens"]))
