@@ -87,9 +87,9 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.encode.pipeline import run_encode
     from helpers import make_random_t5
-    from textok.pipeline.text_encoder import TextEncoder
+    from textok.text_encoder import TextEncoder
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     captions = make_captions(a.n)

@@ -59,7 +59,7 @@ def photo_like(rng: np.random.Generator, w: int, h: int, quality: int = 90) -> b
 
 
 def write_shards(out: str, rows: int, size: tuple[int, int], text_dim: int, max_tokens: int, seed: int = 0) -> str:
-    from textok.pipeline.encode_pipeline import ROW_GROUP_SIZE, shards_table
+    from textok.pipeline.encode.pipeline import ROW_GROUP_SIZE, shards_table
     from textok.schemas.common import write_table_atomic
     from textok.schemas.shards import parquet_write_options
 
@@ -108,7 +108,7 @@ def pil_loop(images: list[bytes], image_size: int | None, repeat: int) -> float:
 def loader_rate(shards: str, image_size: int, batch_size: int, num_workers: int, examples: int,
                 draft: bool) -> dict:
     """Examples/s of ShardLoader (after its first batch: worker start-up is not throughput)."""
-    import textok.pipeline.images as images_mod
+    import textok.schemas.images as images_mod
     from textok.trainer.data.loader import ShardLoader
 
     real = images_mod.decode_image
@@ -138,7 +138,7 @@ def breakdown(shards: str, images: list[bytes], image_size: int, batch_size: int
     """Milliseconds per example of each step the loader takes, timed alone (one pass, one thread)."""
     import torch
 
-    from textok.pipeline.images import decode_image
+    from textok.schemas.images import decode_image
     from textok.trainer.data.loader import COLUMNS, Unit, pad_text, plan_units, resize_crop
     from textok.schemas.shards import text_emb_arrays
 

@@ -16,8 +16,8 @@ from test_encode import make_captions_dir
 from helpers import make_random_t5
 from test_text_encoder import build_tiny_t5
 from textok.cli import main
-from textok.pipeline import remote_io as rio
-from textok.pipeline.encode_pipeline import run_encode
+from textok import storage as rio
+from textok.pipeline.encode.pipeline import run_encode
 from textok.pipeline.inspect_table import inspect_table
 from textok.pipeline.pools import run_pools
 from textok.schemas.common import parquet_source, write_table_atomic

@@ -185,7 +185,7 @@ class LatentControls:
 
     def __init__(self, cfg: ClassAccuracyConfig):
         from textok.trainer.data.latents import LatentLoader
-        from textok.trainer.evaluation.eval_tokenizer import tokenizer_dir
+        from textok.trainer.run_dir import tokenizer_dir
         from textok.trainer.evaluation.sample import CaptionPools
         from textok.trainer.data.latents import file_sha256
         from textok.trainer.models.textok import TexTok
