@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -257,9 +258,14 @@ def test_eval_tokenizer_writes_json_and_grid(shards, tmp_path):
     train(tiny(shards, tmp_path / "run", steps=2))
     res = CliRunner().invoke(main, ["eval-tokenizer", "--ckpt", str(tmp_path / "run"), "--shards", shards,
                                     "--split", "train", "--output", str(tmp_path / "eval"), "--num-samples", "5", "--batch-size", "3",
-                                    "--num-workers", "0", "--device", "cpu"])
+                                    "--num-workers", "0", "--device", "cpu", "--real-features", str(tmp_path / "real.npz")])
     assert res.exit_code == 0, res.output + repr(res.exception)
     r = json.load(open(tmp_path / "eval" / "eval.json"))
+    # the first 5 images of the split, in order (the controls' first pass must not move the loader on)
+    from textok.trainer.data.loader import ShardLoader
+
+    first = next(iter(ShardLoader(shards, 32, 5, split="train", train=False)))["key"]
+    assert np.load(tmp_path / "real.npz")["keys"].tolist() == list(first)
     assert r["num_samples"] == 5 and r["text_mode"] == "both" and r["num_tokens"] == 8
     assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["rfid"] > 0
     # the controls, on the same 5 images (the lone 5th is swapped with the 4th: batch size 3)

@@ -124,8 +124,12 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     path = tokenizer_dir(cfg.ckpt, "--ckpt")
     model = TexTok.from_pretrained(path).eval().to(device)
     mc = model.cfg
-    loader = ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,
-                         max_tokens=mc.max_text_tokens, split=cfg.split, train=False, num_workers=cfg.num_workers)
+    # two passes over the same first num_samples images: the loader resumes where a pass stopped,
+    # so each pass gets a fresh one
+    new_loader = lambda: ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,  # noqa: E731
+                                     max_tokens=mc.max_text_tokens, split=cfg.split, train=False,
+                                     num_workers=cfg.num_workers)
+    loader = new_loader()
     check_text_encoder(path, loader.meta, cfg.shards)  # same D, other encoder: captions would mean noise
     if cfg.batch_size < 2:
         raise ValueError(f"--batch-size {cfg.batch_size}: the controls swap latents and captions between the "
@@ -138,7 +142,7 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     inception = InceptionFeatures(cfg.fid_inception_path, device, classifier_path=cfg.inception_classifier)
 
     cached = _load_real_features(cfg.real_features)
-    mean_image, mean_z = set_means(model, loader, cfg.num_samples, device)
+    mean_image, mean_z = set_means(model, new_loader(), cfg.num_samples, device)
     per_image = {"ssim": [], "lpips": []}
     controls = ControlSums()
     feats_real, feats_fake, probs, keys = [], [], [], []
