@@ -254,12 +254,15 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
         logs = reduce_and_check(logs, step + 1, ckpt, dist)
         step += 1
         logger.advance()
-        if due(step, cfg.log_every, cfg.steps):
-            logger.log(step, logs | {"epoch": batch["epoch"]})
+        preview_due = dist.is_main and due(step, cfg.sample_every, cfg.steps)
+        # after warm-up, every preview also measures whether the latent carries the image
+        watch = watch_latent(model, preview, step) if preview_due and step > cfg.warmup else {}
+        if due(step, cfg.log_every, cfg.steps) or watch:
+            logger.log(step, logs | {"epoch": batch["epoch"]} | watch)
         if due(step, cfg.save_every, cfg.steps):
             check_finite_weights(model, step, ckpt)  # never let a "last good" checkpoint hold NaNs
             save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist)
-        if dist.is_main and due(step, cfg.sample_every, cfg.steps):  # watchable while the run goes on
+        if preview_due:  # watchable while the run goes on
             grid = save_samples(model, ema, preview, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"), dist)
             logger.image("reconstructions", grid, step)
             logger.plot(os.path.join(cfg.output, "loss.png"))
@@ -276,6 +279,30 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
                                              "text encoder": loader.meta.get("encoder"), "metrics": logger.last})
         logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
+
+
+@torch.no_grad()
+def watch_latent(model, batch, step: int) -> dict:
+    """{"latent_gain_db"} on the held preview batch (own Z vs another image's Z, same captions:
+    trainer/evaluation/controls.py), with a warning when the latent carries almost nothing: the
+    degenerate optimum where the detokenizer decodes from the caption alone, or only the mean."""
+    from textok.trainer.evaluation.controls import DEGENERATE_LATENT_GAIN_DB, latent_gain_db
+
+    if len(batch["images"]) < 2:
+        return {}
+    device = next(model.parameters()).device
+    model.eval()
+    with autocast(device):
+        gain = latent_gain_db(model, batch["images"].to(device), batch["text_emb"].to(device).float(),
+                              batch["text_mask"].to(device))
+    model.train()
+    if gain < DEGENERATE_LATENT_GAIN_DB:
+        log.warning("step %d: latent_gain_db = %.2f dB on the preview batch: decoding with another image's latent "
+                    "is as good as with the image's own, so the latent carries almost nothing (the detokenizer "
+                    "reads the caption alone, or predicts the mean). Runs of this tokenizer measure the caption, "
+                    "not the tokens; check the init, lr and steps (README: 'Where a number comes from')",
+                    step, gain)
+    return {"latent_gain_db": gain}
 
 
 @torch.no_grad()
