@@ -94,10 +94,21 @@ class TextokGroup(click.Group):
 @click.option("-v", "--verbose", count=True,
               help="More logging: -v all INFO, -vv DEBUG and tracebacks of errors. textok's own progress "
                    "lines (INFO) show by default.")
-def main(verbose: int) -> None:
+@click.option("--log-every", "log_every", default=None, metavar="N|P%",
+              help="Without a terminal, a progress line every N units (images, captions, steps) or every P% of "
+                   "the total, besides the start and end lines (default 10%; env TEXTOK_PROGRESS_EVERY).")
+def main(verbose: int, log_every: str | None) -> None:
     """textok: caption images, encode captions with T5, train TexTok and a DiT on its tokens."""
     from textok.redaction import RedactingFilter
 
+    if log_every is not None:
+        from textok.progress import parse_every
+
+        try:
+            parse_every(log_every)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--log-every") from None
+        os.environ["TEXTOK_PROGRESS_EVERY"] = log_every  # in-process Beam workers and DataLoaders see it too
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # no-op if logging is set up
     root = logging.getLogger()

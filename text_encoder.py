@@ -49,9 +49,15 @@ class NonFiniteEmbedding(EncoderError):
 
 
 def _missing_weights_message(encoder: str, err: Exception) -> str:
-    return (f"text encoder {encoder!r} could not be loaded ({type(err).__name__}: {err}). "
-            f"Download it first, e.g. `huggingface-cli download {encoder} --local-dir /path/to/{encoder.split('/')[-1]}`, "
-            f"then pass the folder with `--encoder /path/to/{encoder.split('/')[-1]}`.")
+    name = encoder.rstrip("/").split("/")[-1]
+    if os.path.isabs(encoder) or encoder.startswith(".") or encoder.count("/") != 1:  # a folder that is not there
+        fetch = f"`hf download google/{name} --local-dir {encoder}`" if name.startswith("t5") else \
+            f"`hf download ORG/MODEL --local-dir {encoder}`"
+        return (f"text encoder {encoder!r}: no such folder ({type(err).__name__}). Download it on a machine with "
+                f"network access, e.g. {fetch}, and copy it there (see the README's \"Offline and clusters\").")
+    return (f"text encoder {encoder!r} could not be loaded ({type(err).__name__}: {' '.join(str(err).split())}). "
+            f"Download it first, e.g. `hf download {encoder} --local-dir /path/to/{name}`, "
+            f"then pass the folder with `--encoder /path/to/{name}`.")
 
 
 def load_encoder_config(encoder: str, revision: str | None = None):

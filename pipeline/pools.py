@@ -228,7 +228,7 @@ def _run_pools_held(captions: str, output_dir: str, *, encoder: str, per_class: 
     per_label = collections.Counter(int(r["label"]) for r in index if r["label"] is not None)
     to_encode = sum(min(n, per_class) for label, n in per_label.items()  # classes a killed run finished are skipped
                     if not rio.exists(_PartPath(part_dir)(label)))
-    with open_stage("pools", to_encode, "captions"), make_pipeline(beam_args) as p:
+    with open_stage("pools", to_encode, "captions", output=out_path), make_pipeline(beam_args) as p:
         _ = (p | "CaptionFiles" >> beam.Create(files)
              | "Spread" >> beam.Reshuffle()
              | "ReadCaptions" >> beam.FlatMap(_pool_candidates, split, pool_holdout_fraction, seed)

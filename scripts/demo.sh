@@ -42,34 +42,38 @@ mkdir -p "$OUT"
 say "1/9 synthetic captioned tiles ($N_IMAGES images, ${SIZE}px)"
 textok make-demo-data --out "$OUT/data" --n "$N_IMAGES" --size "$SIZE" --style tiles > "$OUT/data.json"
 
-say "2/9 caption (provided) + encode (packaged MiniLM) + pools"
+say "2/9 caption (provided) + encode (packaged MiniLM) into train and val shards + pools"
+# val shards (held out, never trained on): reconstruction, the probe's check and gFID are measured on them
 textok prepare --input "$OUT/data/manifest.jsonl" --output "$OUT/prepared" --captioner provided \
     --encoder "$ENCODER" --encoder-device cpu --rows-per-shard 256 --per-class 20 --max-tokens "$MAX_TEXT" \
     > "$OUT/prepare.json"
-# held-out shards: reconstruction, the probe's check and gFID are measured on images never trained on
-textok encode --captions "$OUT/prepared/caption/val" --split val --output "$OUT/prepared" \
-    --encoder "$ENCODER" --device cpu --rows-per-shard 100 --max-tokens "$MAX_TEXT" > "$OUT/encode_val.json"
 textok inspect "$OUT/prepared/shards" --contact-sheet "$OUT/contact_sheet.png" > /dev/null
 
 TRAIN_FLAGS=(--shards "$OUT/prepared/shards" --preset tiny --image-size "$SIZE" --patch-size "$PATCH"
              --steps "$STEPS" --batch-size 32 --lr "$LR" --warmup 100 --no-hflip
              --perceptual none --disc-start 1000000000 --num-workers 0 --save-every "$STEPS"
              --sample-every "$STEPS" --log-every 100)
+# TexTok (both) at every N; the no-text baseline at N and at 2N (the paper: TexTok at N ~ baseline at 2N).
+# A baseline N that is also another N's 2N is trained once.
+JOBS=()
+for n in $TOKENS_LIST; do JOBS+=("$n both" "$n none" "$((2 * n)) none"); done
+mapfile -t JOBS < <(printf '%s\n' "${JOBS[@]}" | awk '!seen[$0]++')
 RUNS=()
-for n in $TOKENS_LIST; do
-    for mode in both none; do
-        run="$OUT/tok_n${n}_$mode"
-        say "3/9 train TexTok N=$n text-mode=$mode ($STEPS steps) + eval on $EVAL_N held-out images"
-        textok train-tokenizer "${TRAIN_FLAGS[@]}" --num-tokens "$n" --text-mode "$mode" --output "$run" \
-            > "$run.log" 2>&1 || { tail -20 "$run.log"; exit 1; }
-        textok eval-tokenizer --ckpt "$run" --shards "$OUT/prepared/shards" --split val --output "$run/eval" \
-            --num-samples "$EVAL_N" --num-workers 0 --real-features "$OUT/real_features.npz" > /dev/null
-        RUNS+=("$run")
-    done
+for job in "${JOBS[@]}"; do
+    read -r n mode <<< "$job"
+    run="$OUT/tok_n${n}_$mode"
+    say "3/9 train TexTok N=$n text-mode=$mode ($STEPS steps) + eval with controls on $EVAL_N held-out images"
+    textok train-tokenizer "${TRAIN_FLAGS[@]}" --num-tokens "$n" --text-mode "$mode" --output "$run" \
+        > "$run.log" 2>&1 || { tail -20 "$run.log"; exit 1; }
+    grep -h "carries almost nothing" "$run.log" | tail -1 || true   # the degenerate-latent warning, if any
+    textok eval-tokenizer --ckpt "$run" --shards "$OUT/prepared/shards" --split val --output "$run/eval" \
+        --num-samples "$EVAL_N" --num-workers 0 --real-features "$OUT/real_features.npz" | tail -2
+    RUNS+=("$run")
 done
 
-say "4/9 TexTok vs the no-text baseline per N (same data, steps and model size)"
-textok eval-tokenizer --output "$OUT/compare.md" --plot "$OUT/rfid_vs_tokens.png" --compare "${RUNS[@]}"
+say "4/9 TexTok at N vs the no-text baseline at N and 2N, every run beside its controls"
+textok eval-tokenizer --output "$OUT/compare.md" --plot "$OUT/rfid_vs_tokens.png" --compare "${RUNS[@]}" > /dev/null
+python "$HERE/demo_report.py" summary --out "$OUT" --tokens "$TOKENS_LIST" | sed -n '3,/^latent gain/p'
 
 TOK="$OUT/tok_n${DIT_TOKENS}_both/tokenizer"
 say "5/9 latents of the N=$DIT_TOKENS TexTok + class-conditional DiT + DiT-T2I ($DIT_STEPS steps each)"
@@ -87,11 +91,16 @@ textok sample --dit "$OUT/dit" --tokenizer "$TOK" --pools "$OUT/prepared/pools" 
 SAMPLE_ARGS=()
 for s in "$OUT"/samples/cfg-*/samples.npz; do SAMPLE_ARGS+=(--samples "$s"); done
 
-say "7/9 gFID against the held-out images + class accuracy under a probe trained on the real images"
+say "7/9 gFID + KID against the held-out images (scale chosen on training images) + class accuracy with controls"
+# as many training images to choose the guidance on as held-out images to report against (equal counts)
+N_VAL=$(python -c "import glob, pyarrow.parquet as pq; print(sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob('$OUT/prepared/shards/val-*.parquet')))")
 textok eval-gen --reference "$OUT/prepared/shards/val-*.parquet" --output "$OUT/samples/eval_gen.json" \
+    --tuning-reference "$OUT/prepared/shards/train-*.parquet" --num-tuning-reference "$N_VAL" \
     "${SAMPLE_ARGS[@]}" > /dev/null
 textok class-accuracy --train "$OUT/prepared/shards" --val "$OUT/prepared/shards" \
+    --tokenizer "$TOK" --latents "$OUT/latents" --pools "$OUT/prepared/pools" \
     --output "$OUT/samples/class_accuracy.json" "${SAMPLE_ARGS[@]}" > /dev/null
+python "$HERE/demo_report.py" summary --out "$OUT" --tokens "$TOKENS_LIST" | sed -n '/^## Class-conditional/,$p'
 
 say "8/9 text-to-image from the captions of held-out images"
 python "$HERE/demo_report.py" captions --shards "$OUT/prepared/shards" --n 8 --out "$OUT/t2i/captions.txt"
@@ -101,5 +110,5 @@ python "$HERE/demo_report.py" t2i-grid --shards "$OUT/prepared/shards" --caption
     --samples "$OUT/t2i/samples.npz" --out "$OUT/t2i/t2i_vs_heldout.png"
 
 say "9/9 summary ($OUT/summary.md)"
-python "$HERE/demo_report.py" summary --out "$OUT"
+python "$HERE/demo_report.py" summary --out "$OUT" --tokens "$TOKENS_LIST" > /dev/null
 say "done: $OUT/rfid_vs_tokens.png, $OUT/tok_n*/eval/recon.png, $OUT/samples/cfg-*/samples.png, $OUT/t2i/t2i_vs_heldout.png"

@@ -3,12 +3,13 @@
     python scripts/demo_report.py captions --shards OUT/prepared/shards --n 8 --out OUT/t2i/captions.txt
     python scripts/demo_report.py t2i-grid --shards OUT/prepared/shards --captions OUT/t2i/captions.txt \
         --samples OUT/t2i/samples.npz --out OUT/t2i/t2i_vs_heldout.png
-    python scripts/demo_report.py summary --out OUT
+    python scripts/demo_report.py summary --out OUT --tokens "1 4 16"
 
 `captions` takes the first --n held-out (val) images by key and writes their captions, one per
 line, plus a .keys file beside it; `t2i-grid` puts each held-out image next to the images
 DiT-T2I generated from its caption; `summary` gathers the measured numbers of the run into
-OUT/summary.md (what the README quotes).
+OUT/summary.md (what the README quotes): the N / 2N table with each run's controls, and the
+class-accuracy table with its controls.
 """
 from __future__ import annotations
 
@@ -69,34 +70,91 @@ def t2i_grid(shards: str, captions: str, samples: str, out: str) -> None:
     print(f"held-out image | {per} T2I samples from its caption, {len(keys)} rows -> {out}")
 
 
-def summary(out: str) -> None:
+def _eval(path: str) -> dict | None:
+    f = os.path.join(path, "eval", "eval.json")
+    return json.load(open(f)) if os.path.isfile(f) else None
+
+
+def _f(v, d=2) -> str:
+    return "—" if v is None else f"{v:.{d}f}"
+
+
+def n_sweep_table(out: str, tokens: list[int]) -> list[str]:
+    """Per N: the baseline at N, TexTok at N, their controls, and the baseline at 2N (the paper's
+    second claim: TexTok at N matches the no-text baseline at 2N)."""
+    lines = ["| N | baseline PSNR | rFID | rKID | TexTok PSNR | rFID | rKID | TexTok latent gain dB | "
+             "baseline latent gain dB | text gain dB | baseline mean-image PSNR | baseline@2N PSNR | rFID | "
+             "TexTok@N ≥ baseline@2N (PSNR / rFID) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in tokens:
+        tok, base, base2 = (_eval(os.path.join(out, name)) for name in
+                            (f"tok_n{n}_both", f"tok_n{n}_none", f"tok_n{2 * n}_none"))
+        if tok is None or base is None:
+            continue
+        kid = lambda r: "—" if r is None or r.get("rkid") is None else f"{r['rkid']:.3f} ± {r['rkid_std']:.3f}"  # noqa: E731
+        if base2 is None:
+            verdict = "— (no 2N run)"
+        else:
+            verdict = (f"{'yes' if tok['psnr'] >= base2['psnr'] else 'no'} / "
+                       f"{'yes' if tok['rfid'] <= base2['rfid'] else 'no'}")
+        lines.append(f"| {n} | {_f(base['psnr'])} | {_f(base['rfid'], 1)} | {kid(base)} | {_f(tok['psnr'])} | "
+                     f"{_f(tok['rfid'], 1)} | {kid(tok)} | {_f(tok.get('latent_gain_db'))} | "
+                     f"{_f(base.get('latent_gain_db'))} | {_f(tok.get('text_gain_db'))} | "
+                     f"{_f(base.get('psnr_mean_image'))} | {_f(base2 and base2['psnr'])} | "
+                     f"{_f(base2 and base2['rfid'], 1)} | {verdict} |")
+    return lines
+
+
+def class_accuracy_table(gen: dict, acc: dict) -> list[str]:
+    """Per guidance scale: the samples' class accuracy beside the same probe on the controls
+    (same pool captions), what the DiT adds over the caption alone, and gFID/KID with counts."""
+    sets = sorted(gen.get("sweep", [gen]), key=lambda r: r.get("cfg_scale") or 0.0)
+    by_npz = {s["npz"]: s for s in acc["samples"]}
+    pct = lambda c: "—" if c is None else f"{100 * c['accuracy']:.1f} ± {100 * c['se']:.1f}"  # noqa: E731
+    gain = lambda g: "—" if g is None else f"{100 * g['value']:+.1f} ± {100 * g['se']:.1f}"  # noqa: E731
+    lines = [f"Probe (small CNN trained on the {acc['train_images']} real training images): "
+             f"{100 * acc['real_val_accuracy']:.1f} % on the {acc['val_images']} held-out real images; "
+             f"chance {100 * acc['chance']:.1f} %. Class accuracy in % ± its standard error; every column decodes "
+             f"with the same pool captions (which name the class), so the gains, not the DiT column, say what "
+             f"the generator adds.", "",
+             "| guidance | samples | DiT | same-class real | other-class real | Gaussian | mean latent | "
+             "DiT − other-class | DiT − Gaussian | gFID | KID | reference images |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in sets:
+        a = by_npz.get(s["samples"], {})
+        c = a.get("controls") or {}
+        kid = "—" if s.get("kid") is None else f"{s['kid']:.3f} ± {s['kid_std']:.3f}"
+        lines.append(f"| {s.get('cfg_scale')} | {s['num_samples']} | {pct(c.get('dit') or a)} | "
+                     f"{pct(c.get('same_class_real'))} | {pct(c.get('other_class_real'))} | {pct(c.get('gaussian'))} | "
+                     f"{pct(c.get('mean_latent'))} | {gain(a.get('dit_minus_other_class'))} | "
+                     f"{gain(a.get('dit_minus_gaussian'))} | {_f(s['gfid'], 1)} | {kid} | {s['num_reference']} |")
+    chosen = gen.get("chosen")
+    if chosen:
+        lines += ["", f"Guidance chosen on {gen['num_tuning_reference']} training images (lowest gFID there): "
+                      f"{chosen['cfg_scale']}; its gFID against the {chosen['num_reference']} held-out images: "
+                      f"{chosen['gfid']:.1f}. FID at a few hundred images is dominated by its bias: compare it only "
+                      f"within this table (equal counts)."]
+    elif "sweep" in gen:
+        lines += ["", f"No scale is called best: {gen.get('chosen_note', '')}"]
+    return lines
+
+
+def summary(out: str, tokens: list[int]) -> None:
     lines = ["# make demo: measured numbers of this run", ""]
+    lines += ["## TexTok at N vs the no-text baseline at N and 2N (held-out images)", "",
+              *n_sweep_table(out, tokens), "",
+              "latent gain = PSNR with the image's own Z minus PSNR with another image's Z (same caption); text "
+              "gain = PSNR with the image's own caption minus with another image's (same Z). A latent gain near 0 "
+              "means the tokens carry nothing and the PSNR comes from the caption alone.", ""]
     compare = os.path.join(out, "compare.md")
     if os.path.isfile(compare):
-        lines += ["## Reconstruction on held-out images: TexTok vs the no-text baseline, per N", "",
-                  open(compare).read().strip(), "", "(plot: rfid_vs_tokens.png)", ""]
+        lines += ["## Every run with its controls", "", open(compare).read().strip(), "",
+                  "(plot: rfid_vs_tokens.png)", ""]
     gen = os.path.join(out, "samples", "eval_gen.json")
     acc = os.path.join(out, "samples", "class_accuracy.json")
     if os.path.isfile(gen) and os.path.isfile(acc):
-        g, a = json.load(open(gen)), json.load(open(acc))
-        sets = sorted(g.get("sweep", [g]), key=lambda r: r.get("cfg_scale") or 0.0)
-        by_npz = {s["npz"]: s for s in a["samples"]}
         lines += ["## Class-conditional generation (DiT on TexTok latents, captions from each class's pool)", "",
-                  f"Probe (small CNN trained on the {a['train_images']} real training images): "
-                  f"{100 * a['real_val_accuracy']:.1f} % on the {a['val_images']} held-out real images; "
-                  f"chance {100 * a['chance']:.1f} %.", "",
-                  "| guidance | samples | class accuracy | × chance | gFID | precision | recall |",
-                  "|---|---|---|---|---|---|---|"]
-        for s in sets:
-            c = by_npz.get(s["samples"], {})
-            fmt = lambda v, d=3: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
-            lines.append(f"| {s.get('cfg_scale')} | {s['num_samples']} | "
-                         f"{100 * c.get('accuracy', float('nan')):.1f} % | {c.get('times_chance', float('nan')):.2f} | "
-                         f"{fmt(s['gfid'], 1)} | {fmt(s.get('precision'), 2)} | {fmt(s.get('recall'), 2)} |")
-        if "best" in g:
-            lines += ["", f"Best gFID at guidance {g['best']['cfg_scale']} (against {sets[0]['num_reference']} "
-                          f"held-out images; tiny sets, so gFID is only comparable within this table)."]
-        lines.append("")
+                  *class_accuracy_table(json.load(open(gen)), json.load(open(acc))), ""]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)
@@ -115,13 +173,14 @@ def main() -> None:
         t.add_argument(name, required=True)
     s = sub.add_parser("summary")
     s.add_argument("--out", required=True)
+    s.add_argument("--tokens", default="1 4 16", help="The N values of the sweep (TOKENS_LIST), space-separated.")
     args = ap.parse_args()
     if args.cmd == "captions":
         write_captions(args.shards, args.n, args.out)
     elif args.cmd == "t2i-grid":
         t2i_grid(args.shards, args.captions, args.samples, args.out)
     else:
-        summary(args.out)
+        summary(args.out, [int(t) for t in args.tokens.split()])
 
 
 if __name__ == "__main__":

@@ -67,3 +67,49 @@ def test_unlabelled_samples_are_refused(shards, tmp_path):
     np.savez(tmp_path / "t2i.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(KeyError, match="labels"):
         evaluate_class_accuracy(ClassAccuracyConfig(train=root, val=root, samples=[str(tmp_path / "t2i.npz")]))
+
+
+def test_controls_score_five_latent_sources_with_the_samples_pool_captions(shards, tmp_path):
+    """Real files: a tokenizer, its latents of the labelled shards, pools; the samples are real
+    held-out images (right by construction) while a random tokenizer decodes the controls to noise,
+    so what the 'DiT' adds over the caption alone must come out clearly positive, with its SE."""
+    from test_latents import make_tokenizer
+    from textok.pipeline.pools import pools_table
+    from textok.trainer.data.latents import ExtractConfig, extract_latents
+
+    root, rows = shards
+    tok = make_tokenizer(tmp_path / "tok", text_dim=4, encoder="none")
+    extract_latents(ExtractConfig(tokenizer=tok, shards=root, output=str(tmp_path / "latents"), batch_size=64,
+                                  device="cpu", num_workers=0))
+    rng = np.random.default_rng(0)
+    pool_rows = [dict(label=c, class_name=SHAPES[c], key=f"pool/{c}/{k}", caption=f"a {SHAPES[c]}",
+                      text_emb=rng.standard_normal((1, 4)).astype(np.float16), text_len=1)
+                 for c in range(7) for k in range(3)]
+    meta = {"encoder": "none", "D": 4, "max_tokens": 1, "compute_dtype": "float32", "storage_dtype": "float16",
+            "per_class": 3, "seed": 0, "source_split": "val"}
+    write_table_atomic(pools_table(pool_rows, meta), str(tmp_path / "pools" / "val.parquet"))
+    val = rows["val"][:42]
+    labels = np.array([r["label"] for r in val])
+    npz = tmp_path / "s.npz"
+    np.savez(npz, images=np.stack([np.asarray(render_scene(r, 32)) for r in val]), labels=labels,
+             caption_keys=np.array([f"pool/{c}/{i % 3}" for i, c in enumerate(labels)]), cfg_scale=np.float64(1.0))
+    r = evaluate_class_accuracy(ClassAccuracyConfig(train=root, val=root, samples=[str(npz)], steps=150,
+                                                    tokenizer=tok, latents=str(tmp_path / "latents"),
+                                                    pools=str(tmp_path / "pools"), output=str(tmp_path / "a.json")))
+    s = r["samples"][0]
+    c = s["controls"]
+    assert list(c) == ["dit", "same_class_real", "other_class_real", "gaussian", "mean_latent"]
+    assert c["dit"]["accuracy"] == s["accuracy"] > 0.6
+    for v in c.values():
+        p = v["accuracy"]
+        assert 0 <= p <= 1 and v["se"] == pytest.approx((p * (1 - p) / 42) ** 0.5)
+    for name, ctrl in (("dit_minus_other_class", "other_class_real"), ("dit_minus_gaussian", "gaussian")):
+        gain = s[name]
+        assert gain["value"] == pytest.approx(s["accuracy"] - c[ctrl]["accuracy"])  # paired: same captions
+        assert gain["value"] > 3 * gain["se"] > 0, (name, gain)  # noise decodes carry no class
+    assert "controls" in json.load(open(tmp_path / "a.json"))["samples"][0]
+    np.savez(tmp_path / "nokeys.npz", images=np.load(npz)["images"], labels=labels)
+    with pytest.raises(KeyError, match="caption_keys"):
+        evaluate_class_accuracy(ClassAccuracyConfig(train=root, val=root, samples=[str(tmp_path / "nokeys.npz")],
+                                                    steps=5, tokenizer=tok, latents=str(tmp_path / "latents"),
+                                                    pools=str(tmp_path / "pools")))

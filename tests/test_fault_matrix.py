@@ -146,7 +146,8 @@ class Writer:
 
 def _caption_cmd(extra=()):
     return lambda inp, out: ["caption", "--input", inp["manifest"], "--output", out, "--captioner", "provided",
-                             "--batch-size", "4", "--commit-every", "4", *extra]
+                             "--batch-size", "4", "--commit-every", "4",
+                             "--max-dead-letter-fraction", "1", *extra]  # hostile rows are dead letters on purpose
 
 
 def _verify_captions(inp, out, cache) -> int:

@@ -124,8 +124,20 @@ def test_guidance_defaults_are_recorded_and_a_sweep_reports_the_best(run, tmp_pa
     out = evaluate_generation(EvalGenConfig(samples=npzs, reference=str(ref), output=str(tmp_path / "g.json"),
                                             device="cpu", batch_size=8))
     assert [r["cfg_scale"] for r in out["sweep"]] == [1.0, 2.0]
-    best = min(out["sweep"], key=lambda r: r["gfid"])
-    assert out["best"]["cfg_scale"] == best["cfg_scale"] and out["best"]["gfid"] == best["gfid"]
+    n = len(np.load(npzs[0])["images"])
+    assert all(r["num_samples"] == n and r["num_reference"] == 6 and r["kid_std"] >= 0 for r in out["sweep"])
+    # no tuning set: choosing on the reported reference would select on the test set, so nothing is "best"
+    assert out["chosen"] is None and "--tuning-reference" in out["chosen_note"] and "best" not in out
+    tune = tmp_path / "tune.npz"  # other real images: the scale is chosen on these, reported on ref
+    np.savez(tune, images=np.load(npzs[1])["images"].repeat(2, axis=0))  # 2n images
+    out = evaluate_generation(EvalGenConfig(samples=npzs, reference=str(ref), tuning_reference=str(tune),
+                                            device="cpu", batch_size=8))
+    pick = min(out["sweep"], key=lambda r: r["gfid_tuning"])
+    assert out["chosen"]["cfg_scale"] == pick["cfg_scale"] == 2.0  # the set the tuning images were copied from
+    assert out["chosen"]["gfid"] == pick["gfid"] and out["tuning_reference"] == str(tune)
+    assert out["reference"] == str(ref) and out["num_tuning_reference"] == 2 * n
+    with pytest.raises(ValueError, match="selected on the test set"):
+        evaluate_generation(EvalGenConfig(samples=npzs, reference=str(ref), tuning_reference=str(ref), device="cpu"))
     single = evaluate_generation(EvalGenConfig(samples=gfid_set["npz"], reference=str(ref), device="cpu"))
     assert single["cfg_scale"] == 1.5
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -55,6 +56,8 @@ def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path, monkey
     rows = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert "d_hinge" not in rows[1] and "d_hinge" in rows[2]  # D starts at step index 2
+    # after warm-up (2 steps) each preview measures the latent: own Z vs another image's Z
+    assert "latent_gain_db" not in rows[1] and isinstance(rows[3]["latent_gain_db"], float)
     ck = tmp_path / "run" / "checkpoints"
     assert open(ck / "latest").read() == "step-000004"
     for f in ("model", "ema", "discriminator"):
@@ -69,6 +72,23 @@ def test_train_tiny_writes_checkpoints_config_tokenizer(shards, tmp_path, monkey
     # the shards' text encoder travels with the tokenizer (extract-latents checks it)
     for d in (tmp_path / "run", tmp_path / "run" / "tokenizer"):
         assert json.load(open(d / "text_encoder.json")) == {"encoder": "tiny-t5", "D": 16, "max_tokens": 8}
+
+
+def test_degenerate_latent_is_warned_about_and_logged(shards, tmp_path, monkeypatch, caplog):
+    """A latent that carries nothing (the decoder's view of Z zeroed) is logged near 0 dB and warned about."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from textok.trainer.models.textok import TexTok
+
+    real_decode = TexTok.decode
+    monkeypatch.setattr(TexTok, "decode", lambda self, z, *a, **k: real_decode(self, torch.zeros_like(z), *a, **k))
+    with caplog.at_level("WARNING", logger="textok.trainer.training.train_tokenizer"):
+        train(tiny(shards, tmp_path / "run", steps=4, warmup=1, disc_start=100))
+    rows = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert [r["latent_gain_db"] for r in rows if "latent_gain_db" in r] == [0.0, 0.0]  # steps 2 and 4
+    assert "latent_gain_db = 0.00 dB" in caplog.text and "carries almost nothing" in caplog.text
+    events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
+    assert [e.step for e in events.Scalars("latent_gain_db")] == [2, 4]
 
 
 def assert_watchable(run, image_tag: str, image_steps: list[int], scalar: str) -> None:
@@ -190,6 +210,11 @@ def test_compare_refuses_text_and_baseline_trained_with_different_flips(tmp_path
     with pytest.raises(ValueError, match="different flips"):
         compare_table([fake_eval("tok", "both", False), fake_eval("base", "none", True)])
     assert "| no |" in compare_table([str(tmp_path / "tok"), fake_eval("base2", "none", False)])
+    # a run that does not know its flip setting cannot be compared with one that does (issue 18 item 9)
+    unknown = fake_eval("copied", "none", None)
+    with pytest.raises(ValueError, match=r"copied does not record whether.*tok does \(hflip=False\).*"
+                                         r"eval-tokenizer --ckpt RUN_DIR.*--no-hflip"):
+        compare_table([str(tmp_path / "tok"), unknown])
 
 
 def _torchrun(cfg, tmp_path, name):
@@ -233,11 +258,23 @@ def test_eval_tokenizer_writes_json_and_grid(shards, tmp_path):
     train(tiny(shards, tmp_path / "run", steps=2))
     res = CliRunner().invoke(main, ["eval-tokenizer", "--ckpt", str(tmp_path / "run"), "--shards", shards,
                                     "--split", "train", "--output", str(tmp_path / "eval"), "--num-samples", "5", "--batch-size", "3",
-                                    "--num-workers", "0", "--device", "cpu"])
+                                    "--num-workers", "0", "--device", "cpu", "--real-features", str(tmp_path / "real.npz")])
     assert res.exit_code == 0, res.output + repr(res.exception)
     r = json.load(open(tmp_path / "eval" / "eval.json"))
+    # the first 5 images of the split, in order (the controls' first pass must not move the loader on)
+    from textok.trainer.data.loader import ShardLoader
+
+    first = next(iter(ShardLoader(shards, 32, 5, split="train", train=False)))["key"]
+    assert np.load(tmp_path / "real.npz")["keys"].tolist() == list(first)
     assert r["num_samples"] == 5 and r["text_mode"] == "both" and r["num_tokens"] == 8
     assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["rfid"] > 0
+    # the controls, on the same 5 images (the lone 5th is swapped with the 4th: batch size 3)
+    for k in ("psnr_swapped_latent", "psnr_mean_latent", "psnr_swapped_text", "psnr_mean_image"):
+        assert 0 < r[k] < 100, k
+    assert r["latent_gain_db"] == pytest.approx(r["psnr"] - r["psnr_swapped_latent"])
+    assert r["text_gain_db"] == pytest.approx(r["psnr"] - r["psnr_swapped_text"])
+    assert r["rkid_std"] >= 0 and r["kid_subset_size"] == 2 and r["kid_subsets"] == 100
+    assert "latent_gain_db" in res.output and "another image's Z" in res.output  # the terminal report
     assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
     assert r["inception_score"] is None and "classifier" in r["inception_score_note"]
     from PIL import Image
@@ -266,13 +303,20 @@ def test_compare_table_has_gain_vs_no_text_baseline(shards, tmp_path):
     res = CliRunner().invoke(main, ["eval-tokenizer", "--output", str(tmp_path / "cmp.md"), "--compare",
                                     str(tmp_path / "both" / "eval"), str(tmp_path / "none" / "eval")])
     assert res.exit_code == 0, res.output
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in (tmp_path / "cmp.md").read_text().splitlines()[2:]]
+    rows = [[c.strip() for c in line.split("|")[1:-1]]
+            for line in (tmp_path / "cmp.md").read_text().splitlines()[2:] if line.startswith("|")]
     assert len(rows) == 2
     gain = 100 * (runs["both"]["rfid"] - runs["none"]["rfid"]) / runs["none"]["rfid"]
     both, none = (next(r for r in rows if r[1] == mode) for mode in ("both", "none"))
-    assert both[1:4] == ["both", "32", "8"] and none[1:4] == ["none", "32", "8"]
-    assert float(both[4]) == pytest.approx(runs["both"]["rfid"], abs=5e-4)
-    assert both[5] == f"{gain:+.1f} %" and none[5] == "—"
+    assert both[1:5] == ["both", "32", "8", "6"] and none[1:5] == ["none", "32", "8", "6"]
+    # the controls side by side: PSNR, another's Z, mean Z, another's caption, mean image, the two gains
+    assert both[5:12] == [f"{runs['both'][k]:.2f}" for k in ("psnr", "psnr_swapped_latent", "psnr_mean_latent",
+                                                              "psnr_swapped_text", "psnr_mean_image",
+                                                              "latent_gain_db", "text_gain_db")]
+    assert none[8] == "—" and none[11] == "—"  # the baseline reads no caption
+    assert float(both[12]) == pytest.approx(runs["both"]["rfid"], abs=5e-4)
+    assert both[13] == f"{runs['both']['rkid']:.4f} ± {runs['both']['rkid_std']:.4f}"
+    assert both[14] == f"{gain:+.1f} %" and none[14] == "—"
 
 
 def test_compare_table_plots_rfid_vs_tokens_and_shows_the_flip_setting(tmp_path):
@@ -295,11 +339,13 @@ def test_compare_table_plots_rfid_vs_tokens_and_shows_the_flip_setting(tmp_path)
     from PIL import Image
 
     assert Image.open(tmp_path / "rfid_vs_tokens.png").size[0] > 400
-    lines = (tmp_path / "cmp.md").read_text().splitlines()
+    text = (tmp_path / "cmp.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("|")]
     assert len(lines) == 6 and "| ? |" in lines[2]  # eval.json without the flip setting: unknown, said so
-    assert "tok32 | both | 256 | 32 | 2.400 | -36.8 % |" in lines[3]
-    assert "tok64 | both | 256 | 64 | 1.530 | -25.0 % |" in lines[5]
-    assert "base32 | none | 256 | 32 | 3.800 | — |" in lines[2]
+    assert "tok32 | both | 256 | 32 | 100 | 20.00 | — |" in lines[3] and "| 2.400 | — | -36.8 % |" in lines[3]
+    assert "from before the controls; rerun eval-tokenizer" in text
+    assert "tok64 | both | 256 | 64 | 100 |" in lines[5] and "| 1.530 | — | -25.0 % |" in lines[5]
+    assert "base32 | none | 256 | 32 | 100 |" in lines[2] and "| 3.800 | — | — |" in lines[2]
 
 
 def test_config_file_yaml_and_json_overrides_and_unknown_key(tmp_path):

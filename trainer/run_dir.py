@@ -22,20 +22,24 @@ import os
 
 from textok.atomic import write_json_atomic
 from textok.schemas.common import SchemaError
+# the side files an exported model carries (hub.HubModel.side_files): one name for each, there
+from textok.trainer.models.hub import LATENT_STATS_FILE, TEXT_ENCODER_FILE
 
 
 # ----------------------------------------------------------------------------- train-tokenizer runs
 
-TEXT_ENCODER_FILE = "text_encoder.json"
-
-
 TEXT_ENCODER_KEYS = ("encoder", "encoder_hash", "encoder_revision", "D", "max_tokens")
+
+
+def text_encoder_record(meta: dict) -> dict:
+    """What TEXT_ENCODER_FILE holds: the shards' encoder id, weights hash, revision, D, max_tokens."""
+    return {k: meta[k] for k in TEXT_ENCODER_KEYS if meta.get(k) is not None}
 
 
 def write_text_encoder(shard_meta: dict, *dirs: str) -> dict:
     """Record which text encoder the training shards came from (TEXT_ENCODER_FILE in each dir):
     the tokenizer only understands embeddings of that encoder, so extract-latents checks it."""
-    record = {k: shard_meta[k] for k in TEXT_ENCODER_KEYS if shard_meta.get(k) is not None}
+    record = text_encoder_record(shard_meta)
     for d in dirs:
         write_json_atomic(record, os.path.join(d, TEXT_ENCODER_FILE))
     return record
@@ -92,7 +96,7 @@ def tokenizer_dir(ckpt: str, flag: str = "--tokenizer") -> str:
 
 # ----------------------------------------------------------------------------- train-dit runs
 
-STATS_NAME = "latent_stats.json"
+STATS_NAME = LATENT_STATS_FILE
 
 
 STATS_KEYS = ("mean", "std", "count", "tokenizer", "tokenizer_sha256", "num_tokens", "token_dim", "image_size",

@@ -529,14 +529,17 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
                 max_words: int = DEFAULT_MAX_WORDS, retry_dead_letters: bool = False, commit_every: int = 256,
                 commit_seconds: float = 60.0, batch_size: int | None = None, beam_args: Sequence[str] = (),
                 source_options: dict[str, Any] | None = None, recaption_flagged: str | None = None,
-                recaption_checks: Sequence[str] | None = None) -> dict[str, Any]:
+                recaption_checks: Sequence[str] | None = None,
+                records: Sequence[ImageRecord] | None = None) -> dict[str, Any]:
     """Caption one split of a source into output_dir; resumable; returns the run summary.
 
     `recaption_flagged`: a caption report's flags.parquet; only its flagged keys (any of
     `recaption_checks`, default its `flagged` column) are captioned, into `output_dir`, which must
     not be the folder the report read: the old rows stay as they are, and both versions can be
     reported on and compared (`textok caption-report` on each). The run holds output_dir's writer
-    lease (textok.lease) from its first write to its summary."""
+    lease (textok.lease) from its first write to its summary.
+    `records`: the split's records already listed (`textok prepare` assigns rows without a split
+    of their own to exactly one split first); by default the source is listed here."""
     from textok.pipeline.beam_utils import make_pipeline
     from textok.pipeline.cleanup import clean_output
 
@@ -554,7 +557,9 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
     batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
     cap = build_captioner(captioner, options)  # fail on bad options before listing a million files
     with hold_lease(output_dir, "caption") as lease:  # also the destination check: before any listing or work
-        records = list_records(input_path, source, split, **(source_options or {}))
+        if records is None:
+            records = list_records(input_path, source, split, **(source_options or {}))
+        records = list(records)
         recaption = None
         if recaption_flagged:
             records, recaption = select_flagged(records, output_dir, recaption_flagged, recaption_checks)
@@ -577,7 +582,7 @@ def run_caption(input_path: str, output_dir: str, *, source: str = "auto", split
                          captioner, options, max_words, batch_size, cap.needs_pixels, output_dir, meta,
                          commit_every, commit_seconds)))
                 t_pipeline = time.monotonic()
-                with open_stage("caption", len(plan.records), "images"):
+                with open_stage("caption", len(plan.records), "images", output=output_dir):
                     result = p.run()
                     result.wait_until_finish()
                 pipeline_s = time.monotonic() - t_pipeline

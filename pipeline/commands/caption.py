@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from textok.pipeline.commands.options import (BeamCommand, caption_flags, captioner_options, check_captioner, lease_flag,
-                                              source_options)
+from textok.pipeline.commands.options import (BeamCommand, caption_flags, captioner_options, check_captioner,
+                                              dead_letter_flag, lease_flag, source_options)
 
 _BATCH_DEFAULTS = dict(wait=False, max_requests_per_job=20_000, max_file_mb=1900.0, poll_s=30.0, poll_max_s=600.0,
                        max_attempts=3)
@@ -91,6 +91,7 @@ def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dea
 @click.option("--commit-every", type=int, default=256, show_default=True, help="Rows per committed part file.")
 @click.option("--commit-seconds", type=float, default=60.0, show_default=True,
               help="Commit buffered rows at least this often.")
+@dead_letter_flag
 @batch_flags
 @click.option("--recaption-flagged", default=None,
               help="flags.parquet of `textok caption-report`: caption only its flagged keys, into a new --output "
@@ -102,9 +103,10 @@ def _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dea
 @click.pass_context
 def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, output_dir: str,
                 retry_dead_letters: bool, commit_every: int, commit_seconds: float, recaption_flagged: str | None,
-                recaption_checks: str | None, **kwargs: Any) -> None:
+                recaption_checks: str | None, max_dead_letter_fraction: float, **kwargs: Any) -> None:
     """Caption images into DIR (resumable; unknown options go to Beam, e.g. --runner)."""
     from textok.pipeline.captioning.pipeline import run_caption
+    from textok.pipeline.run_outcome import check_caption_run
 
     options = captioner_options(kwargs)
     check_captioner(kwargs["captioner"], options, kwargs["max_words"], ctx.args)
@@ -122,6 +124,8 @@ def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, ou
         summary = _run_batch(input_path, output_dir, source, split, options, kwargs, retry_dead_letters,
                              commit_every, commit_seconds, batch, tuple(ctx.args))
         click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        if not summary["batch"]["requests_in_flight"]:  # keys of running jobs are neither done nor dead yet
+            check_caption_run(summary, output_dir, max_dead_letter_fraction)
         return
     summary = run_caption(
         input_path, output_dir, source=source, split=split, captioner=kwargs["captioner"],
@@ -130,3 +134,4 @@ def caption_cmd(ctx: click.Context, input_path: str, source: str, split: str, ou
         batch_size=kwargs["batch_size"], beam_args=tuple(ctx.args), source_options=source_options(kwargs),
         recaption_flagged=recaption_flagged, recaption_checks=recaption_checks)
     click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    check_caption_run(summary, output_dir, max_dead_letter_fraction)  # after the summary: it exists on failure

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags, _shard_flags, lease_flag
+from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags, _shard_flags, dead_letter_flag, lease_flag
 
 
 @click.command("encode", cls=BeamCommand)
@@ -24,15 +24,19 @@ from textok.pipeline.commands.options import BeamCommand, _echo, _encoder_flags,
               help="With --exclude-flagged: the checks that exclude a key, e.g. dup,short (default: its `flagged` "
                    "column, every check but non_ascii).")
 @lease_flag
+@dead_letter_flag
 @click.pass_context
 def encode_cmd(ctx, captions, output_dir, split, encoder, max_tokens, revision, batch_size, dtype, device,
                pool_holdout_fraction, seed, image_size, rows_per_shard, shard_mb, emb_dtype, exclude_flagged,
-               exclude_checks):
+               exclude_checks, max_dead_letter_fraction):
     """Encode captions with a frozen text encoder into training shards (resumable per shard)."""
     from textok.pipeline.encode.pipeline import run_encode
+    from textok.pipeline.run_outcome import check_encode_run
 
-    _echo(run_encode(captions, output_dir, encoder=encoder, split=split, batch_size=batch_size,
+    summary = (run_encode(captions, output_dir, encoder=encoder, split=split, batch_size=batch_size,
                      max_tokens=max_tokens, image_size=image_size, rows_per_shard=rows_per_shard,
                      shard_mb=shard_mb, dtype=dtype, device=device, revision=revision,
                      pool_holdout_fraction=pool_holdout_fraction, seed=seed, emb_dtype=emb_dtype,
                      exclude_flagged=exclude_flagged, exclude_checks=exclude_checks, beam_args=tuple(ctx.args)))
+    _echo(summary)
+    check_encode_run(summary, output_dir, max_dead_letter_fraction)  # after the summary: it exists on failure

@@ -112,7 +112,9 @@ def check_captioner(name: str, options: dict[str, Any], max_words: int, beam_arg
     """Build the captioner now (cheap: no model, no client) so a bad option fails before any
     file is listed. On the local runner the workers are this machine: a captioner that needs
     credentials (gemini: an API key or Vertex settings) must find them now, not as a traceback
-    from inside Beam. (On a remote runner the workers' environment is what counts.)"""
+    from inside Beam, and a local VLM's --max-new-tokens must fit the model (its config and
+    processor are read; the weights load in the workers). On a remote runner the workers'
+    environment is what counts, and the local VLM checks the same in its setup()."""
     from textok.errors import user_error
     from textok.pipeline.beam_utils import is_local_runner
     from textok.pipeline.captioning.captioners import build_captioner
@@ -121,11 +123,14 @@ def check_captioner(name: str, options: dict[str, Any], max_words: int, beam_arg
         captioner = build_captioner(name, {**options, "max_words": max_words})
     except Exception as e:  # building reads only the options: any failure is a configuration error
         raise click.ClickException(f"--captioner {name}: {' '.join(str(e).split()) or type(e).__name__}") from e
-    if captioner.backend != "gemini" or not is_local_runner(beam_args):
+    if captioner.backend not in ("gemini", "local") or not is_local_runner(beam_args):
         return
     try:
-        captioner.setup()  # reads the key from the environment and makes the client; sends nothing
-        captioner.teardown()
+        if captioner.backend == "local":  # generation settings against the model's limits: config + processor
+            captioner.preflight()
+        else:
+            captioner.setup()  # reads the key from the environment and makes the client; sends nothing
+            captioner.teardown()
     except Exception as e:
         if user_error(e) is None:
             raise
@@ -182,6 +187,16 @@ def lease_flag(f: Callable) -> Callable:
     return click.option("--force-unlock", "force_unlock", is_flag=True, default=False,
                         help="Clear a STALE writer lease of the output folder (left by a killed run) before "
                              "starting; a live lease is never cleared.")(f)
+
+
+def dead_letter_flag(f: Callable) -> Callable:
+    """--max-dead-letter-fraction: above it (or with nothing done at all) the command exits 1."""
+    from textok.pipeline.run_outcome import DEFAULT_MAX_DEAD_LETTER_FRACTION
+
+    return click.option("--max-dead-letter-fraction", type=click.FloatRange(0.0, 1.0),
+                        default=DEFAULT_MAX_DEAD_LETTER_FRACTION, show_default=True,
+                        help="Fail (exit 1, naming the top reasons) when more than this share of the inputs end "
+                             "in the dead letter, or all of them do; the summary is written either way.")(f)
 
 
 def _echo(obj: Any) -> None:

@@ -481,7 +481,8 @@ def _run_encode_held(captions: str, output_dir: str, *, encoder: str, split: str
     log.info("encode %s: %d keys (%d held out for pools) in %d shards, %d to do", split, len(keys),
              len(all_keys) - len(keys), len(plan), len(todo))
     if todo:
-        with open_stage("encode", sum(t.num_keys for t in todo), "captions"), make_pipeline(beam_args) as p:
+        with open_stage("encode", sum(t.num_keys for t in todo), "captions", output=rio.join(output_dir, "shards")), \
+                make_pipeline(beam_args) as p:
             _ = (p | "Shards" >> beam.Create(todo)
                  | "Spread" >> beam.Reshuffle()
                  | "ReadCaptions" >> beam.ParDo(ReadShardRowsFn(files, pool_holdout_fraction, seed, shard_path, exclude))

@@ -1,6 +1,7 @@
 """`textok class-accuracy`: accuracy of class-conditional samples under a classifier trained on the real images.
 
     textok class-accuracy --train out/shards --val out/shards --samples runs/s/samples.npz --output acc.json
+    textok class-accuracy ... --tokenizer runs/tok/tokenizer --latents out/latents --pools out/pools   # + controls
 """
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ import click
 @click.option("--output", help="Write the JSON here.")
 @click.option("--steps", type=int, default=400, show_default=True, help="Probe training steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tokenizer", help="Controls: the tokenizer the samples were decoded with (its dir or run dir).")
+@click.option("--latents", help="Controls: its latents of real labelled images (extract-latents output).")
+@click.option("--pools", help="Controls: the caption pools the samples drew from (textok pools output).")
+@click.option("--device", default="cpu", show_default=True, help="Device that decodes the control latents.")
 def class_accuracy_cmd(samples, **kw):
-    """Train a small CNN on the real images; report its held-out accuracy and the samples' accuracy vs chance."""
+    """Train a small CNN on the real images; report its held-out accuracy, the samples' accuracy vs chance and,
+    with --tokenizer/--latents/--pools, the same probe on real, other-class, Gaussian and mean latents."""
     from textok.trainer.evaluation.class_accuracy import ClassAccuracyConfig, evaluate_class_accuracy
 
     result = evaluate_class_accuracy(ClassAccuracyConfig(samples=list(samples), **kw))

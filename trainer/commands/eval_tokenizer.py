@@ -31,7 +31,8 @@ import click
 @click.argument("more_runs", nargs=-1)
 def eval_tokenizer_cmd(compare, more_runs, output, plot, **kw):
     """Reconstruction metrics of a tokenizer, or (--compare) one markdown table over runs."""
-    from textok.trainer.evaluation.eval_tokenizer import EvalTokenizerConfig, compare_table, evaluate, plot_compare
+    from textok.trainer.evaluation.eval_tokenizer import (EvalTokenizerConfig, compare_table, controls_report, evaluate,
+                                                          plot_compare)
 
     runs = list(compare) + list(more_runs)
     if runs:
@@ -50,3 +51,4 @@ def eval_tokenizer_cmd(compare, more_runs, output, plot, **kw):
         raise click.UsageError("eval-tokenizer needs --ckpt and --shards (or --compare RUN ...)")
     result = evaluate(EvalTokenizerConfig(output=output, **kw))
     click.echo(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+    click.echo(controls_report(result))

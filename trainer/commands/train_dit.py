@@ -9,11 +9,11 @@ import click
 
 from textok.trainer.commands.options import apply_options, training_options
 
+_TABLE = "textok.trainer.training.train_dit:preset_defaults"
+
 
 def _train_options(f):
-    f = training_options("TrainDiTConfig", batch_size="256; tiny 64", lr="1e-4, constant; tiny 1e-3",
-                         ema=0.9999, save_every="10000; tiny 500", sample_every="10000; tiny 500",
-                         log_every="100; tiny 25", num_workers="2; tiny 1")(f)
+    f = training_options("TrainDiTConfig", _TABLE)(f)
     return apply_options([
         click.option("--latents", help="Latent dir (extract-latents output)."),
         click.option("--output", help="Run dir (checkpoints, config.json, samples, dit/)."),

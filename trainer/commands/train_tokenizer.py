@@ -13,31 +13,31 @@ import os
 
 import click
 
-from textok.trainer.commands.options import apply_options, training_options
+from textok.trainer.commands.options import apply_options, preset_option, training_options
+
+_TABLE = "textok.trainer.training.train_tokenizer:preset_defaults"
 
 
 def _train_options(f):
-    f = training_options("TrainTokenizerConfig", batch_size="256; tiny 32", lr="1e-4; tiny 1e-3", ema=0.999,
-                         save_every="5000; tiny 500", sample_every="1000; tiny 250", log_every="50; tiny 25",
-                         num_workers="4; tiny 1")(f)
+    f = training_options("TrainTokenizerConfig", _TABLE)(f)
     return apply_options([
         click.option("--shards", help="Shard dir, glob or file (textok encode output)."),
         click.option("--output", help="Run directory (checkpoints, config.json, samples, tokenizer/)."),
         click.option("--split", help="Split to read from a shards dir (default train)."),
         click.option("--preset", type=click.Choice(["tiny", "S", "B", "L"]), help="TexTok size (default B)."),
-        click.option("--image-size", type=int, help="Training resolution (default: the preset's, 256 for S/B/L)."),
-        click.option("--patch-size", type=int, help="ViT patch size (default: the preset's, 8; the paper uses 16 at 512 px)."),
-        click.option("--num-tokens", type=int, help="N latent tokens (default: the preset's, 128)."),
+        preset_option(_TABLE, "--image-size", type=int, help="Training resolution in px"),
+        preset_option(_TABLE, "--patch-size", type=int, help="ViT patch size (the paper: 8 at 256 px, 16 at 512 px)"),
+        preset_option(_TABLE, "--num-tokens", type=int, help="N latent tokens"),
         click.option("--text-mode", type=click.Choice(["both", "enc", "dec", "none"]),
                      help="Where the caption enters (default both; none = the no-text baseline)."),
         click.option("--hflip/--no-hflip", default=None,
                      help="Random horizontal flips (default off: a flip contradicts captions that say left/right; "
                           "use the same value for TexTok and its no-text baseline)."),
-        click.option("--warmup", type=int, help="Linear warmup steps (default 5000; tiny 100)."),
-        click.option("--disc-start", type=int, help="Step the discriminator starts (default 80000; tiny 5000)."),
-        click.option("--perceptual", type=click.Choice(["auto", "efficientnet", "inception", "lpips", "none"]),
-                     help="Perceptual loss (default auto; tiny none. auto: LPIPS when its files are given, else the "
-                          "packaged EfficientNet-Lite0, else none; inception = the FID network, flags the run's rFID)."),
+        preset_option(_TABLE, "--warmup", type=int, help="Linear warmup steps"),
+        preset_option(_TABLE, "--disc-start", type=int, help="Step the discriminator starts"),
+        preset_option(_TABLE, "--perceptual", type=click.Choice(["auto", "efficientnet", "inception", "lpips", "none"]),
+                      help="Perceptual loss (auto: LPIPS when its files are given, else the packaged "
+                           "EfficientNet-Lite0, else none; inception = the FID network, flags the run's rFID)"),
         click.option("--lpips-weights", help="LPIPS linear heads (lpips package vgg.pth)."),
         click.option("--vgg16-weights", help="torchvision vgg16-397923af.pth (LPIPS backbone)."),
     ], f)

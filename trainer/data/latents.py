@@ -176,7 +176,7 @@ def extract_latents(cfg: ExtractConfig) -> dict:
         done = skipped = rows = 0
         mine = files[dist.rank::dist.world_size]
         todo_rows = count_rows([f for f in mine if not os.path.exists(os.path.join(cfg.output, os.path.basename(f)))])
-        bar = Progress("extract-latents", total=todo_rows, unit="images", enabled=dist.is_main)
+        bar = Progress("extract-latents", total=todo_rows, unit="images", enabled=dist.is_main, output=cfg.output)
         for shard in mine:
             out = os.path.join(cfg.output, os.path.basename(shard))
             if os.path.exists(out):

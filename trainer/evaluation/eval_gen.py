@@ -4,12 +4,19 @@
     textok eval-gen --samples s.npz --reference VIRTUAL_imagenet256_labeled.npz     # ADM reference batch
     textok eval-gen --samples s.npz --reference ref.npz --clip /models/clip-vit-large-patch14 \
         --inception-classifier /models/inception_cls.pt
-    textok eval-gen --samples runs/s/cfg-1/samples.npz --samples runs/s/cfg-1.5/samples.npz ...   # a guidance sweep
+    textok eval-gen --samples runs/s/cfg-1/samples.npz --samples runs/s/cfg-1.5/samples.npz ... \
+        --tuning-reference 'out/shards/train-*.parquet' --num-tuning-reference 500   # a sweep: choose on other images
 
-Each result carries the guidance scale the samples were drawn with (`cfg_scale`, from samples.npz).
+Each result carries the guidance scale the samples were drawn with (`cfg_scale`, from samples.npz),
+and KID (unbiased, with its spread over subsets) beside gFID, with both sample counts: FID at a
+few hundred images is dominated by its bias, and only sets of equal counts compare.
+
 Several --samples (e.g. `textok sample --cfg 1.0,1.5,2.0`) are measured against one set of reference
-features; the JSON then lists every set under "sweep" and the lowest gFID under "best" (the paper,
-like DiT, reports the best scale).
+features and listed under "sweep". Picking the scale with the lowest gFID against the reference
+whose gFID is then reported would select on the test set, so a scale is chosen only against a
+separate --tuning-reference (other real images, e.g. a slice of the train split) and reported
+against --reference ("chosen": the scale, its tuning gFID and its reported gFID/KID; the JSON
+records both sets). Without --tuning-reference no scale is called best ("chosen": null, and why).
 
 --samples is `textok sample`'s samples.npz (images uint8 [n,H,W,3], captions); --reference is
 a shard folder/file (images centre-cropped to the samples' size, as the tokenizer saw them) or
@@ -32,7 +39,8 @@ import numpy as np
 import torch
 
 from textok.progress import Progress, progress
-from textok.trainer.evaluation.metrics import InceptionFeatures, feature_stats, frechet_distance, inception_score, precision_recall
+from textok.trainer.evaluation.metrics import (InceptionFeatures, feature_stats, frechet_distance, inception_score,
+                                              kid_from_features, precision_recall)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,9 @@ class EvalGenConfig:
     inception_classifier: str | None = None
     clip: str | None = None
     device: str = "auto"
+    # a sweep's scale is chosen against these real images, never against `reference` (see above)
+    tuning_reference: str | None = None
+    num_tuning_reference: int = 50_000
 
 
 def load_cfg_scale(path: str) -> float | None:
@@ -76,27 +87,31 @@ def to_model_range(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def reference_features(cfg: EvalGenConfig, image_size: int, inception: InceptionFeatures) -> tuple[np.ndarray, int]:
-    if cfg.reference.endswith(".npz"):
-        images, _ = load_npz_images(cfg.reference)
-        images = images[:cfg.num_reference]
+def reference_features(cfg: EvalGenConfig, image_size: int, inception: InceptionFeatures,
+                       tuning: bool = False) -> tuple[np.ndarray, int]:
+    """Inception features of the reported reference (or, tuning=True, of the tuning reference)."""
+    path, limit = (cfg.tuning_reference, cfg.num_tuning_reference) if tuning else (cfg.reference, cfg.num_reference)
+    if path.endswith(".npz"):
+        images, _ = load_npz_images(path)
+        images = images[:limit]
         starts = progress(range(0, len(images), cfg.batch_size), "eval-gen: reference", unit="batches")
         feats = [inception(to_model_range(images[i:i + cfg.batch_size])) for i in starts]
         return np.concatenate(feats), len(images)
     from textok.schemas.common import count_rows
     from textok.trainer.data.loader import ShardLoader
 
-    loader = ShardLoader(cfg.reference, image_size, cfg.batch_size, train=False, num_workers=0)
+    loader = ShardLoader(path, image_size, cfg.batch_size, train=False, num_workers=0)
     feats, seen = [], 0
-    total = min(cfg.num_reference, count_rows(loader.files))
-    with Progress("eval-gen: reference", total=total, unit="images") as bar:
+    total = min(limit, count_rows(loader.files))
+    with Progress("eval-gen: tuning reference" if tuning else "eval-gen: reference", total=total,
+                  unit="images") as bar:
         for batch in loader:
-            take = min(len(batch["key"]), cfg.num_reference - seen)
+            take = min(len(batch["key"]), limit - seen)
             # through uint8, as the samples are: both sides see the same quantisation
             feats.append(inception(to_model_range(_uint8(batch["images"][:take]))))
             seen += take
             bar.update(take)
-            if seen >= cfg.num_reference:
+            if seen >= limit:
                 break
     return np.concatenate(feats), seen
 
@@ -164,6 +179,9 @@ def evaluate_generation(cfg: EvalGenConfig) -> dict:
     paths = [cfg.samples] if isinstance(cfg.samples, str) else list(cfg.samples)
     if not paths:
         raise ValueError("eval-gen: give --samples samples.npz (repeatable)")
+    if cfg.tuning_reference and os.path.abspath(cfg.tuning_reference) == os.path.abspath(cfg.reference):
+        raise ValueError(f"--tuning-reference {cfg.tuning_reference} is the --reference itself: a scale chosen on "
+                         f"the set whose gFID is reported is selected on the test set; give other real images")
     inception = InceptionFeatures(cfg.fid_inception_path, device, cfg.batch_size, cfg.inception_classifier)
     reference = None
     results = []
@@ -181,13 +199,36 @@ def evaluate_generation(cfg: EvalGenConfig) -> dict:
     if len(results) == 1:
         result = results[0]
     else:
-        best = min(results, key=lambda r: r["gfid"])
-        result = {"reference": cfg.reference, "sweep": results,
-                  "best": {k: best[k] for k in ("samples", "cfg_scale", "gfid", "precision", "recall")}}
+        result = {"reference": cfg.reference, "num_reference": reference[1],
+                  "tuning_reference": cfg.tuning_reference, "sweep": results, **choose_scale(cfg, results, inception)}
     result["config"] = asdict(cfg)
     if cfg.output:
         write_result(result, cfg.output)
     return result
+
+
+def choose_scale(cfg: EvalGenConfig, results: list[dict], inception: InceptionFeatures) -> dict:
+    """{"chosen": the sweep entry with the lowest gFID against the tuning reference, or None}: each
+    entry gets its tuning gFID ("gfid_tuning"); the reported numbers stay those against --reference."""
+    if not cfg.tuning_reference:
+        return {"chosen": None,
+                "chosen_note": "no --tuning-reference: choosing the scale with the lowest gFID against the reported "
+                               "--reference would select on the test set, so no scale is called best; give other "
+                               "real images as --tuning-reference to choose one"}
+    size = results[0]["image_size"]
+    tuning, n_tuning = reference_features(cfg, size, inception, tuning=True)
+    if n_tuning < 2:
+        raise ValueError(f"--tuning-reference {cfg.tuning_reference}: {n_tuning} images; gFID needs at least 2")
+    for r in results:
+        images, _ = load_npz_images(r["samples"])
+        fake = np.concatenate([inception(to_model_range(images[i:i + cfg.batch_size]))
+                               for i in range(0, len(images), cfg.batch_size)])
+        r["gfid_tuning"] = frechet_distance(*feature_stats(tuning), *feature_stats(fake))
+    pick = min(results, key=lambda r: r["gfid_tuning"])
+    return {"num_tuning_reference": n_tuning,
+            "chosen": {"selected_by": "lowest gFID against the tuning reference",
+                       **{k: pick[k] for k in ("samples", "cfg_scale", "gfid_tuning", "gfid", "kid", "kid_std",
+                                               "num_samples", "num_reference", "precision", "recall")}}}
 
 
 def _evaluate_set(cfg: EvalGenConfig, path: str, images: np.ndarray, captions, inception: InceptionFeatures,
@@ -208,6 +249,9 @@ def _evaluate_set(cfg: EvalGenConfig, path: str, images: np.ndarray, captions, i
     result: dict = {"samples": path, "reference": cfg.reference, "num_samples": len(images),
                     "num_reference": n_ref, "image_size": int(images.shape[1]), "cfg_scale": scale,
                     "gfid": frechet_distance(*feature_stats(real), *feature_stats(fake))}
+    kid = kid_from_features(real, fake)
+    result.update({"kid": kid["kid"], "kid_std": kid["kid_std"], "kid_subsets": kid["kid_subsets"],
+                   "kid_subset_size": kid["kid_subset_size"]})
     if scale is None:
         result["cfg_scale_note"] = "not recorded in the npz (not written by textok sample)"
     result.update(set_metrics(real, fake, probs))

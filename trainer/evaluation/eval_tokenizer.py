@@ -36,9 +36,13 @@ from textok.trainer.evaluation.grid import save_pairs
 from textok.devices import autocast, resolve_device
 from textok.progress import Progress
 from textok.schemas.common import count_rows
-from textok.trainer.evaluation.metrics import InceptionFeatures, fid_from_features, psnr, ssim
+from textok.trainer.evaluation.controls import ControlSums, reconstruction_controls
+from textok.trainer.evaluation.metrics import InceptionFeatures, fid_from_features, kid_from_features, ssim
 
 log = logging.getLogger(__name__)
+
+
+DEFAULT_NUM_SAMPLES = 50_000  # the paper's ImageNet val set
 
 
 @dataclass
@@ -47,7 +51,7 @@ class EvalTokenizerConfig:
     shards: str
     output: str
     split: str | None = "val"  # in a shards dir, only {split}-*.parquet
-    num_samples: int = 50_000
+    num_samples: int = DEFAULT_NUM_SAMPLES
     batch_size: int = 32
     lpips_weights: str | None = None
     vgg16_weights: str | None = None
@@ -84,6 +88,34 @@ def training_settings(tok_dir: str) -> dict:
     return {"perceptual": kind, "trained_on_fid_network": kind == "inception", "hflip": train.get("hflip", True)}
 
 
+def _batches(loader, num_samples: int):
+    """(batch, take) over the first num_samples images, in the loader's fixed (train=False) order."""
+    seen = 0
+    for batch in loader:
+        take = min(len(batch["key"]), num_samples - seen)
+        yield batch, take
+        seen += take
+        if seen >= num_samples:
+            break
+
+
+@torch.no_grad()
+def set_means(model, loader, num_samples: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation set's mean image [3,H,W] and mean latent [N,d] (the controls' references),
+    from a first pass over exactly the images the evaluation then reconstructs."""
+    image_sum, z_sum, n = None, None, 0
+    for batch, take in _batches(loader, num_samples):
+        images = batch["images"][:take].to(device)
+        text = batch["text_emb"][:take].to(device).float() if model.cfg.text_in_encoder else None
+        mask = batch["text_mask"][:take].to(device) if model.cfg.text_in_encoder else None
+        with autocast(device):
+            z = model.encode(images, text, mask).float().sum(0)
+        image_sum = images.float().sum(0) if image_sum is None else image_sum + images.float().sum(0)
+        z_sum = z if z_sum is None else z_sum + z
+        n += take
+    return image_sum / max(n, 1), z_sum / max(n, 1)
+
+
 @torch.no_grad()
 def evaluate(cfg: EvalTokenizerConfig) -> dict:
     from textok.trainer.models.textok import TexTok
@@ -92,9 +124,16 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     path = tokenizer_dir(cfg.ckpt, "--ckpt")
     model = TexTok.from_pretrained(path).eval().to(device)
     mc = model.cfg
-    loader = ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,
-                         max_tokens=mc.max_text_tokens, split=cfg.split, train=False, num_workers=cfg.num_workers)
+    # two passes over the same first num_samples images: the loader resumes where a pass stopped,
+    # so each pass gets a fresh one
+    new_loader = lambda: ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,  # noqa: E731
+                                     max_tokens=mc.max_text_tokens, split=cfg.split, train=False,
+                                     num_workers=cfg.num_workers)
+    loader = new_loader()
     check_text_encoder(path, loader.meta, cfg.shards)  # same D, other encoder: captions would mean noise
+    if cfg.batch_size < 2:
+        raise ValueError(f"--batch-size {cfg.batch_size}: the controls swap latents and captions between the "
+                         f"images of a batch; use --batch-size 2 or more")
     lpips = None
     if cfg.lpips_weights or cfg.vgg16_weights:
         from textok.trainer.training.perceptual import build_perceptual
@@ -103,17 +142,26 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     inception = InceptionFeatures(cfg.fid_inception_path, device, classifier_path=cfg.inception_classifier)
 
     cached = _load_real_features(cfg.real_features)
-    per_image = {"psnr": [], "ssim": [], "lpips": []}
+    mean_image, mean_z = set_means(model, new_loader(), cfg.num_samples, device)
+    per_image = {"ssim": [], "lpips": []}
+    controls = ControlSums()
     feats_real, feats_fake, probs, keys = [], [], [], []
-    seen, grid = 0, None
-    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="images")
-    for batch in loader:
-        take = min(len(batch["key"]), cfg.num_samples - seen)
+    seen, grid, last = 0, None, None
+    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="images",
+                   output=cfg.output)
+    for batch, take in _batches(loader, cfg.num_samples):
         images = batch["images"][:take].to(device)
+        text, mask = batch["text_emb"][:take].to(device).float(), batch["text_mask"][:take].to(device)
+        # a lone last image is swapped with the previous batch's last one (dropped from the sums)
+        extra = last if take == 1 and last is not None else None
+        if extra is not None:
+            images, text, mask = (torch.cat([x, y]) for x, y in zip((images, text, mask), extra))
         with autocast(device):
-            recon, _ = model(images, batch["text_emb"][:take].to(device).float(), batch["text_mask"][:take].to(device))
-        recon = recon.float().clamp(-1, 1)
-        per_image["psnr"].append(psnr(recon, images).cpu())
+            psnrs, recon = reconstruction_controls(model, images, text, mask, mean_z, mean_image)
+        if extra is not None:
+            images, text, mask, recon = images[:1], text[:1], mask[:1], recon[:1]
+        controls.add(psnrs, slice(0, take))
+        last = (images[-1:], text[-1:], mask[-1:])
         per_image["ssim"].append(ssim(recon, images).cpu())
         if lpips is not None:
             per_image["lpips"].append(lpips(recon, images).float().cpu())
@@ -128,23 +176,26 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
                               max_rows=cfg.grid_rows)
         seen += take
         bar.update(take)
-        if seen >= cfg.num_samples:
-            break
     bar.close()
     if seen < 2:
-        raise ValueError(f"{cfg.shards}: only {seen} images to evaluate; rFID needs at least 2")
-    if seen < cfg.num_samples:
-        log.warning("evaluated %d images, fewer than --num-samples %d (the shards hold no more)", seen, cfg.num_samples)
+        raise ValueError(f"{cfg.shards}: only {seen} images to evaluate; rFID and the controls need at least 2")
+    if seen < cfg.num_samples:  # a warning only when the user asked for that many (eval.json records the count)
+        (log.info if cfg.num_samples == DEFAULT_NUM_SAMPLES else log.warning)(
+            "evaluated %d images, fewer than --num-samples %d (the shards hold no more)", seen, cfg.num_samples)
 
     real, fake = _real_features(cfg.real_features, cached, feats_real, keys), np.concatenate(feats_fake)
     result = {
         "ckpt": path, "shards": cfg.shards, "num_samples": seen, "image_size": mc.image_size,
         "num_tokens": mc.num_tokens, "text_mode": mc.text_mode,
-        "psnr": float(torch.cat(per_image["psnr"]).clamp(max=100).mean()),
+        **controls.result(),
         "ssim": float(torch.cat(per_image["ssim"]).mean()),
         "lpips": float(torch.cat(per_image["lpips"]).mean()) if per_image["lpips"] else None,
+        # FID and KID over `num_samples` originals vs their reconstructions: only equal counts compare
         "rfid": fid_from_features(real, fake),
     }
+    kid = kid_from_features(real, fake)
+    result.update({"rkid": kid["kid"], "rkid_std": kid["kid_std"], "kid_subsets": kid["kid_subsets"],
+                   "kid_subset_size": kid["kid_subset_size"]})
     result.update(set_metrics(real, fake, probs))
     result.update(training_settings(path))
     if result["trained_on_fid_network"]:
@@ -152,6 +203,17 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     result["config"] = asdict(cfg)
     write_result(result, os.path.join(cfg.output, "eval.json"))
     return result
+
+
+def controls_report(r: dict) -> str:
+    """The terminal lines: each control beside the reconstruction, and the two gains."""
+    f = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
+    return (f"PSNR on {r['num_samples']} images (dB): own Z + own caption {f(r['psnr'])} | another image's Z "
+            f"{f(r['psnr_swapped_latent'])} | mean Z {f(r['psnr_mean_latent'])} | another image's caption "
+            f"{f(r.get('psnr_swapped_text'))} | the set's mean image {f(r['psnr_mean_image'])}\n"
+            f"latent_gain_db {f(r['latent_gain_db'])} (own Z vs another's)   text_gain_db "
+            f"{f(r.get('text_gain_db'))} (own caption vs another's)   rFID {r['rfid']:.2f}   "
+            f"rKID {r['rkid']:.4f} ± {r['rkid_std']:.4f} ({r['num_samples']} images)")
 
 
 def _load_real_features(path: str | None) -> dict | None:
@@ -192,27 +254,57 @@ def _fmt(v, digits=3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def compare_table(paths: list[str]) -> str:
-    rows = [_load_eval(p) for p in paths]
+def check_flips(rows: list[dict]) -> None:
+    """Refuse a table that mixes flip settings: the flip alone moves rFID on captioned data. A run
+    that does not know its setting (no config.json beside its tokenizer/, or an eval.json from
+    before the setting was recorded) cannot be matched against one that does."""
+    known = [r for r in rows if r.get("hflip") is not None]
+    unknown = [r for r in rows if r.get("hflip") is None]
+    if known and unknown:
+        r, k = unknown[0], known[0]
+        flag = "--hflip" if k["hflip"] else "--no-hflip"
+        raise ValueError(f"--compare: {r['run']} does not record whether its training flipped images, but {k['run']} "
+                         f"does (hflip={k['hflip']}). Rerun `textok eval-tokenizer --ckpt RUN_DIR ...` on the "
+                         f"train-tokenizer run directory of {r['run']} (its config.json records the flip), or "
+                         f"retrain it with train-tokenizer {flag}")
     baseline = {(r["image_size"], r["num_tokens"]): r for r in rows if r["text_mode"] == "none"}
-    for r in rows:
+    for r in known:
         base = baseline.get((r["image_size"], r["num_tokens"]))
-        if base is not None and None not in (r.get("hflip"), base.get("hflip")) and r["hflip"] != base["hflip"]:
+        if base is not None and base.get("hflip") is not None and r["hflip"] != base["hflip"]:
             raise ValueError(f"--compare: {r['run']} (hflip={r['hflip']}) and its no-text baseline {base['run']} "
                              f"(hflip={base['hflip']}) were trained with different flips; retrain one so both match")
-    lines = ["| run | text | px | N | rFID | rFID vs no-text | PSNR | SSIM | LPIPS | IS | flip | samples |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    flagged = False
+
+
+def compare_table(paths: list[str]) -> str:
+    """One row per run: the reconstruction beside its controls (controls.py), rFID beside rKID and
+    the sample count, and each text run's rFID change against the no-text run at the same N."""
+    rows = [_load_eval(p) for p in paths]
+    check_flips(rows)
+    baseline = {(r["image_size"], r["num_tokens"]): r for r in rows if r["text_mode"] == "none"}
+    lines = ["| run | text | px | N | samples | PSNR | another's Z | mean Z | another's caption | mean image | "
+             "latent gain dB | text gain dB | rFID | rKID ± std | rFID vs no-text | SSIM | LPIPS | IS | flip |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    flagged = missing = False
     for r in sorted(rows, key=lambda r: (r["image_size"], r["num_tokens"], r["text_mode"] != "none", r["run"])):
         base = baseline.get((r["image_size"], r["num_tokens"]))
         gain = "—" if base is None or base["rfid"] == 0 or r["text_mode"] == "none" \
             else f"{100 * (r['rfid'] - base['rfid']) / base['rfid']:+.1f} %"
         rfid = _fmt(r["rfid"]) + (" †" if r.get("trained_on_fid_network") else "")
         flagged = flagged or bool(r.get("trained_on_fid_network"))
+        missing = missing or "latent_gain_db" not in r
+        kid = "—" if r.get("rkid") is None else f"{r['rkid']:.4f} ± {r['rkid_std']:.4f}"
         flip = {True: "yes", False: "no"}.get(r.get("hflip"), "?")
-        lines.append(f"| {r['run']} | {r['text_mode']} | {r['image_size']} | {r['num_tokens']} | {rfid} | "
-                     f"{gain} | {_fmt(r['psnr'], 2)} | {_fmt(r['ssim'])} | {_fmt(r.get('lpips'))} | "
-                     f"{_fmt(r.get('inception_score'), 2)} | {flip} | {r['num_samples']} |")
+        lines.append(f"| {r['run']} | {r['text_mode']} | {r['image_size']} | {r['num_tokens']} | {r['num_samples']} | "
+                     f"{_fmt(r['psnr'], 2)} | {_fmt(r.get('psnr_swapped_latent'), 2)} | "
+                     f"{_fmt(r.get('psnr_mean_latent'), 2)} | {_fmt(r.get('psnr_swapped_text'), 2)} | "
+                     f"{_fmt(r.get('psnr_mean_image'), 2)} | {_fmt(r.get('latent_gain_db'), 2)} | "
+                     f"{_fmt(r.get('text_gain_db'), 2)} | {rfid} | {kid} | {gain} | {_fmt(r['ssim'])} | "
+                     f"{_fmt(r.get('lpips'))} | {_fmt(r.get('inception_score'), 2)} | {flip} |")
+    lines.append("\nPSNR in dB on the same images: own Z and caption; another image's Z; the mean Z; another "
+                 "image's caption; the set's mean image. latent gain = PSNR - another's Z, text gain = PSNR - "
+                 "another's caption. rFID/rKID compare only at equal sample counts.")
+    if missing:
+        lines.append("\n— in the control columns: an eval.json from before the controls; rerun eval-tokenizer.")
     if flagged:
         lines.append(f"\n† {FID_NETWORK_NOTE}.")
     return "\n".join(lines) + "\n"

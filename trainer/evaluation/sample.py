@@ -266,7 +266,7 @@ def run_sample(cfg: SampleConfig) -> dict:
     scale = guidance_scale(cfg)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     images = []
-    bar = Progress("sample", total=len(rows), unit="images")
+    bar = Progress("sample", total=len(rows), unit="images", output=cfg.output)
     for s in range(0, len(rows), cfg.batch_size):
         part = rows[s:s + cfg.batch_size]
         embs = [by_caption[r[1]] for r in part] if model.cfg.t2i else CaptionPools.embeddings(part)

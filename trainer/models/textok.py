@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from textok.trainer.models.hub import HubModel
+from textok.trainer.models.hub import TEXT_ENCODER_FILE, TRAINING_FILE, HubModel
 
 TEXT_MODES = ("both", "enc", "dec", "none")
 
@@ -182,6 +182,7 @@ class TexTok(nn.Module, HubModel):
     """save_pretrained / from_pretrained(path or hub id, revision=) / push_to_hub: trainer/models/hub.py."""
 
     config_class, model_type = TexTokConfig, "textok"
+    SIDE_FILES = (TEXT_ENCODER_FILE, TRAINING_FILE)
 
     def __init__(self, cfg: TexTokConfig):
         super().__init__()
@@ -210,14 +211,22 @@ class TexTok(nn.Module, HubModel):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # ViT / DiT init: trunc-normal(0.02) for linear weights and learned embeddings, zero biases
+        # Linear weights: xavier-uniform, zero biases, as DiT (`initialize_weights`), MAE
+        # (`_init_weights`, "following official JAX ViT") and our dit.py do. Not trunc-normal(0.02):
+        # at width 64 (tiny) q and k entries then have std 0.02 * sqrt(64) = 0.16 and the attention
+        # logits q.k / sqrt(16) std ~0.03, so attention starts, and stays, nearly uniform; training
+        # then settles where the detokenizer ignores Z and decodes from the caption alone (issue 18:
+        # own Z, another image's Z and the mean Z all gave 19.06 dB). Xavier keeps a layer's output
+        # variance near its input's at every width, tiny through L. tests/test_degenerate.py fails
+        # on the old init.
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # learned tokens and positions: normal(0.02), as MAE's cls/mask tokens and ViT's positions
         for name, p in self.named_parameters():
             if name.endswith(("image_tokens", "patch_token", "latent_pos", ".pos")):
                 nn.init.trunc_normal_(p, std=0.02)

@@ -222,7 +222,8 @@ def start_or_resume(output: str, resolved: dict, resume: bool, ckpt: Checkpointe
                     restore: Callable[[str], int], dist: Dist, allow_change: bool = False) -> int:
     """With `resume`, continue from the latest checkpoint (`restore(path)` -> its step) after checking
     OUTPUT/config.json describes the same experiment (`check_same_run`); then (rank 0) write `resolved`
-    there and append the start or resume to OUTPUT/config_history.jsonl.
+    there, with the run's environment (world size, global and per-rank batch, torch/CUDA, git revision),
+    and append the start or resume to OUTPUT/config_history.jsonl.
     Returns the step to start from."""
     require_output_dir(output)
     config_path = os.path.join(output, "config.json")
@@ -240,6 +241,18 @@ def start_or_resume(output: str, resolved: dict, resume: bool, ckpt: Checkpointe
         append_history(output, {"event": "resume" if latest else "start", "step": step,
                                 "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_checkpoint": latest,
                                 "changes": {k: {"saved": o, "now": n} for k, (o, n) in changes.items()}})
-    if dist.is_main:
-        write_json_atomic(resolved, config_path)
+        from textok.trainer.training.run_config import run_environment
+
+        batch = (resolved.get("train") or {}).get("batch_size")
+        write_json_atomic({**resolved, "environment": run_environment(dist.world_size, batch, dist.device)},
+                          config_path)
     return step
+
+
+def run_settings(output: str) -> dict:
+    """The run's config.json (settings + environment), as exported models carry it (training.json)."""
+    path = os.path.join(output, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

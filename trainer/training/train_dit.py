@@ -25,10 +25,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from textok.atomic import atomic_dir, write_json_atomic
+from textok.atomic import atomic_dir
 from textok.trainer.evaluation.grid import save_pairs
 from textok.trainer.data.latents import LatentLoader, max_label
-from textok.trainer.training.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
+from textok.trainer.models.hub import TEXT_ENCODER_FILE, TRAINING_FILE
+from textok.trainer.training.checkpoint import (Checkpointer, load_run_checkpoint, run_settings, save_run_checkpoint,
+                                                start_or_resume)
 from textok.trainer.training.optim import EMA, build_optimizer, clip_grad, warmup_cosine
 from textok.trainer.training.distributed import Dist, distributed, local_batch, seed_everything, wrap_ddp
 from textok.trainer.training.metrics_log import MetricsLogger
@@ -36,7 +38,7 @@ from textok.devices import autocast
 from textok.trainer.training.guards import check_finite_weights, reduce_and_check
 from textok.trainer.training.run_config import due, resolve_config
 from textok.trainer.evaluation.sample import decode_latents, generate_latents
-from textok.trainer.run_dir import STATS_NAME, latent_stats
+from textok.trainer.run_dir import STATS_NAME, latent_stats, text_encoder_record
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,16 @@ class TrainDiTConfig:
 TRAINING_PRESETS: dict[str, dict] = {
     "tiny": dict(lr=1e-3, batch_size=64, save_every=500, sample_every=500, log_every=25, num_workers=1),
 }
+
+
+def preset_defaults(field: str) -> dict:
+    """{preset: the value `field` takes when no flag or --config sets it} (what --help shows)."""
+    from dataclasses import fields
+
+    from textok.trainer.models.dit import DIT_PRESETS
+
+    default = {f.name: f.default for f in fields(TrainDiTConfig)}[field]
+    return {preset: TRAINING_PRESETS.get(preset, {}).get(field, default) for preset in DIT_PRESETS}
 
 
 def load_config(path: str | None, **overrides) -> TrainDiTConfig:
@@ -230,10 +242,13 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
 
     out = os.path.join(cfg.output, "dit")
     if dist.is_main:
+        # the side files travel with the weights (hub.HubModel.side_files): `sample` needs the stats
+        model.side_files.update({STATS_NAME: stats, TRAINING_FILE: {**run_settings(cfg.output), "steps_done": step}})
+        if stats.get("encoder"):
+            model.side_files[TEXT_ENCODER_FILE] = text_encoder_record(stats)
         with atomic_dir(out) as tmp, ema.swapped(model):  # readers never see a half-written dit/
             model.save_pretrained(tmp, card={"data": cfg.latents, "tokenizer": stats.get("tokenizer"), "steps": step,
                                              "batch size": cfg.batch_size, "metrics": logger.last})
-            write_json_atomic(stats, os.path.join(tmp, STATS_NAME))
         logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
 

@@ -23,15 +23,17 @@ import torch
 
 from textok.atomic import atomic_dir
 from textok.trainer.data.loader import ShardLoader
+from textok.trainer.models.hub import TEXT_ENCODER_FILE, TRAINING_FILE
 from textok.trainer.evaluation.grid import save_pairs
-from textok.trainer.training.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
+from textok.trainer.training.checkpoint import (Checkpointer, load_run_checkpoint, run_settings, save_run_checkpoint,
+                                                start_or_resume)
 from textok.trainer.training.optim import EMA, build_optimizer, clip_grad, warmup_cosine
 from textok.trainer.training.distributed import Dist, all_reduce_grads, average_buffers, broadcast_params, distributed, local_batch, seed_everything, wrap_ddp
 from textok.trainer.training.metrics_log import MetricsLogger
 from textok.devices import autocast
 from textok.trainer.training.guards import check_finite_weights, reduce_and_check
 from textok.trainer.training.run_config import due, resolve_config
-from textok.trainer.run_dir import check_text_encoder, write_text_encoder
+from textok.trainer.run_dir import check_text_encoder, text_encoder_record, write_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,18 @@ TRAINING_PRESETS: dict[str, dict] = {
     "tiny": dict(lr=1e-3, batch_size=32, warmup=100, disc_start=5_000, perceptual="none",
                  save_every=500, sample_every=250, log_every=25, num_workers=1),
 }
+
+
+def preset_defaults(field: str) -> dict:
+    """{preset: the value `field` takes when no flag or --config sets it} (what --help shows)."""
+    from textok.trainer.models.textok import TEXTOK_PRESETS, textok_config
+
+    default = {f.name: f.default for f in dataclasses.fields(TrainTokenizerConfig)}[field]
+    out = {}
+    for preset in TEXTOK_PRESETS:
+        value = TRAINING_PRESETS.get(preset, {}).get(field, default)
+        out[preset] = getattr(textok_config(preset), field) if value is None else value
+    return out
 
 
 def load_config(path: str | None, **overrides) -> TrainTokenizerConfig:
@@ -241,12 +255,15 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
         logs = reduce_and_check(logs, step + 1, ckpt, dist, keys=batch.get("key") or ())
         step += 1
         logger.advance()
-        if due(step, cfg.log_every, cfg.steps):
-            logger.log(step, logs | {"epoch": batch["epoch"]})
+        preview_due = dist.is_main and due(step, cfg.sample_every, cfg.steps)
+        # after warm-up, every preview also measures whether the latent carries the image
+        watch = watch_latent(model, preview, step) if preview_due and step > cfg.warmup else {}
+        if due(step, cfg.log_every, cfg.steps) or watch:
+            logger.log(step, logs | {"epoch": batch["epoch"]} | watch)
         if due(step, cfg.save_every, cfg.steps):
             check_finite_weights(model, step, ckpt)  # never let a "last good" checkpoint hold NaNs
             save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist)
-        if dist.is_main and due(step, cfg.sample_every, cfg.steps):  # watchable while the run goes on
+        if preview_due:  # watchable while the run goes on
             grid = save_samples(model, ema, preview, os.path.join(cfg.output, "samples", f"step-{step:06d}.png"), dist)
             logger.image("reconstructions", grid, step)
             logger.plot(os.path.join(cfg.output, "loss.png"))
@@ -254,12 +271,39 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
 
     out = os.path.join(cfg.output, "tokenizer")
     if dist.is_main:
+        # the side files travel with the weights: a save_pretrained / push_to_hub of this model
+        # anywhere keeps what extract-latents and eval-tokenizer check (hub.HubModel.side_files)
+        model.side_files.update({TEXT_ENCODER_FILE: text_encoder_record(loader.meta),
+                                 TRAINING_FILE: {**run_settings(cfg.output), "steps_done": step}})
         with atomic_dir(out) as tmp, ema.swapped(model):  # readers never see a half-written tokenizer/
             model.save_pretrained(tmp, card={"data": cfg.shards, "steps": step, "batch size": cfg.batch_size,
                                              "text encoder": loader.meta.get("encoder"), "metrics": logger.last})
-            write_text_encoder(loader.meta, tmp)
         logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
+
+
+@torch.no_grad()
+def watch_latent(model, batch, step: int) -> dict:
+    """{"latent_gain_db"} on the held preview batch (own Z vs another image's Z, same captions:
+    trainer/evaluation/controls.py), with a warning when the latent carries almost nothing: the
+    degenerate optimum where the detokenizer decodes from the caption alone, or only the mean."""
+    from textok.trainer.evaluation.controls import DEGENERATE_LATENT_GAIN_DB, latent_gain_db
+
+    if len(batch["images"]) < 2:
+        return {}
+    device = next(model.parameters()).device
+    model.eval()
+    with autocast(device):
+        gain = latent_gain_db(model, batch["images"].to(device), batch["text_emb"].to(device).float(),
+                              batch["text_mask"].to(device))
+    model.train()
+    if gain < DEGENERATE_LATENT_GAIN_DB:
+        log.warning("step %d: latent_gain_db = %.2f dB on the preview batch: decoding with another image's latent "
+                    "is as good as with the image's own, so the latent carries almost nothing (the detokenizer "
+                    "reads the caption alone, or predicts the mean). Runs of this tokenizer measure the caption, "
+                    "not the tokens; check the init, lr and steps (README: 'Where a number comes from')",
+                    step, gain)
+    return {"latent_gain_db": gain}
 
 
 @torch.no_grad()

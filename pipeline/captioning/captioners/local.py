@@ -1,6 +1,6 @@
 """Local captioner: any Hugging Face image-text-to-text model, batched `generate`, GPU if present.
 
-    huggingface-cli download Salesforce/blip-image-captioning-large --local-dir models/blip
+    hf download Salesforce/blip-image-captioning-large --local-dir models/blip
     textok caption --input imgs/ --output out/ --captioner local --model models/blip --task-prompt "a picture of"
 
     python -m textok.pipeline.captioning.captioners.local --model PATH_OR_ID [--task-prompt TEXT] a.jpg b.png
@@ -52,10 +52,13 @@ class LocalVLMConfigError(RuntimeError):
 
 
 def _missing_weights(model_id: str, why: str) -> LocalVLMConfigError:
+    looks_like_path = os.path.isabs(model_id) or model_id.startswith(".") or model_id.count("/") != 1
+    fetch = (f"`hf download ORG/MODEL --local-dir {model_id}`" if looks_like_path
+             else f"`hf download {model_id} --local-dir models/{model_id.split('/')[-1]}`")
     return LocalVLMConfigError(
-        f"cannot load the local captioning model {model_id!r}: {why}. Download it with "
-        f"`huggingface-cli download {model_id} --local-dir models/<name>` on a machine with network access "
-        f"and pass that directory with --model PATH (or set HF_HOME to a cache that holds it).")
+        f"cannot load the local captioning model {model_id!r}: {' '.join(why.split())}. Download it on a machine "
+        f"with network access with {fetch} and pass that directory with --model PATH (or point HF_HOME / "
+        f"HF_HUB_CACHE at a cache that holds it; see the README's \"Offline and clusters\").")
 
 
 def _missing_package(model_id: str, e: ImportError) -> LocalVLMConfigError:
@@ -138,6 +141,18 @@ def _needs_remote_code(model_id: str) -> bool:
         return False
 
 
+def text_position_limit(config) -> tuple[int | None, str]:
+    """(positions the text model holds, the config field that says so), or (None, "") when the
+    model has no fixed table (e.g. a rotary model whose config names none)."""
+    for path in ("text_config", "decoder", ""):
+        sub = getattr(config, path, None) if path else config
+        for name in ("max_position_embeddings", "n_positions"):
+            value = getattr(sub, name, None) if sub is not None else None
+            if isinstance(value, int) and value > 0:
+                return value, ".".join(filter(None, [path, name]))
+    return None, ""
+
+
 class _Loaded:
     """A model with its processor and the lock that serialises generation on it."""
 
@@ -208,15 +223,77 @@ class LocalVLMCaptioner(Captioner):
             raise LocalVLMConfigError(f"{self.model_id!r}: its processor has no tokenizer to decode answers")
         # Decoder-only VLMs continue the prompt: pad on the left so every row ends at its prompt.
         tok.padding_side = "left"
-        template = getattr(self._processor, "chat_template", None)
+        self._chat_template = self._template_of(self._processor)
+        self.check_generation_fits(self._model.config)  # before the first request, not as N dead letters
+        log.info("local captioner %s on %s (%s)", self.model_id, self._device, self._dtype)
+
+    def _template_of(self, processor) -> str | None:
+        template = getattr(processor, "chat_template", None)
         if isinstance(template, dict):  # several named templates: transformers renders "default"
             template = template.get("default")
         if self.task_prompt is None and not template:
             raise LocalVLMConfigError(
                 f"{self.model_id!r} has no (default) chat template, so it cannot take our instruction prompt; pass "
                 f"--task-prompt (e.g. \"a picture of\" or \"\" for BLIP, \"<MORE_DETAILED_CAPTION>\" for Florence-2)")
-        self._chat_template = template
-        log.info("local captioner %s on %s (%s)", self.model_id, self._device, self._dtype)
+        return template
+
+    def preflight(self) -> None:
+        """Check the generation settings against the model before any image is read: loads the
+        config and the processor only (no weights), so `textok caption` fails in a second with
+        one line instead of dead-lettering every image. Raises LocalVLMConfigError."""
+        from transformers import AutoConfig
+
+        self._check_weights_present()
+        try:
+            config = AutoConfig.from_pretrained(self.model_id)
+            processor = load_processor(self.model_id)
+        except LocalVLMConfigError:
+            raise
+        except ImportError as e:
+            raise _missing_package(self.model_id, e) from None
+        except OSError as e:
+            raise _missing_weights(self.model_id, f"{type(e).__name__}: {e}") from e
+        except ValueError:  # a config transformers cannot read: _load says why, with the remote-code hint
+            return
+        tok = getattr(processor, "tokenizer", None)
+        if tok is None:
+            return  # setup() says so
+        tok.padding_side = "left"
+        saved = self._processor, self._chat_template
+        self._processor, self._chat_template = processor, self._template_of(processor)
+        try:
+            self.check_generation_fits(config)
+        finally:
+            self._processor, self._chat_template = saved
+
+    def check_generation_fits(self, config) -> None:
+        """--max-new-tokens within the text model's positions, after the prompt (image tokens
+        included for decoder-only models; an encoder-decoder's decoder holds the answer alone).
+        Greedy generation past the position table fails inside `generate` on every image."""
+        from PIL import Image
+
+        limit, where = text_position_limit(config)
+        if limit is None:
+            return
+        # a mid-sized image: processors that tile or resize by area give a typical prompt length
+        ids = self._processor_inputs([CaptionRequest(key="preflight", image=Image.new("RGB", (384, 384), "grey"),
+                                                     class_name="class name")]).get("input_ids")
+        encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        prompt = 0 if ids is None or encoder_decoder else int(ids.shape[-1])
+        if encoder_decoder and ids is not None and int(ids.shape[-1]) > limit:
+            raise LocalVLMConfigError(
+                f"{self.model_id!r}: the prompt takes {int(ids.shape[-1])} tokens but {where} is {limit}; use a "
+                f"shorter --task-prompt or another model")
+        room = limit - prompt - (1 if encoder_decoder else 0)  # the decoder's start token takes a position
+        if self.max_new_tokens <= room:
+            return
+        if room < 1:
+            raise LocalVLMConfigError(
+                f"{self.model_id!r}: the prompt alone takes {prompt} of the {limit} positions the model has ({where}); "
+                f"use a shorter --task-prompt or another model")
+        raise LocalVLMConfigError(
+            f"--max-new-tokens {self.max_new_tokens} does not fit {self.model_id!r}: {where} is {limit} and the prompt "
+            f"takes {prompt}, so the model allows at most --max-new-tokens {room}")
 
     def _load(self) -> _Loaded:
         from transformers import AutoModelForImageTextToText
@@ -306,6 +383,14 @@ class LocalVLMCaptioner(Captioner):
         first prompt."""
         import torch
 
+        inputs = self._processor_inputs(reqs).to(self._device)
+        for k, v in inputs.items():  # pixel tensors follow the model dtype; ids stay integer
+            if torch.is_floating_point(v):
+                inputs[k] = v.to(self._dtype)
+        return inputs
+
+    def _processor_inputs(self, reqs: list[CaptionRequest]):
+        """The processor's tensors for one batch, on the CPU, as `_inputs` describes."""
         images = [r.image.convert("RGB") for r in reqs]
         kwargs: dict[str, Any] = {"return_tensors": "pt"}
         if self.task_prompt is not None:
@@ -323,11 +408,7 @@ class LocalVLMCaptioner(Captioner):
             kwargs.update(text=texts, images=[[img] for img in images], padding=True)
             if tok.bos_token and texts[0].startswith(tok.bos_token):
                 kwargs["add_special_tokens"] = False
-        inputs = self._processor(**kwargs).to(self._device)
-        for k, v in inputs.items():  # pixel tensors follow the model dtype; ids stay integer
-            if torch.is_floating_point(v):
-                inputs[k] = v.to(self._dtype)
-        return inputs
+        return self._processor(**kwargs)
 
     def _generate(self, reqs: list[CaptionRequest]) -> list[CaptionResult]:
         import torch
