@@ -343,6 +343,8 @@ def test_a_kill_between_write_and_rename_leaves_nothing_a_parquet_glob_reads(tmp
 # captions the rest, each key once.
 N_IMAGES = 16
 SECRET_PASSWORD, SECRET_QUERY = "pa55w0rd-canary", "QUERY-canary-77"
+# scripted answers in order; the expected dead letters (1-2 of 16) stay under the failing fraction
+ONE_AT_A_TIME = ("--max-in-flight", "1", "--max-dead-letter-fraction", "0.5")
 
 
 def server_images(root: str) -> str:
@@ -377,9 +379,9 @@ def _server_cases() -> dict[str, ServerCase]:
         "transient-502-reset-hang-504": ServerCase([(ok(), [html_error(502), reset(), hang(3.0), error(504)], {})],
                                                    extra=("--timeout", "1")),
         "truncated-and-content-parts": ServerCase([(parts(), [truncated(), truncated()], {})],
-                                                  dead={"truncated_answer": 2}, extra=("--max-in-flight", "1")),
+                                                  dead={"truncated_answer": 2}, extra=ONE_AT_A_TIME),
         "credentials-in-url": ServerCase([(ok(), [html_error(502), error(400)], {})], dead={"http_400": 1},
-                                         secret_url=True, extra=("--max-in-flight", "1")),
+                                         secret_url=True, extra=ONE_AT_A_TIME),
         # two requests in flight: a stop must come before most images were sent
         "fleet-all-dead": ServerCase([None, (html_error(503), [], {})], stops=True, extra=("--max-in-flight", "2")),
         "unknown-model-400": ServerCase([(ok(), [], {"models": ["other"], "unknown_model_status": 400})], stops=True,

@@ -239,7 +239,7 @@ def test_credentials_in_base_urls_reach_the_server_and_nothing_else(serve, tmp_p
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["-vv", "caption", "--input", str(tmp_path / "data"), "--output", str(out),
                                   "--captioner", "openai", "--model", "m", "--openai-base-url", url,
-                                  "--max-in-flight", "1"])
+                                  "--max-in-flight", "1", "--max-dead-letter-fraction", "0.5"])
     assert r.exit_code == 0, r.output
     sent = live.requests[-1]
     assert "key=QUERY-S3CRET-77" in sent.path                       # the credential reaches the server...
