@@ -49,7 +49,7 @@ class TrainTokenizerConfig:
     num_tokens: int | None = None
     token_dim: int | None = None
     text_mode: str = "both"
-    # off unless asked: a flip contradicts captions that say where things are (loader.load_image); a
+    # off unless asked: a flip contradicts captions that say where things are (loader.decode_crop); a
     # comparison must use the same value for TexTok and the no-text baseline (eval-tokenizer checks)
     hflip: bool = False
     steps: int = 0
