@@ -383,3 +383,21 @@ def test_train_step_benchmark_runs_on_a_tiny_preset():
     r = bench.bench("tiny", 2, 1, torch.device("cpu"), with_disc=True, perceptual="none", image_size=32,
                     text_dim=16, max_tokens=8)
     assert r["num_tokens"] == 16 and r["flops_per_step"] > 0 and r["images_per_second"] > 0
+
+
+def test_compile_and_channels_last_train_on_cpu(shards, tmp_path):
+    """--compile (torch.compile of the step; "aot_eager": Dynamo + AOTAutograd graph capture without
+    Inductor's minutes of C++ codegen on 2 cores) and --channels-last train: finite losses, the GAN
+    step included, and checkpoints of the original module's keys."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    out = train(tiny(shards, tmp_path / "c", steps=4, disc_start=2, compile=True, compile_backend="aot_eager",
+                     channels_last=True,
+                     sample_every=100))
+    rows = read_metrics(str(tmp_path / "c" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(torch.isfinite(torch.tensor(r["total"])) for r in rows)
+    assert "d_total" in rows[-1]
+    eager = load_file(str(tmp_path / "c" / "checkpoints" / "step-000004" / "model.safetensors"))
+    assert not any(k.startswith("_orig_mod") for k in eager)  # the original module is saved, not the wrapper
+    assert os.path.isfile(os.path.join(out, "model.safetensors"))

@@ -32,6 +32,8 @@ def training_options(config_name: str, **defaults):
             click.option("--seed", type=int, help=f"Seed (default {d['seed']})."),
             click.option("--device", help=f"auto | cpu | cuda (default {d['device']})."),
             click.option("--resume", is_flag=True, default=None, help="Continue from OUTPUT/checkpoints/latest."),
+            click.option("--compile/--no-compile", "compile", default=None,
+                         help="torch.compile the model step (default off; for GPUs: the first steps compile)."),
         ], f)
     return decorate
 

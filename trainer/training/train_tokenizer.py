@@ -33,6 +33,7 @@ from textok.trainer.training.metrics_log import MetricsLogger
 from textok.devices import autocast
 from textok.trainer.training.guards import check_finite_weights, reduce_and_check
 from textok.trainer.training.run_config import due, resolve_config
+from textok.trainer.training.speed import maybe_compile, to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class TrainTokenizerConfig:
     seed: int = 0
     resume: bool = False
     device: str = "auto"
+    compile: bool = False  # torch.compile the model step (training/speed.py)
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": graph capture only)
+    channels_last: bool = False  # NHWC images and discriminator (training/speed.py)
     model: dict = field(default_factory=dict)  # extra TexTokConfig overrides (width, depth, dropout, ...)
     loss: dict = field(default_factory=dict)  # extra LossConfig overrides (l2_weight, gan_weight, ...)
 
@@ -187,7 +191,7 @@ def build_model(cfg: TrainTokenizerConfig, text_dim: int, max_tokens: int):
 def start_discriminator(loss_fn, cfg: TrainTokenizerConfig, dist: Dist):
     """The discriminator and its optimizer, created when the GAN term starts (or on resuming a run
     past that step); the same on every rank (seeded init + broadcast)."""
-    disc = loss_fn.start_discriminator(cfg.seed + 1_000_003)
+    disc = to_channels_last(loss_fn.start_discriminator(cfg.seed + 1_000_003), cfg.channels_last)
     broadcast_params(disc, dist)  # DDP syncs the tokenizer; D is synced by hand
     return build_optimizer(disc, cfg.disc_lr or cfg.lr, cfg.weight_decay, cfg.betas)
 
@@ -202,7 +206,7 @@ def resolved_config(cfg: TrainTokenizerConfig, model, loss_fn) -> dict:
 def train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cfg, dist) -> dict:
     """One generator update, then (once active) one discriminator update. Returns detached scalars."""
     device = dist.device
-    images = batch["images"].to(device, non_blocking=True)
+    images = to_channels_last(batch["images"].to(device, non_blocking=True), cfg.channels_last)
     text, mask = batch["text_emb"].to(device).float(), batch["text_mask"].to(device)
     disc = loss_fn.discriminator  # None before disc_start
 
@@ -280,7 +284,7 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
     model.to(dist.device)
     loss_fn.to(dist.device)
     ema = EMA(model, cfg.ema, warmup=cfg.ema_warmup)
-    ddp_model = wrap_ddp(model, dist)
+    ddp_model = maybe_compile(wrap_ddp(model, dist), cfg.compile, cfg.compile_backend)  # checkpoints save `model`
     opt_g = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
     opt_d = None  # the discriminator's, from disc_start (start_discriminator)
     sched_g = warmup_cosine(opt_g, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
