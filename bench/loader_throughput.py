@@ -43,9 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _report import emit  # noqa: E402
 
-# stored size, training size
-SETS = {"imagenet": ((500, 375), 256), "small": ((64, 48), 32), "large": ((1024, 768), 256)}
-TINY_SETS = {"tiny": ((48, 40), 32)}
+# stored size, training size, examples timed (x --examples): small images go ~10x faster, and a
+# measurement shorter than a second is mostly noise on a shared machine
+SETS = {"imagenet": ((500, 375), 256, 1), "small": ((64, 48), 32, 4), "large": ((1024, 768), 256, 1)}
+TINY_SETS = {"tiny": ((48, 40), 32, 1)}
 
 
 def photo_like(rng: np.random.Generator, w: int, h: int, quality: int = 90) -> bytes:
@@ -224,16 +225,16 @@ def datasets_rate(shards: str, image_size: int, batch_size: int, workers: int, e
     return timed(_cycle(dl), examples)
 
 
-def run_set(name: str, stored: tuple[int, int], image_size: int, args, tmp: str) -> dict:
+def run_set(name: str, stored: tuple[int, int], image_size: int, scale: int, args, tmp: str) -> dict:
     shards, folder = write_data(os.path.join(tmp, name), args.rows, stored, args.text_dim, args.max_tokens)
     rate, profile = 0.0, {}
     for _ in range(args.repeats):
-        r, p = bound_loop(shards, image_size, args.examples)
+        r, p = bound_loop(shards, image_size, args.examples * scale)
         if r > rate:
             rate, profile = r, p
     out = {"stored_size": list(stored), "image_size": image_size, "bound_per_s": round(rate, 1),
            "bound_ms_per_example": profile, "shardloader": {}, "imagefolder": {}, "hf_datasets": {}}
-    ex, bs = args.examples, args.batch_size
+    ex, bs = args.examples * scale, args.batch_size
     for w in args.workers:
         out["shardloader"][str(w)] = best_of(args.repeats, lambda: shardloader_rate(shards, image_size, bs, w, ex))
         out["imagefolder"][str(w)] = best_of(args.repeats, lambda: imagefolder_rate(folder, image_size, bs, w, ex))
@@ -252,20 +253,20 @@ def run_set(name: str, stored: tuple[int, int], image_size: int, args, tmp: str)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=256, help="rows in the synthetic shards")
-    p.add_argument("--examples", type=int, default=256, help="examples timed per measurement")
+    p.add_argument("--examples", type=int, default=384, help="examples timed per measurement (x4 for small)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--text-dim", type=int, default=2048)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
     p.add_argument("--sets", default="imagenet,small", help=f"image sets among {sorted(SETS)}")
-    p.add_argument("--repeats", type=int, default=1, help="best of this many runs per figure")
+    p.add_argument("--repeats", type=int, default=2, help="best of this many runs per figure (shared machine)")
     p.add_argument("--no-datasets", action="store_true", help="skip HF datasets (its first load builds a cache)")
     p.add_argument("--tiny", action="store_true", help="seconds: 24 rows of 48x40 at D=32 (the test's run)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     sets = {n: SETS[n] for n in args.sets.split(",")}
     if args.tiny:
-        args.rows, args.examples, args.batch_size, args.text_dim, args.max_tokens = 24, 8, 4, 32, 16
+        args.rows, args.examples, args.batch_size, args.text_dim, args.max_tokens, args.repeats = 24, 8, 4, 32, 16, 1
         sets = TINY_SETS
     args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     import torch
