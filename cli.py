@@ -20,22 +20,24 @@ import click
 
 # (module, click command object) -- one module per command, named after it.
 COMMANDS = (
-    ("textok.pipeline.cli_make_demo_data", "make_demo_data_cmd"),
-    ("textok.pipeline.cli_caption", "caption_cmd"),
-    ("textok.pipeline.cli_compact", "compact_cmd"),
-    ("textok.pipeline.cli_batch_status", "batch_status_cmd"),
-    ("textok.pipeline.cli_encode", "encode_cmd"),
-    ("textok.pipeline.cli_pools", "pools_cmd"),
-    ("textok.pipeline.cli_prepare", "prepare_cmd"),
-    ("textok.pipeline.cli_inspect", "inspect_cmd"),
-    ("textok.trainer.cli_train_tokenizer", "train_tokenizer_cmd"),
-    ("textok.trainer.cli_eval_tokenizer", "eval_tokenizer_cmd"),
-    ("textok.trainer.cli_extract_latents", "extract_latents_cmd"),
-    ("textok.trainer.cli_train_dit", "train_dit_cmd"),
-    ("textok.trainer.cli_sample", "sample_cmd"),
-    ("textok.trainer.cli_eval_gen", "eval_gen_cmd"),
-    ("textok.trainer.cli_class_accuracy", "class_accuracy_cmd"),
-    ("textok.trainer.cli_efficiency", "efficiency_cmd"),
+    ("textok.pipeline.commands.make_demo_data", "make_demo_data_cmd"),
+    ("textok.pipeline.commands.caption", "caption_cmd"),
+    ("textok.pipeline.commands.compact", "compact_cmd"),
+    ("textok.pipeline.commands.clean", "clean_cmd"),
+    ("textok.pipeline.commands.batch_status", "batch_status_cmd"),
+    ("textok.pipeline.commands.encode", "encode_cmd"),
+    ("textok.pipeline.commands.pools", "pools_cmd"),
+    ("textok.pipeline.commands.prepare", "prepare_cmd"),
+    ("textok.pipeline.commands.inspect", "inspect_cmd"),
+    ("textok.pipeline.commands.caption_report", "caption_report_cmd"),
+    ("textok.trainer.commands.train_tokenizer", "train_tokenizer_cmd"),
+    ("textok.trainer.commands.eval_tokenizer", "eval_tokenizer_cmd"),
+    ("textok.trainer.commands.extract_latents", "extract_latents_cmd"),
+    ("textok.trainer.commands.train_dit", "train_dit_cmd"),
+    ("textok.trainer.commands.sample", "sample_cmd"),
+    ("textok.trainer.commands.eval_gen", "eval_gen_cmd"),
+    ("textok.trainer.commands.class_accuracy", "class_accuracy_cmd"),
+    ("textok.trainer.commands.efficiency", "efficiency_cmd"),
 )
 
 
@@ -86,8 +88,19 @@ class TextokGroup(click.Group):
 @click.option("-v", "--verbose", count=True,
               help="More logging: -v all INFO, -vv DEBUG and tracebacks of errors. textok's own progress "
                    "lines (INFO) show by default.")
-def main(verbose: int) -> None:
+@click.option("--log-every", "log_every", default=None, metavar="N|P%",
+              help="Without a terminal, a progress line every N units (images, captions, steps) or every P% of "
+                   "the total, besides the start and end lines (default 10%; env TEXTOK_PROGRESS_EVERY).")
+def main(verbose: int, log_every: str | None) -> None:
     """textok: caption images, encode captions with T5, train TexTok and a DiT on its tokens."""
+    if log_every is not None:
+        from textok.progress import parse_every
+
+        try:
+            parse_every(log_every)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--log-every") from None
+        os.environ["TEXTOK_PROGRESS_EVERY"] = log_every  # in-process Beam workers and DataLoaders see it too
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # no-op if logging is set up
     root = logging.getLogger()

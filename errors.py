@@ -22,10 +22,11 @@ class FlagError(ValueError):
 
 # Errors whose message was written for the user (the class names keep torch, Beam and the
 # backends unimported): the captioners' configuration errors, the text-encoder loader's, missing
-# Google credentials, and the Hugging Face Hub's answers to a wrong id or revision, or no network.
+# Google credentials, the Hugging Face Hub's answers to a wrong id or revision, or no network, and a
+# stage whose inputs mostly ended in the dead letter (pipeline/run_outcome.py).
 _MISTAKE_NAMES = {"GeminiConfigError", "LocalVLMConfigError", "EncoderError", "DefaultCredentialsError",
                   "RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "LocalEntryNotFoundError",
-                  "GatedRepoError", "OfflineModeIsEnabled", "HFValidationError"}
+                  "GatedRepoError", "OfflineModeIsEnabled", "HFValidationError", "TooManyDeadLetters"}
 # A file that is not what its name promises: a truncated or overwritten checkpoint.
 _CORRUPT_FILE_NAMES = {"SafetensorError", "HeaderTooLarge"}
 _FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)

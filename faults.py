@@ -3,6 +3,10 @@
     TEXTOK_FAULT=shards.after_write_before_rename textok encode ...      # dies at the first hit
     TEXTOK_FAULT=caption.part_committed:3 textok caption ...              # dies at the third hit
 
+    TEXTOK_FAULT=shards.after_rename TEXTOK_FAULT_ONCE=/tmp/m textok encode ... --runner dask ...
+        # only the first process to reach the point dies (it creates /tmp/m): one Dask worker of
+        # several, and the worker its nanny restarts carries on
+
 Every writer calls `maybe_fail("<stage>.<point>")` at the moments a crash is most likely to
 hurt: after a temp file is written but before its rename, between two renames, after a commit.
 When the variable names that point, the process SIGKILLs itself there: no `finally`, no
@@ -16,6 +20,7 @@ import signal
 import threading
 
 ENV = "TEXTOK_FAULT"
+ONCE_ENV = "TEXTOK_FAULT_ONCE"
 
 POINTS = (
     "caption.part_temp_written",        # a caption/dead-letter part written to its temp name, not renamed
@@ -58,5 +63,10 @@ def maybe_fail(point: str) -> None:
     with _lock:
         _hits[point] = _hits.get(point, 0) + 1
         fire = _hits[point] >= count
+    if fire and os.environ.get(ONCE_ENV):
+        try:  # the marker is created by exactly one process of all that share the environment
+            os.close(os.open(os.environ[ONCE_ENV], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
     if fire:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -7,10 +7,14 @@
     for batch in progress(loader, "eval-tokenizer", total=n_batches, unit="batches"): ...
 
 Without a terminal (a log file, CI, a job scheduler) a bar's carriage returns turn into
-megabytes of noise, so the same counter becomes an INFO line on the `textok.progress` logger
-at most every TEXTOK_PROGRESS_SECONDS (default 30) with count, rate and ETA:
+megabytes of noise, so the same counter becomes INFO lines on the `textok.progress` logger: one
+at the start (total and output), one at each 10 % of the total (`textok --log-every 5%`, or a
+count: `--log-every 1000`; env TEXTOK_PROGRESS_EVERY), one at least every
+TEXTOK_PROGRESS_SECONDS (default 30) when the work is slow, and a summary at the end:
 
-    encode: 2048/10000 captions (20%), 41.3 captions/s, ETA 3m13s
+    encode: start, 10000 captions -> runs/in1k-data
+    encode: 2000/10000 captions (20%), 41.3 captions/s, ETA 3m13s
+    encode: done, 10000/10000 captions (100%), 40.9 captions/s in 4m04s
 
 Beam stages (`caption`, `encode`, `pools`) count inside their DoFns with `stage_progress`:
 the launcher opens the stage with its total (`with open_stage(...)`), and DoFns running
@@ -35,6 +39,26 @@ def _every_s() -> float:
     return float(os.environ.get("TEXTOK_PROGRESS_SECONDS", "30"))
 
 
+def parse_every(value: str) -> tuple[float, bool]:
+    """"10%" -> (10.0, True); "500" -> (500.0, False). Raises ValueError naming the setting."""
+    text = str(value).strip()
+    try:
+        number = float(text[:-1] if text.endswith("%") else text)
+    except ValueError:
+        number = -1.0
+    if number <= 0 or (text.endswith("%") and number > 100):
+        raise ValueError(f"--log-every {value!r}: give a count (500) or a percentage of the total (10%)")
+    return number, text.endswith("%")
+
+
+def _every_count(total: int | None) -> int | None:
+    """Units between milestone lines: TEXTOK_PROGRESS_EVERY (a count or N%), else 10 % of the total."""
+    number, percent = parse_every(os.environ.get("TEXTOK_PROGRESS_EVERY", "10%"))
+    if not percent:
+        return max(1, int(number))
+    return max(1, int(total * number / 100)) if total else None
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
@@ -46,9 +70,12 @@ class Progress:
     """Counts work done toward an optional total; see the module docstring. Thread-safe."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it", initial: int = 0,
-                 enabled: bool = True, terminal: bool | None = None):
+                 enabled: bool = True, terminal: bool | None = None, output: str | None = None,
+                 announce: bool = True):
         self.desc, self.total, self.unit, self.enabled = desc, total, unit, enabled
         self.count, self._start_count = initial, initial
+        self._every = _every_count(total)
+        self._next_mark = self._mark_after(initial)
         self._postfix: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._t0 = self._last_log = time.monotonic()
@@ -61,6 +88,15 @@ class Progress:
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=f" {unit}", dynamic_ncols=True,
                              file=sys.stderr)
+        elif enabled and announce:  # a log reader learns what is coming, and where it goes
+            todo = f"{total - initial} of {total}" if total and initial else f"{total}" if total else "?"
+            log.info("%s: start, %s %s%s", desc, todo, unit, f" -> {output}" if output else "")
+
+    def _mark_after(self, count: int) -> int | None:
+        """The next count at which a milestone line is due (a multiple of the interval)."""
+        if not self._every:
+            return None
+        return (count // self._every + 1) * self._every
 
     def update(self, n: int = 1) -> None:
         if not self.enabled:
@@ -71,7 +107,12 @@ class Progress:
                 self._origin = (time.monotonic(), self.count)
             if self._bar is not None:
                 self._bar.update(n)
-            elif time.monotonic() - self._last_log >= _every_s():
+                return
+            at_mark = self._next_mark is not None and self.count >= self._next_mark
+            if at_mark:
+                self._next_mark = self._mark_after(self.count)
+            # the end has its own summary line (close); in between: milestones, or a slow stretch
+            if (at_mark or time.monotonic() - self._last_log >= _every_s()) and self.count != self.total:
                 self._log_line()
 
     def set_postfix(self, **values: Any) -> None:
@@ -110,8 +151,9 @@ class Progress:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
-            elif self.count > self._start_count:
-                log.info("%s in %s", self.line(), _duration(time.monotonic() - self._t0))
+            else:
+                done = self.line().replace(f"{self.desc}: ", f"{self.desc}: done, ", 1)
+                log.info("%s in %s", done, _duration(time.monotonic() - self._t0))
             self.enabled = False
 
     def __enter__(self) -> "Progress":
@@ -139,9 +181,9 @@ _stages_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def open_stage(desc: str, total: int | None, unit: str) -> Iterator[Progress]:
+def open_stage(desc: str, total: int | None, unit: str, output: str | None = None) -> Iterator[Progress]:
     """The launcher's side: DoFns of this process calling `stage_progress(desc)` count here."""
-    bar = Progress(desc, total=total, unit=unit)
+    bar = Progress(desc, total=total, unit=unit, output=output)
     with _stages_lock:
         _stages[desc] = bar
     try:
@@ -157,5 +199,5 @@ def stage_progress(desc: str, unit: str = "it") -> Progress:
     per process (tqdm bars of several worker processes would overwrite each other)."""
     with _stages_lock:
         if desc not in _stages:
-            _stages[desc] = Progress(f"{desc} (worker {os.getpid()})", unit=unit, terminal=False)
+            _stages[desc] = Progress(f"{desc} (worker {os.getpid()})", unit=unit, terminal=False, announce=False)
         return _stages[desc]

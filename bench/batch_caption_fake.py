@@ -35,7 +35,7 @@ def main() -> None:
 
     from fake_gemini import error, ok, safety
     from fake_gemini_batch import FakeGeminiBatch, JobPlan
-    from textok.pipeline.batch_caption import BatchOptions, run_batch_caption
+    from textok.pipeline.captioning.batch import BatchOptions, run_batch_caption
 
     key = "bench-key-not-a-secret"
     os.environ["GEMINI_API_KEY"] = key

@@ -67,7 +67,7 @@ def server_rate(*fakes) -> float:
 
 def run_direct(cap, images, fakes) -> dict:
     """`cap.caption_batch` on every image at once; rates as the fake servers saw them."""
-    from textok.pipeline.captioners.base import CaptionRequest
+    from textok.pipeline.captioning.captioners.base import CaptionRequest
 
     cap.setup()
     reqs = [CaptionRequest(key=f"img{i:05d}", image=img) for i, img in enumerate(images)]
@@ -81,7 +81,7 @@ def run_direct(cap, images, fakes) -> dict:
 
 
 def bench_ours_direct(images, rpm: float, latency: float, max_in_flight: int) -> dict:
-    from textok.pipeline.captioners.gemini import GeminiCaptioner, reset_process_state
+    from textok.pipeline.captioning.captioners.gemini import GeminiCaptioner, reset_process_state
 
     reset_process_state()
     with FakeGemini(default=ok(latency_s=latency)) as fake:
@@ -91,8 +91,8 @@ def bench_ours_direct(images, rpm: float, latency: float, max_in_flight: int) ->
 
 def bench_openai_direct(images, rpm: float, latency: float, max_in_flight: int, servers: int = 1) -> dict:
     """`--captioner openai` on the same images, spread over `servers` fake OpenAI-compatible servers."""
-    from textok.pipeline.captioners.openai_compat import OpenAICompatCaptioner
-    from textok.pipeline.captioners.remote import reset_process_state
+    from textok.pipeline.captioning.captioners.openai_compat import OpenAICompatCaptioner
+    from textok.pipeline.captioning.captioners.remote import reset_process_state
 
     reset_process_state()
     fakes = [FakeOpenAI(default=ok(latency_s=latency)).start() for _ in range(servers)]
@@ -107,8 +107,8 @@ def bench_openai_direct(images, rpm: float, latency: float, max_in_flight: int, 
 def bench_ours_pipeline(folder: str, n: int, rpm: float, latency: float, max_in_flight: int,
                         batch_size: int, captioner: str = "gemini") -> dict:
     """`run_caption` (the real Beam stage) with the gemini or openai backend against its fake server."""
-    from textok.pipeline.caption_pipeline import run_caption
-    from textok.pipeline.captioners.remote import reset_process_state
+    from textok.pipeline.captioning.pipeline import run_caption
+    from textok.pipeline.captioning.captioners.remote import reset_process_state
 
     reset_process_state()
     fake_cls = FakeGemini if captioner == "gemini" else FakeOpenAI
@@ -132,8 +132,8 @@ def bench_beam_stock(images, latency: float) -> dict:
     from google.genai import types
 
     from textok.pipeline.beam_utils import make_pipeline
-    from textok.pipeline.captioners.prompt import build_prompt
-    from textok.pipeline.images import downscale_max_side, encode_image
+    from textok.pipeline.captioning.captioners.prompt import build_prompt
+    from textok.schemas.images import downscale_max_side, encode_image
 
     prompt = build_prompt()
     # The same payload our backend sends: <=384 px JPEG + the v1 prompt.

@@ -12,7 +12,7 @@
 3. `object_store`: the same `run_encode` with captions, images and output on a local S3 server
    (moto, in its own process) against local disk, --s3-n rows, with a 2-layer d_model 64 T5 so
    that encoding does not hide the I/O. Goal: S3 <= 2x local. (Issue 20 measured 15x: Beam built
-   a boto3 client per image read; `pipeline.remote_io.share_s3_clients` and concurrent image
+   a boto3 client per image read; `storage.share_s3_clients` and concurrent image
    reads fixed it.) --s3-n 0 skips it.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def object_store(n: int, image_size: int, tmp: str) -> dict:
 
     from helpers import make_random_t5
     from s3_server import local_s3
-    from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.encode.pipeline import run_encode
     from textok.schemas.common import write_table_atomic
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -127,9 +127,9 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.encode.pipeline import run_encode
     from helpers import make_random_t5
-    from textok.pipeline.text_encoder import TextEncoder
+    from textok.text_encoder import TextEncoder
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     captions = make_captions(a.n)

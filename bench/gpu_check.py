@@ -346,8 +346,8 @@ def check_local_vlm(device: torch.device, s: dict) -> dict:
     import numpy as np
     from PIL import Image
 
-    from textok.pipeline.captioners.base import CaptionRequest
-    from textok.pipeline.captioners.local import from_options
+    from textok.pipeline.captioning.captioners.base import CaptionRequest
+    from textok.pipeline.captioning.captioners.local import from_options
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -60,14 +60,14 @@ def cosine_stats(embs: list[np.ndarray]) -> dict:
 
 
 def encode(encoder: str, texts: list[str]) -> list[np.ndarray]:
-    from textok.pipeline.text_encoder import TextEncoder
+    from textok.text_encoder import TextEncoder
 
     return TextEncoder(encoder, max_tokens=128, device="cpu", batch_size=16).load().encode(texts)
 
 
 def embedding_bytes(embs: list[np.ndarray], tmp: str) -> dict:
     """Compressed bytes/example of the embedding columns in shard files written as encode writes them."""
-    from textok.pipeline.encode_pipeline import shards_table
+    from textok.pipeline.encode.pipeline import shards_table
     from textok.pipeline.inspect_table import _column_bytes
     from textok.schemas.common import write_table_atomic
     from textok.schemas.shards import SCALE_COLUMN, shard_write_options
@@ -121,9 +121,9 @@ def train_and_eval(shards: str, out: str, steps: int, seed: int) -> dict:
 
 
 def tokenizer_comparison(tmp: str, images: int, steps: int, seed: int) -> dict:
-    from textok.pipeline.caption_pipeline import run_caption
-    from textok.pipeline.demo_data import make_demo_data
-    from textok.pipeline.encode_pipeline import run_encode
+    from textok.pipeline.captioning.pipeline import run_caption
+    from textok.pipeline.sources.demo_data import make_demo_data
+    from textok.pipeline.encode.pipeline import run_encode
 
     data = os.path.join(tmp, "demo")
     make_demo_data(data, n=images, size=32, seed=seed, val_fraction=0.2)
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from textok.pipeline.text_encoder import make_random_t5
+    from textok.text_encoder import make_random_t5
 
     torch.manual_seed(args.seed)
     texts = captions(args.captions, args.seed)

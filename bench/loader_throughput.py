@@ -68,7 +68,7 @@ def photo_like(rng: np.random.Generator, w: int, h: int, quality: int = 90) -> b
 def write_data(out: str, rows: int, size: tuple[int, int], text_dim: int, max_tokens: int,
                seed: int = 0) -> tuple[str, str]:
     """(shards dir, ImageFolder dir) holding the same JPEGs; shards written as WriteShardFn writes them."""
-    from textok.pipeline.encode_pipeline import shards_table
+    from textok.pipeline.encode.pipeline import shards_table
     from textok.schemas.common import write_table_atomic
     from textok.schemas.shards import shard_write_options
 
@@ -116,7 +116,7 @@ def bound_loop(shards: str, image_size: int, examples: int) -> tuple[float, dict
     """Examples/s of read + decode + resize + crop in one plain loop, and ms/example of each step."""
     import pyarrow.parquet as pq
 
-    from textok.pipeline.images import decode_image
+    from textok.schemas.images import decode_image
     from textok.schemas.shards import image_bytes, text_emb_arrays
     from textok.trainer.data.loader import resize_crop
 

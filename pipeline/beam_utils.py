@@ -4,6 +4,7 @@ Beam's DirectRunner first tries the Prism runner, which downloads a Go binary at
 We use the FnApiRunner (what DirectRunner falls back to) directly unless the user names a
 runner; every other Beam option (`--runner DataflowRunner --project ...`,
 `--direct_running_mode multi_processing --direct_num_workers 2`, ...) passes through.
+`--runner dask` (or Beam's full DaskRunner path) runs on a Dask cluster: pipeline/runners.py.
 """
 from __future__ import annotations
 
@@ -16,19 +17,36 @@ LOCAL_RUNNERS = {None, "", "direct", "directrunner", "fnapirunner", "local"}
 
 
 def is_local_runner(options: PipelineOptions | Sequence[str]) -> bool:
-    """True when the pipeline runs on this machine (no --runner, or a direct/in-process one)."""
+    """True when the workers are this machine's processes with its environment: no --runner, a
+    direct/in-process one, or Dask with a local cluster started for the run (--dask-local-workers)."""
+    from textok.pipeline.runners import LocalDaskOptions, is_dask
+
     if not isinstance(options, PipelineOptions):
         options = PipelineOptions(list(options))
-    return (options.view_as(StandardOptions).runner or "").lower() in LOCAL_RUNNERS
+    runner = options.view_as(StandardOptions).runner
+    if is_dask(runner) and options.view_as(LocalDaskOptions).dask_local_workers:
+        return True
+    return (runner or "").lower() in LOCAL_RUNNERS
 
 
 def make_pipeline(beam_args: Sequence[str] = (), **overrides) -> beam.Pipeline:
+    from textok.pipeline.runners import is_dask, load_runner_options
+
+    load_runner_options(beam_args)  # a runner's own options (--dask_client_address) must parse
     options = PipelineOptions(list(beam_args), **overrides)
     options.view_as(SetupOptions).save_main_session = False
+    runner = options.view_as(StandardOptions).runner
+    if is_dask(runner):
+        from textok.pipeline.runners import dask_runner
+
+        return beam.Pipeline(runner=dask_runner(), options=options)
     if is_local_runner(options):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return beam.Pipeline(runner=FnApiRunner(), options=options)
+    from textok.pipeline.runners import qualified_runner
+
+    options.view_as(StandardOptions).runner = qualified_runner(runner)
     return beam.Pipeline(options=options)
 
 
@@ -38,6 +56,9 @@ def beam_leftovers(args: Sequence[str]) -> list[str]:
     about and drop. A bad value for a Beam option raises argparse.ArgumentError."""
     if not args:
         return []
+    from textok.pipeline.runners import load_runner_options
+
+    load_runner_options(args)  # learn the options of the runner named in args (ValueError if it cannot load)
     leftovers: list[str] = []
 
     def parse_with_beams_parser(parser) -> None:

@@ -153,8 +153,8 @@ def _sheet_items(files: list[str], kind: str, n: int) -> list[tuple[bytes | None
                 if "image" in row:
                     data = row["image"]["bytes"]  # datasets' Image() storage: {bytes, path}
                 elif "source_uri" in row:
-                    from textok.pipeline.images import ImageDecodeError
-                    from textok.pipeline.sources import read_image_bytes
+                    from textok.schemas.images import ImageDecodeError
+                    from textok.pipeline.sources.records import read_image_bytes
 
                     try:
                         data = read_image_bytes(row["source_uri"])
@@ -176,7 +176,11 @@ def write_contact_sheet(files: list[str], kind: str, out_png: str, n: int = 8, t
     items = _sheet_items(files, kind, n)
     if not items:
         raise SchemaError(f"{files[0]}: no rows to draw")
-    font = ImageFont.load_default()
+    # Pillow's bitmap font: monospaced, with a full-width space. load_default() is a FreeType font
+    # at 10 px whose space is 2 px wide, so wrapped captions read "a photoofa tench".
+    font = ImageFont.load_default_imagefont() if hasattr(ImageFont, "load_default_imagefont") \
+        else ImageFont.load_default()
+    chars = max(8, int(thumb // max(1.0, font.getlength("m"))))  # what fits under one thumbnail
     text_h = 14 * 9
     cols = min(cols, len(items))
     rows = -(-len(items) // cols)
@@ -186,7 +190,7 @@ def write_contact_sheet(files: list[str], kind: str, out_png: str, n: int = 8, t
         x, y = 10 + (i % cols) * (thumb + 10), 10 + (i // cols) * (thumb + text_h + 10)
         if data is not None:
             try:
-                from textok.pipeline.images import decode_image
+                from textok.schemas.images import decode_image
 
                 img = decode_image(data)
                 scale = thumb / max(img.size)  # small images are scaled up too, pixels kept sharp
@@ -197,7 +201,7 @@ def write_contact_sheet(files: list[str], kind: str, out_png: str, n: int = 8, t
                 draw.text((x, y), f"unreadable:\n{type(e).__name__}", fill="red", font=font)
         else:
             draw.rectangle((x, y, x + thumb, y + thumb), outline="grey")
-        lines = [key[:26]] + textwrap.wrap(caption, width=26)[:7]
+        lines = [key[:chars]] + textwrap.wrap(caption, width=chars)[:7]
         draw.multiline_text((x, y + thumb + 2), "\n".join(lines), fill="black", font=font, spacing=2)
     sheet.save(out_png)
     return out_png

@@ -7,7 +7,7 @@ caption: it is drawn from a pool of captions of *unseen* images of that class (p
     textok pools --captions runs/cap --output runs/data --encoder /models/t5-xl --pool-holdout-fraction 0.02
 
 Source: the `val` split by default; or `--pool-holdout-fraction f`, a deterministic slice of
-train (hash of seed + key, `encode_pipeline.in_holdout`) that `textok encode` with the same
+train (hash of seed + key, `encode.pipeline.in_holdout`) that `textok encode` with the same
 fraction and seed leaves out of the training shards. Each class keeps the K keys with the
 smallest hash(seed, key): deterministic on every runner, and a class with fewer than K images
 keeps all it has (reported in the summary). Per-class part files are written as classes
@@ -31,13 +31,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from textok.pipeline import remote_io as rio
-from textok.pipeline.encode_pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
+from textok import storage as rio
+from textok.pipeline.encode.pipeline import (EncodeCaptions, caption_files, encoded_table, encoder_options, in_holdout,
                                              read_captions)
 from textok.atomic import clean_temps, require_output_dir
 from textok.errors import FlagError
 from textok.faults import maybe_fail
-from textok.pipeline.encoder_identity import check_output_encoder
+from textok.schemas.encoder_identity import check_output_encoder
 from textok.progress import open_stage
 from textok.schemas.common import parquet_source, read_meta, with_metadata, write_table_atomic
 from textok.schemas.pools import pools_schema
@@ -158,12 +158,29 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
               batch_size: int | None = None,
               max_tokens: int = 128, dtype: str | None = None, device: str | None = None,
               revision: str | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
-    """Build `output_dir/pools/{split}.parquet` (+ `_summary.json`). Returns the summary."""
+    """Build `output_dir/pools/{split}.parquet` (+ `_summary.json`). Returns the summary.
+    Holds output_dir's writer lease (textok.lease) for the whole run."""
+    from textok.lease import hold_lease
+
+    rio.set_filesystem_options(beam_args)
+    rio.check_destination(output_dir)
+    with hold_lease(output_dir, "pools"):  # one writer per output folder; taken before any work
+        return _run_pools_held(captions, output_dir, encoder=encoder, per_class=per_class, split=split,
+                               pool_holdout_fraction=pool_holdout_fraction, seed=seed, train_split=train_split,
+                               batch_size=batch_size, max_tokens=max_tokens, dtype=dtype, device=device,
+                               revision=revision, beam_args=beam_args)
+
+
+def _run_pools_held(captions: str, output_dir: str, *, encoder: str, per_class: int = DEFAULT_PER_CLASS,
+                    split: str = "val", pool_holdout_fraction: float = 0.0, seed: int = 0, train_split: str = "train",
+                    batch_size: int | None = None,
+                    max_tokens: int = 128, dtype: str | None = None, device: str | None = None,
+                    revision: str | None = None, beam_args: Sequence[str] = ()) -> dict[str, Any]:
+    """The body of `run_pools`, run while the output lease is held."""
     from textok.pipeline.beam_utils import make_pipeline
-    from textok.pipeline.text_encoder import describe_encoder
+    from textok.text_encoder import describe_encoder
 
     start = time.time()
-    rio.set_filesystem_options(beam_args)
     require_output_dir(output_dir)
     if per_class <= 0:
         raise FlagError(f"--per-class must be positive, got {per_class}")
@@ -211,7 +228,7 @@ def run_pools(captions: str, output_dir: str, *, encoder: str, per_class: int = 
     per_label = collections.Counter(int(r["label"]) for r in index if r["label"] is not None)
     to_encode = sum(min(n, per_class) for label, n in per_label.items()  # classes a killed run finished are skipped
                     if not rio.exists(_PartPath(part_dir)(label)))
-    with open_stage("pools", to_encode, "captions"), make_pipeline(beam_args) as p:
+    with open_stage("pools", to_encode, "captions", output=out_path), make_pipeline(beam_args) as p:
         _ = (p | "CaptionFiles" >> beam.Create(files)
              | "Spread" >> beam.Reshuffle()
              | "ReadCaptions" >> beam.FlatMap(_pool_candidates, split, pool_holdout_fraction, seed)

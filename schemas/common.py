@@ -63,7 +63,7 @@ def _ensure_registered() -> None:
     # Import the table modules so they register themselves (lazy to avoid import cycles).
     import importlib
 
-    for mod in ("captions", "shards", "pools", "latents"):
+    for mod in ("captions", "shards", "pools", "latents", "caption_flags"):
         importlib.import_module(f"textok.schemas.{mod}")
 
 
@@ -116,7 +116,7 @@ def write_table_atomic(table: pa.Table, path: str, row_group_size: int | None = 
     (`textok.atomic.temp_path`), so a kill between write and rename leaves nothing a reader
     globbing `*.parquet` would count; the writer's next run removes it (`clean_temps`). On other
     filesystems (gs://, s3://) the file goes to an in-flight name outside the `*.parquet` glob and
-    is renamed through Beam's FileSystems (`pipeline.remote_io`). `fault_point` names the moment
+    is renamed through Beam's FileSystems (`storage`). `fault_point` names the moment
     between write and rename for the fault-matrix tests (textok.faults).
     """
     from textok.atomic import temp_path
@@ -135,7 +135,7 @@ def write_table_atomic(table: pa.Table, path: str, row_group_size: int | None = 
             if os.path.exists(tmp):
                 os.remove(tmp)
         return path
-    from textok.pipeline.remote_io import write_bytes_atomic
+    from textok.storage import write_bytes_atomic
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=row_group_size, compression=compression, **kwargs)
@@ -146,7 +146,7 @@ def parquet_source(path: str):
     """What pyarrow opens: a local path as is, a remote one (gs://, s3://) as a Beam stream."""
     if "://" not in path:
         return path
-    from textok.pipeline.remote_io import open_input
+    from textok.storage import open_input
 
     return open_input(path)
 
@@ -155,7 +155,7 @@ def list_parquet(path: str) -> list[str]:
     """Parquet files under a directory (recursively, sorted, hidden/temp files skipped), or [path].
     Remote folders (gs://, s3://) are listed through Beam's FileSystems."""
     if "://" in path:
-        from textok.pipeline.remote_io import list_remote_parquet
+        from textok.storage import list_remote_parquet
 
         return list_remote_parquet(path)
     if os.path.isfile(path):

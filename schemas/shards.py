@@ -2,7 +2,7 @@
 
 Columns: key, split, label, class_name, caption, image, image_format, width, height, text_emb,
 text_len. `width`/`height` are those of the decoded image with its EXIF orientation applied
-(`pipeline.images.decode_image`), so decode `image` the same way.
+(`schemas.images.decode_image`), so decode `image` the same way.
 
 `image` is a struct {bytes: encoded image (JPEG/PNG, original or re-encoded), path: null}: the
 storage of Hugging Face `datasets`' `Image()` feature. The Parquet schema metadata carries the

@@ -8,7 +8,7 @@
 #      from each class's pool -> gFID + class accuracy under a probe trained on the real images
 #   -> DiT-T2I -> images from the captions of held-out images, next to those images
 #
-# The data (pipeline/demo_data.py, style "tiles"): a 3x3 quilt of tiles in 8 colours with one
+# The data (pipeline/sources/demo_data.py, style "tiles"): a 3x3 quilt of tiles in 8 colours with one
 # large black or white shape (the class, 7 kinds) over it; the caption names the shape, its
 # colour and all nine tiles row by row. Those ~27 bits are what a few tokens of a tiny tokenizer
 # trained for minutes cannot hold and the caption states exactly: the paper's mechanism, made
@@ -42,13 +42,11 @@ mkdir -p "$OUT"
 say "1/9 synthetic captioned tiles ($N_IMAGES images, ${SIZE}px)"
 textok make-demo-data --out "$OUT/data" --n "$N_IMAGES" --size "$SIZE" --style tiles > "$OUT/data.json"
 
-say "2/9 caption (provided) + encode (packaged MiniLM) + pools"
+say "2/9 caption (provided) + encode (packaged MiniLM) into train and val shards + pools"
+# val shards (held out, never trained on): reconstruction, the probe's check and gFID are measured on them
 textok prepare --input "$OUT/data/manifest.jsonl" --output "$OUT/prepared" --captioner provided \
     --encoder "$ENCODER" --encoder-device cpu --rows-per-shard 256 --per-class 20 --max-tokens "$MAX_TEXT" \
     > "$OUT/prepare.json"
-# held-out shards: reconstruction, the probe's check and gFID are measured on images never trained on
-textok encode --captions "$OUT/prepared/caption/val" --split val --output "$OUT/prepared" \
-    --encoder "$ENCODER" --device cpu --rows-per-shard 100 --max-tokens "$MAX_TEXT" > "$OUT/encode_val.json"
 textok inspect "$OUT/prepared/shards" --contact-sheet "$OUT/contact_sheet.png" > /dev/null
 
 TRAIN_FLAGS=(--shards "$OUT/prepared/shards" --preset tiny --image-size "$SIZE" --patch-size "$PATCH"

@@ -24,12 +24,12 @@ from PIL import Image
 
 from helpers import ROOT, TESTS, pythonpath
 from textok.pipeline.beam_utils import make_pipeline
-from textok.pipeline.caption_pipeline import (TODO_PREFIX, CaptionBatchFn, CaptionImages, pending_limit,
+from textok.pipeline.captioning.pipeline import (TODO_PREFIX, CaptionBatchFn, CaptionImages, pending_limit,
                                        plan_caption_run, run_caption)
-from textok.pipeline.caption_store import (CAPTIONS, DEAD_LETTER, PART_PREFIX, WritePartsFn, compact, done_keys,
+from textok.pipeline.captioning.store import (CAPTIONS, DEAD_LETTER, PART_PREFIX, WritePartsFn, compact, done_keys,
                                     list_table_files)
-from textok.pipeline.captioners import build_captioner
-from textok.pipeline.captioners.base import Captioner, CaptionRequest, CaptionResult
+from textok.pipeline.captioning.captioners import build_captioner
+from textok.pipeline.captioning.captioners.base import Captioner, CaptionRequest, CaptionResult
 from textok.schemas.common import validate
 
 PLUGIN = "test_caption_pipeline:colour_captioner"
@@ -351,6 +351,8 @@ def test_sigkill_keeps_committed_parts_and_rerun_completes_each_key_once(tmp_pat
     assert proc.returncode == -signal.SIGKILL
     captioned_before, _ = done_keys(str(out))  # every committed part is a complete file
     assert 4 <= len(captioned_before) < 24
+    # The killed holder's lease stays, but its holder is provably dead (same host, boot and pid
+    # namespace): the rerun takes the folder over and resumes, no flag needed.
     s = run_caption(data, str(out), captioner=PLUGIN, batch_size=4)
     assert s["skipped_existing"] == len(captioned_before)
     assert s["captioned"] == 24 - len(captioned_before)
@@ -379,7 +381,7 @@ def test_plan_and_transform_compose_in_a_caller_pipeline(tmp_path):
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from textok.pipeline.sources import list_records
+    from textok.pipeline.sources.records import list_records
 
     data = make_folder(tmp_path / "data", per_class=1, corrupt=False)
     plan = plan_caption_run(list_records(data), str(tmp_path / "none"))
@@ -396,7 +398,7 @@ def test_writer_commits_on_time_inside_one_long_bundle(tmp_path, monkeypatch):
     """FnApiRunner may run the whole input as one bundle: the time check must commit mid-bundle."""
     import types
 
-    from textok.pipeline import caption_store
+    from textok.pipeline.captioning import store as caption_store
 
     now = [1000.0]  # a scripted clock: the test never depends on real timing
     monkeypatch.setattr(caption_store, "time", types.SimpleNamespace(monotonic=lambda: now[0],
@@ -482,7 +484,7 @@ def test_pending_batches_emit_as_they_finish_and_drain_in_finish_bundle():
     from apache_beam.utils.timestamp import Timestamp
     from apache_beam.utils.windowed_value import WindowedValue
 
-    from textok.pipeline.sources import ImageRecord
+    from textok.pipeline.sources.records import ImageRecord
 
     assert pending_limit(None, 1) == 3 and pending_limit(32, 32) == 3 and pending_limit(32, 4) == 9
 
@@ -541,7 +543,7 @@ def test_rerun_refuses_a_split_whose_keys_another_split_already_holds(tmp_path):
 def test_caption_store_ignores_encode_dead_letters_in_the_same_folder(tmp_path):
     """`textok encode --output` = the caption folder puts encode-*.parquet in dead_letter/: the
     caption stage must neither count them as its own nor merge them away in compaction."""
-    from textok.pipeline.encode_pipeline import dead_letter_table
+    from textok.pipeline.encode.pipeline import dead_letter_table
 
     data = make_folder(tmp_path / "data", per_class=1, corrupt=False)
     out = str(tmp_path / "out")

@@ -1,9 +1,9 @@
-"""Caption rules (pipeline/caption_rules.py): word limit, boilerplate, refusals, empty answers."""
+"""Caption rules (pipeline/captioning/rules.py): word limit, boilerplate, refusals, empty answers."""
 from __future__ import annotations
 
 import pytest
 
-from textok.pipeline.caption_rules import clean_caption, count_words
+from textok.pipeline.captioning.rules import clean_caption, count_words
 
 
 def test_count_words_splits_on_any_whitespace():

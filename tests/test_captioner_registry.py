@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from textok.pipeline.captioners import BACKENDS, OPTION_KEYS, build_captioner
+from textok.pipeline.captioning.captioners import BACKENDS, OPTION_KEYS, build_captioner
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "pipeline" / "captioners"
 
@@ -30,5 +30,5 @@ def test_backends_never_import_the_registry():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                assert node.module not in ("textok.pipeline.captioners", "pipeline.captioners"), path.name
+                assert node.module not in ("textok.pipeline.captioning.captioners", "pipeline.captioning.captioners"), path.name
                 assert not (node.level == 1 and node.module is None), path.name   # `from . import x`

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from textok.pipeline.demo_data import SHAPES, render_scene, sample_scene
+from textok.pipeline.sources.demo_data import SHAPES, render_scene, sample_scene
 from textok.schemas.common import with_metadata, write_table_atomic
 from textok.schemas.shards import image_column, shards_schema, text_emb_blob_columns
 from textok.trainer.evaluation.class_accuracy import ClassAccuracyConfig, evaluate_class_accuracy

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from textok.cli import main
-from textok.pipeline.caption_store import CAPTIONS, DEAD_LETTER, PART_PREFIX, list_table_files
-from textok.pipeline.cli_options import captioner_options
+from textok.pipeline.captioning.store import CAPTIONS, DEAD_LETTER, PART_PREFIX, list_table_files
+from textok.pipeline.commands.options import captioner_options
 from test_caption_pipeline import PLUGIN, make_folder
 
 
@@ -72,9 +72,9 @@ def test_compact_command_merges_parts(tmp_path):
     import apache_beam as beam
 
     from textok.pipeline.beam_utils import make_pipeline
-    from textok.pipeline.caption_pipeline import CaptionImages, WriteCaptionParts, caption_meta
-    from textok.pipeline.captioners import build_captioner
-    from textok.pipeline.sources import list_records
+    from textok.pipeline.captioning.pipeline import CaptionImages, WriteCaptionParts, caption_meta
+    from textok.pipeline.captioning.captioners import build_captioner
+    from textok.pipeline.sources.records import list_records
 
     # A caller's pipeline (as `textok prepare` builds one) leaves part files behind.
     with make_pipeline() as p:

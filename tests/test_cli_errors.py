@@ -17,7 +17,7 @@ from test_data import write_shards
 from test_encode import make_captions_dir
 from textok.cli import main
 from textok.errors import FlagError, user_error
-from textok.pipeline.captioners.base import Captioner
+from textok.pipeline.captioning.captioners.base import Captioner
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 TINY_TOKENIZER = ["--preset", "tiny", "--image-size", "32", "--patch-size", "4", "--num-tokens", "8",
@@ -176,7 +176,7 @@ def test_encoder_mismatch_and_remote_runner_credentials(tmp_path, tok_run, monke
     fails(cli("extract-latents", "--tokenizer", tok_run, "--shards", other, "--output", tmp_path / "l"), 1,
           "'other-t5'", "'tiny-t5'")
     # On a remote runner the workers' environment holds the key: the launcher does not demand it.
-    from textok.pipeline.cli_options import check_captioner
+    from textok.pipeline.commands.options import check_captioner
 
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)

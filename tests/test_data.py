@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from textok.pipeline.images import resize_center_crop
+from textok.schemas.images import resize_center_crop
 from textok.schemas.common import SchemaError, with_metadata, write_table_atomic
 from textok.schemas.shards import (SHARDS_VERSION, image_bytes, image_column, shards_schema, text_emb_blob_columns,
                                    text_emb_column)

@@ -1,4 +1,4 @@
-"""pipeline.demo_data: deterministic scenes whose captions describe what is drawn."""
+"""pipeline.sources.demo_data: deterministic scenes whose captions describe what is drawn."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textok.pipeline.demo_data import (PALETTE, SHAPES, SIZES, make_demo_data, render_scene, sample_scene,
+from textok.pipeline.sources.demo_data import (PALETTE, SHAPES, SIZES, make_demo_data, render_scene, sample_scene,
                                 shape_geometry)
-from textok.pipeline.sources import list_records
+from textok.pipeline.sources.records import list_records
 
 
 def _files(root: str) -> dict[str, bytes]:
@@ -121,7 +121,7 @@ def test_bad_arguments():
 
 
 def test_tiles_captions_name_every_tile_in_order_and_the_pixels_agree():
-    from textok.pipeline.demo_data import TILE_COLOURS, tile_shape_geometry
+    from textok.pipeline.sources.demo_data import TILE_COLOURS, tile_shape_geometry
 
     size = 48
     for i in range(60):

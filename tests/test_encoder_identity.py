@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from textok.pipeline.encode_pipeline import run_encode
-from textok.pipeline.encoder_identity import encoder_differences
+from textok.pipeline.encode.pipeline import run_encode
+from textok.schemas.encoder_identity import encoder_differences
 from textok.pipeline.pools import run_pools
 from test_encode import make_captions_dir
 from test_text_encoder import build_tiny_t5

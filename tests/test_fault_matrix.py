@@ -66,7 +66,7 @@ def inputs(tmp_path_factory):
     from test_encode import make_captions_dir
     from test_latents import make_tokenizer
     from test_text_encoder import build_tiny_t5
-    from textok.pipeline.encode_pipeline import read_captions, run_encode
+    from textok.pipeline.encode.pipeline import read_captions, run_encode
 
     root = str(tmp_path_factory.mktemp("matrix"))
     manifest, caption_keys = hostile_manifest(os.path.join(root, "manifest"))
@@ -146,7 +146,8 @@ class Writer:
 
 def _caption_cmd(extra=()):
     return lambda inp, out: ["caption", "--input", inp["manifest"], "--output", out, "--captioner", "provided",
-                             "--batch-size", "4", "--commit-every", "4", *extra]
+                             "--batch-size", "4", "--commit-every", "4",
+                             "--max-dead-letter-fraction", "1", *extra]  # hostile rows are dead letters on purpose
 
 
 def _verify_captions(inp, out, cache) -> int:
@@ -251,6 +252,7 @@ WRITERS = {
         "--batch-size", "4", "--save-every", "2", "--num-workers", "0", "--device", "cpu"], _verify_dit),
 }
 
+
 # (writer, TEXTOK_FAULT value): every named point of textok.faults, in every writer that has it
 CASES = [
     ("caption", "caption.part_temp_written:2"), ("caption", "caption.part_committed:2"),
@@ -271,10 +273,13 @@ QUICK = {("caption", "caption.part_temp_written:2"), ("encode", "shards.after_wr
          ("pools", "pools.part_written:2"), ("latents", "latents.after_write_before_rename:2")}
 
 
-def _run(argv: list[str], fault: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def _run(argv: list[str], fault: str | None = None, timeout: float = 240,
+         env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
     env.pop(faults.ENV, None)
+    env.pop(faults.ONCE_ENV, None)
+    env.update(env_extra or {})
     if fault:
         env[faults.ENV] = fault
     return subprocess.run([sys.executable, "-m", "textok", *argv], cwd=ROOT, env=env, capture_output=True,
@@ -292,6 +297,8 @@ def test_sigkill_at_a_named_point_then_rerun_loses_and_duplicates_nothing(inputs
     out = str(tmp_path / "out")
     if w.prepare:
         w.prepare(inputs, out)
+    # A SIGKILLed writer leaves its output lease behind; its holder is provably dead (this host, boot
+    # and pid namespace), so the rerun takes the folder over with no flag, as a user reruns a killed job.
     died = _run(w.command(inputs, out), fault=fault)
     # multi_processing: the SIGKILL hits a worker process and the runner fails the pipeline
     if writer == "caption-mp" and died.returncode != -signal.SIGKILL:
@@ -325,3 +332,88 @@ def test_a_kill_between_write_and_rename_leaves_nothing_a_parquet_glob_reads(tmp
     from textok.atomic import clean_temps
 
     assert clean_temps(str(folder), final_prefix="train-") == [str(folder / left[0])] and not os.listdir(folder)
+
+
+# ---------------------------------------------------------------- a Dask worker killed mid-run
+# `--dask-local-workers 2` starts the cluster inside the command, so its worker processes inherit
+# TEXTOK_FAULT; TEXTOK_FAULT_ONCE makes only the first worker to reach the point die (its nanny
+# restarts it, and Dask reruns the task it held on a live worker).
+DASK = ("--runner", "dask", "--dask-local-workers", "2")
+
+
+def _one_worker_died(res: subprocess.CompletedProcess, marker: str) -> None:
+    """The worker died (the marker exists); the run completed or failed with one `Error:` line."""
+    err = res.stderr.decode(errors="replace")
+    assert os.path.exists(marker), "no worker reached the armed point: " + err[-2000:]
+    if res.returncode != 0:
+        assert res.returncode == 1 and len([ln for ln in err.splitlines() if ln.startswith("Error:")]) == 1, err
+
+
+@pytest.mark.slow
+def test_dask_worker_killed_mid_encode_then_rerun_holds_every_key_once(inputs, tmp_path):
+    out, marker = str(tmp_path / "out"), str(tmp_path / "killed")
+    argv = WRITERS["encode"].command(inputs, out) + list(DASK)
+    first = _run(argv, fault="shards.after_rename", env_extra={faults.ONCE_ENV: marker})
+    _one_worker_died(first, marker)
+    again = _run(argv)
+    assert again.returncode == 0, again.stderr.decode(errors="replace")[-3000:]
+    _verify_encode(inputs, out, str(tmp_path / "hf-cache"))
+    no_temps(out)
+
+
+@pytest.mark.slow
+def test_dask_worker_killed_mid_caption_pays_for_no_key_twice(tmp_path):
+    """Gemini (fake server) on 2 Dask workers; one dies right after committing the 4th caption of
+    its chunk (chunks of 4 here). Dask reruns that chunk elsewhere, which reads what the dead
+    attempt committed and sends none of it again: 12 images, 12 requests over both runs."""
+    from fake_gemini import FakeGemini, ok
+    from test_caption_pipeline import make_folder
+
+    data, out, marker = make_folder(str(tmp_path / "data"), per_class=4, corrupt=False), str(tmp_path / "out"), \
+        str(tmp_path / "killed")
+    with FakeGemini(default=ok(latency_s=0.05)) as fake:
+        argv = ["caption", "--input", data, "--output", out, "--captioner", "gemini", "--model",
+                "gemini-2.5-flash-lite", "--gemini-base-url", fake.url, "--batch-size", "1", "--max-in-flight", "1",
+                "--commit-every", "1", *DASK]
+        key = {"GEMINI_API_KEY": "fake-key-for-the-local-server"}
+        first = _run(argv, fault="caption.part_committed:4", env_extra={**key, faults.ONCE_ENV: marker})
+        _one_worker_died(first, marker)
+        again = _run(argv, env_extra=key)
+        assert again.returncode == 0, again.stderr.decode(errors="replace")[-3000:]
+        requests = len(fake.requests)
+    caps = check_table(os.path.join(out, "captions"), str(tmp_path / "hf-cache"), "captions")
+    assert sorted(caps) == sorted(f"{c}/{i}" for c in ("red", "green", "blue") for i in range(4))
+    assert requests == 12, f"{requests} requests for 12 images: a committed key was paid for twice"
+    no_temps(out)
+
+
+# ---------------------------------------------------------------- a second writer (issue 19)
+HOLDER = ("import sys, time; from textok.lease import hold_lease, set_force_unlock\n"
+          "set_force_unlock(True)\n"  # the compact case starts from a killed caption run's stale lease
+          "with hold_lease(sys.argv[1], 'caption'):\n"
+          "    print('held', flush=True); time.sleep(600)\n")
+
+
+@pytest.mark.parametrize("writer", [pytest.param(w, marks=[] if w == "encode" else [pytest.mark.slow])
+                                    for w in ("caption", "compact", "encode", "pools")])
+def test_a_second_writer_is_refused_with_the_owner_and_writes_nothing(inputs, tmp_path, writer):
+    """Another run holds the output folder: the command exits 1 with one line naming it, before any work."""
+    w = WRITERS[writer]
+    out = str(tmp_path / "out")
+    if w.prepare:
+        w.prepare(inputs, out)
+    before = sorted(os.path.join(d, n) for d, _, files in os.walk(out) for n in files) if os.path.isdir(out) else []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, out], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        res = _run(w.command(inputs, out))
+    finally:
+        holder.kill()
+        holder.wait()
+    err = res.stderr.decode(errors="replace")
+    assert res.returncode == 1 and err.count("Error:") == 1 and "Traceback" not in err, err[-2000:]
+    assert f"another writer holds this output folder: `textok caption` (pid {holder.pid}" in err
+    after = {os.path.join(d, n) for d, _, files in os.walk(out) for n in files}
+    assert after == set(before) | {os.path.join(out, "_textok.lease")}  # nothing written, nothing removed

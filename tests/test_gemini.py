@@ -15,11 +15,11 @@ import time
 import pytest
 from PIL import Image
 
-from textok.pipeline.captioners import gemini
-from textok.pipeline.captioners.base import CaptionRequest
-from textok.pipeline.captioners.gemini import GeminiCaptioner, GeminiConfigError, from_options
-from textok.pipeline.captioners.prompt import PROMPT_VERSION, build_prompt
-from textok.pipeline.captioners.ratelimit import CostBudget, RateLimiter, backoff_s, retry_hint_s
+from textok.pipeline.captioning.captioners import gemini
+from textok.pipeline.captioning.captioners.base import CaptionRequest
+from textok.pipeline.captioning.captioners.gemini import GeminiCaptioner, GeminiConfigError, from_options
+from textok.pipeline.captioning.captioners.prompt import PROMPT_VERSION, build_prompt
+from textok.pipeline.captioning.captioners.ratelimit import CostBudget, RateLimiter, backoff_s, retry_hint_s
 from fake_gemini import (FakeGemini, empty, error, hang, long_answer, malformed, mean_rgb, ok,
                                prompt_blocked, safety)
 
@@ -180,12 +180,11 @@ def test_limiter_keeps_under_rpm(serve):
     results = _captioner(fake, rpm=rpm, max_in_flight=8).caption_batch(_requests(n))
     assert all(r.ok for r in results)
     times = fake.arrival_times()
-    window, interval = 1.0, 60.0 / rpm
-    for i, t in enumerate(times):  # every half-open window that starts at a request
-        inside = sum(1 for u in times[i:] if u < t + window)
-        # +2: the limiter paces sends; the first connection's set-up and thread scheduling
-        # can bunch up to a couple of arrivals (the exact schedule is tested with a fake clock)
-        assert inside <= rpm / 60 * window + 2
+    interval = 60.0 / rpm
+    # Only a lower bound on the span holds on a loaded machine: a busy neighbour can delay sends
+    # and bunch their arrivals at the server, but never make 40 paced requests arrive sooner.
+    # The exact per-window schedule is tested with a fake clock (no wall-clock assertion there).
+    assert len(times) == n
     assert times[-1] - times[0] >= (n - 1) * interval - 0.15
 
 
@@ -318,8 +317,8 @@ def test_pipeline_defers_quota_failures_and_a_rerun_finishes_each_key_once(serve
     captions or the dead letter, and a rerun against a healthy server completes the set."""
     import pyarrow.parquet as pq
 
-    from textok.pipeline.caption_pipeline import run_caption
-    from textok.pipeline.caption_store import CAPTIONS, DEAD_LETTER, list_table_files
+    from textok.pipeline.captioning.pipeline import run_caption
+    from textok.pipeline.captioning.store import CAPTIONS, DEAD_LETTER, list_table_files
 
     data = tmp_path / "data"
     keys = []

@@ -17,11 +17,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from textok.cli import main
-from textok.pipeline.batch_caption import BatchOptions, run_batch_caption
-from textok.pipeline.batch_ledger import COLLECTED, load_all
-from textok.pipeline.captioners.prompt import build_prompt
-from textok.pipeline.captioners import gemini
-from textok.pipeline.captioners.gemini_batch import parse_result_line, request_line
+from textok.lease import set_force_unlock
+from textok.pipeline.captioning.batch import BatchOptions, run_batch_caption
+from textok.pipeline.captioning.batch_ledger import COLLECTED, load_all
+from textok.pipeline.captioning.captioners.prompt import build_prompt
+from textok.pipeline.captioning.captioners import gemini
+from textok.pipeline.captioning.captioners.gemini_batch import parse_result_line, request_line
 from fake_gemini import error, malformed, ok, prompt_blocked, safety
 from fake_gemini_batch import FakeGeminiBatch, JobPlan
 from test_caption_pipeline import assert_each_key_once, make_folder, read_table
@@ -36,6 +37,9 @@ def _env(monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", FAKE_KEY)
     monkeypatch.delenv("TEXTOK_BATCH_FAULT", raising=False)
     gemini.reset_process_state()
+    set_force_unlock(False)
+    yield
+    set_force_unlock(False)
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from textok.pipeline.caption_pipeline import run_caption
-from textok.pipeline.caption_rules import clean_caption
-from textok.pipeline.sources import list_records
+from textok.pipeline.captioning.pipeline import run_caption
+from textok.pipeline.captioning.rules import clean_caption
+from textok.pipeline.sources.records import list_records
 from test_caption_pipeline import assert_each_key_once, read_table
 
 CAPTIONS, DEAD = "captions", "dead_letter"

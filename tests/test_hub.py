@@ -109,8 +109,7 @@ def test_corrupt_or_foreign_directory(tmp_path, cls, make):
 
 def test_cli_paths_take_hub_ids(tmp_path, monkeypatch):
     """--tokenizer/--ckpt and --dit accept a hub id: its cached snapshot, with the side files."""
-    from textok.trainer.evaluation.eval_tokenizer import tokenizer_dir
-    from textok.trainer.evaluation.sample import STATS_NAME, dit_dir
+    from textok.trainer.run_dir import STATS_NAME, dit_dir, tokenizer_dir
 
     tiny_dit(1).save_pretrained(tmp_path / "dit")
     (tmp_path / "dit" / STATS_NAME).write_text(json.dumps({"mean": [0.0], "std": [1.0]}))

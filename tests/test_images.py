@@ -1,4 +1,4 @@
-"""pipeline.images: decoding real files of every kind, every failure, every mode."""
+"""schemas.images: decoding real files of every kind, every failure, every mode."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textok.pipeline.images import (ImageDecodeError, decode_image, downscale_max_side, encode_image, image_format,
+from textok.schemas.images import (ImageDecodeError, decode_image, downscale_max_side, encode_image, image_format,
                              resize_center_crop, to_rgb)
 
 

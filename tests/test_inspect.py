@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from textok.cli import main
-from textok.pipeline.encode_pipeline import run_encode
+from textok.pipeline.encode.pipeline import run_encode
 from textok.pipeline.inspect_table import format_report, inspect_table, text_histogram
 from textok.schemas.common import SchemaError, write_table_atomic
 from test_encode import make_captions_dir
@@ -93,7 +93,8 @@ def test_cli_encode_pools_inspect(t5_dir, data, tmp_path):
     out = str(tmp_path / "o")
     runner = CliRunner()
     r = runner.invoke(main, ["encode", "--captions", caps, "--output", out, "--encoder", t5_dir, "--device", "cpu",
-                             "--rows-per-shard", "6", "--image-size", "8", "--direct_num_workers", "1"])
+                             "--rows-per-shard", "6", "--image-size", "8", "--direct_num_workers", "1",
+                             "--max-dead-letter-fraction", "0.2"])  # 1 of 12 images is corrupt on purpose
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["shards"] == 2
     r = runner.invoke(main, ["pools", "--captions", caps, "--output", out, "--encoder", t5_dir, "--device", "cpu",
@@ -109,7 +110,7 @@ def test_cli_encode_pools_inspect(t5_dir, data, tmp_path):
 
 
 def test_cli_prepare_from_images(t5_dir, tmp_path):
-    from textok.pipeline.demo_data import make_demo_data
+    from textok.pipeline.sources.demo_data import make_demo_data
 
     make_demo_data(str(tmp_path / "demo"), n=30, size=16, seed=0, val_fraction=0.3)
     out = str(tmp_path / "run")
@@ -136,3 +137,28 @@ def test_cli_prepare_from_images(t5_dir, tmp_path):
 
 def _files(d: str) -> list[str]:
     return [os.path.join(d, f) for f in os.listdir(d) if f.endswith(".parquet")]
+
+
+def test_contact_sheet_keeps_the_spaces_between_words(tmp_path, monkeypatch):
+    """Issue 21: wrapped captions read "a photoofa tench" (a 2-px space in Pillow's FreeType default)."""
+    import numpy as np
+
+    from textok.pipeline import inspect_table as it
+
+    caption = "a photo of a tench"
+    monkeypatch.setattr(it, "_sheet_items", lambda files, kind, n: [(None, "k", caption)])
+    png = it.write_contact_sheet(["x.parquet"], "captions", str(tmp_path / "s.png"), n=1)
+    img = np.asarray(Image.open(png).convert("L"))
+    thumb = 160
+    line = img[10 + thumb + 2 + 14: 10 + thumb + 2 + 28, 10: 10 + thumb] < 128  # the caption's first line
+    ink = line.any(axis=0)
+    cols = np.flatnonzero(ink)
+    gaps, run = [], 0
+    for x in range(cols[0], cols[-1] + 1):  # blank column runs inside the text
+        if ink[x]:
+            if run:
+                gaps.append(run)
+            run = 0
+        else:
+            run += 1
+    assert sum(g >= 4 for g in gaps) == len(caption.split()) - 1, gaps  # one wide gap per space

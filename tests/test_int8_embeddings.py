@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from test_encode import make_captions_dir
 from test_text_encoder import build_tiny_t5
 from textok.cli import main
-from textok.pipeline.encode_pipeline import run_encode
+from textok.pipeline.encode.pipeline import run_encode
 from textok.pipeline.inspect_table import inspect_table
 from textok.schemas.common import SchemaError, validate, validate_file, with_metadata
 from textok.schemas.shards import (SCALE_COLUMN, dequantize_int8, quantize_int8, text_emb_arrays,

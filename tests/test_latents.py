@@ -22,7 +22,7 @@ def make_tokenizer(path, seed: int = 0, text_dim: int = TEXT_DIM, encoder: str |
     """A tiny random TexTok saved as train-tokenizer exports it: with the record of its text
     encoder (`encoder=None`: without one, as a hand-saved model)."""
     from textok.trainer.models.textok import TexTok, textok_config
-    from textok.trainer.training.train_tokenizer import write_text_encoder
+    from textok.trainer.run_dir import write_text_encoder
 
     torch.manual_seed(seed)
     TexTok(textok_config("tiny", text_dim=text_dim, max_text_tokens=MAX_TOKENS, num_tokens=NUM_TOKENS,
@@ -143,8 +143,8 @@ def test_wrong_text_dim_refused(lat, tmp_path):
 
 
 def test_shards_of_another_text_encoder_refused(lat, tmp_path):
-    from textok.trainer.data.latents import check_text_encoder
-    from textok.trainer.training.train_tokenizer import write_text_encoder
+    from textok.trainer.run_dir import check_text_encoder
+    from textok.trainer.run_dir import write_text_encoder
 
     tok = make_tokenizer(tmp_path / "tok_other")
     write_text_encoder({"encoder": "google/t5-v1_1-xl", "D": TEXT_DIM, "max_tokens": MAX_TOKENS}, tok)

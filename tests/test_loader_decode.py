@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textok.pipeline.images import decode_image
+from textok.schemas.images import decode_image
 from textok.trainer.data.loader import resize_crop
 
 

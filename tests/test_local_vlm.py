@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from textok.pipeline.captioners.base import CaptionRequest
-from textok.pipeline.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, from_options
+from textok.pipeline.captioning.captioners.base import CaptionRequest
+from textok.pipeline.captioning.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, from_options
 from tiny_vlms import WORDS, build_blip, build_llava
 
 
@@ -93,13 +93,13 @@ def test_chat_mode_left_pads_prompts_of_different_lengths(tiny_llava):
 
 
 def test_missing_weights_errors_name_the_fix(tmp_path, tiny_blip):
-    with pytest.raises(LocalVLMConfigError, match=r"huggingface-cli download .*--model PATH"):
+    with pytest.raises(LocalVLMConfigError, match=r"hf download ORG/MODEL --local-dir .*--model PATH"):
         LocalVLMCaptioner(str(tmp_path / "nope")).setup()
     (tmp_path / "empty").mkdir()
     with pytest.raises(LocalVLMConfigError, match="config.json"):
         LocalVLMCaptioner(str(tmp_path / "empty")).setup()
     # a Hub id that is not in the (offline) cache
-    with pytest.raises(LocalVLMConfigError, match="huggingface-cli download Salesforce/blip-tiny-not-cached"):
+    with pytest.raises(LocalVLMConfigError, match="hf download Salesforce/blip-tiny-not-cached"):
         LocalVLMCaptioner("Salesforce/blip-tiny-not-cached", task_prompt="").setup()
     with pytest.raises(ValueError, match="rpm"):
         from_options({"model_id": tiny_blip, "rpm": 60})
@@ -149,7 +149,7 @@ def test_fallback_to_one_by_one_logs_its_cause(tiny_blip, caplog, monkeypatch):
         return real(reqs)
 
     monkeypatch.setattr(cap, "_generate", only_single)
-    with caplog.at_level(logging.WARNING, logger="textok.pipeline.captioners.local"):
+    with caplog.at_level(logging.WARNING, logger="textok.pipeline.captioning.captioners.local"):
         res = cap.caption_batch(_requests(3))
     assert all(r.ok for r in res)
     assert "ValueError: The number of <image> tokens in each prompt" in caplog.text

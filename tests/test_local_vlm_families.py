@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from tiny_vlms import BUILDERS, TASK_PROMPTS, WORDS
 
-from textok.pipeline.captioners.base import CaptionRequest
-from textok.pipeline.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, _missing_package
+from textok.pipeline.captioning.captioners.base import CaptionRequest
+from textok.pipeline.captioning.captioners.local import LocalVLMCaptioner, LocalVLMConfigError, _missing_package
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_padded_batch_equals_one_by_one(family, saved, caplog):
                             device="cpu")
     cap.setup()
     reqs = _requests(4)
-    with caplog.at_level(logging.WARNING, logger="textok.pipeline.captioners.local"):
+    with caplog.at_level(logging.WARNING, logger="textok.pipeline.captioning.captioners.local"):
         batched = cap.caption_batch(reqs)
     assert "one by one" not in caplog.text, caplog.text  # really batched
     single = [cap.caption_batch([r])[0] for r in reqs]
@@ -134,8 +134,8 @@ def test_pipeline_batch_12_equals_batch_1(saved, tmp_path):
     """As a user runs it: `run_caption --captioner local` on 12 images of mixed sizes, batch 12 vs 1."""
     import pyarrow.parquet as pq
 
-    from textok.pipeline.caption_pipeline import run_caption
-    from textok.pipeline.caption_store import CAPTIONS, list_table_files
+    from textok.pipeline.captioning.pipeline import run_caption
+    from textok.pipeline.captioning.store import CAPTIONS, list_table_files
 
     data = tmp_path / "data" / "train" / "shapes"
     data.mkdir(parents=True)

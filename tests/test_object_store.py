@@ -16,8 +16,8 @@ from test_encode import make_captions_dir
 from helpers import make_random_t5
 from test_text_encoder import build_tiny_t5
 from textok.cli import main
-from textok.pipeline import remote_io as rio
-from textok.pipeline.encode_pipeline import run_encode
+from textok import storage as rio
+from textok.pipeline.encode.pipeline import run_encode
 from textok.pipeline.inspect_table import inspect_table
 from textok.pipeline.pools import run_pools
 from textok.schemas.common import parquet_source, write_table_atomic
@@ -153,8 +153,8 @@ def test_s3_reads_share_one_client_and_a_missing_image_is_a_read_error(s3):
     encode to S3); remote_io installs one client per process and settings under it."""
     from apache_beam.io.aws.clients.s3 import boto3_client
 
-    from textok.pipeline.images import ImageDecodeError
-    from textok.pipeline.sources import read_image_bytes
+    from textok.schemas.images import ImageDecodeError
+    from textok.pipeline.sources.records import read_image_bytes
 
     s3.client().put_object(Bucket=s3.bucket, Key="one/a.bin", Body=b"abc")
     assert rio.read_bytes(f"s3://{s3.bucket}/one/a.bin") == b"abc"

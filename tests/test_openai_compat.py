@@ -13,10 +13,10 @@ from fake_gemini import error, malformed, mean_rgb, ok, safety
 from fake_openai import FakeOpenAI, image_of, text_of
 from PIL import Image
 
-from textok.pipeline.captioners import build_captioner
-from textok.pipeline.captioners.base import CaptionRequest
-from textok.pipeline.captioners.openai_compat import OpenAICompatCaptioner, OpenAICompatConfigError, from_options
-from textok.pipeline.captioners.remote import reset_process_state
+from textok.pipeline.captioning.captioners import build_captioner
+from textok.pipeline.captioning.captioners.base import CaptionRequest
+from textok.pipeline.captioning.captioners.openai_compat import OpenAICompatCaptioner, OpenAICompatConfigError, from_options
+from textok.pipeline.captioning.captioners.remote import reset_process_state
 
 FAKE_KEY = "sk-FAKE-openai-9d1e-do-not-leak"
 COLOURS = [(200, 20, 20), (20, 200, 20), (20, 20, 200), (230, 230, 30), (30, 230, 230), (120, 120, 120)]
@@ -186,8 +186,8 @@ def test_pipeline_end_to_end_each_key_once_with_its_own_caption(serve, tmp_path,
     its own image's colour, the captioner is recorded, and the key is in no output file or log."""
     import pyarrow.parquet as pq
 
-    from textok.pipeline.caption_pipeline import run_caption
-    from textok.pipeline.caption_store import CAPTIONS, list_table_files
+    from textok.pipeline.captioning.pipeline import run_caption
+    from textok.pipeline.captioning.store import CAPTIONS, list_table_files
 
     caplog.set_level(logging.DEBUG)
     data = tmp_path / "data"

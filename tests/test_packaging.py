@@ -25,7 +25,7 @@ def test_wheel_has_only_textok_at_the_top(tmp_path):
         assert z.read(top_level).decode().split() == ["textok"]
         z.extractall(tmp_path / "site")
     assert {n.split("/")[0] for n in names} == {"textok", wheel.name.split("-py")[0] + ".dist-info"}
-    for module in ("textok/cli.py", "textok/pipeline/encode_pipeline.py", "textok/trainer/models/textok.py",
+    for module in ("textok/cli.py", "textok/pipeline/encode/pipeline.py", "textok/trainer/models/textok.py",
                    "textok/schemas/shards.py", "textok/progress.py", "textok/errors.py"):
         assert module in names
     assert not any(n.startswith("textok/tests/") for n in names)

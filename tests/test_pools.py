@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from textok.pipeline.encode_pipeline import in_holdout, read_captions, run_encode
+from textok.pipeline.encode.pipeline import in_holdout, read_captions, run_encode
 from textok.pipeline.pools import run_pools, select_pool
 from textok.schemas.common import validate
 from textok.schemas.shards import text_emb_views

@@ -31,22 +31,44 @@ def test_log_lines_carry_count_rate_eta_and_postfix(every_log, caplog, monkeypat
         now[0] = 20.0
         bar.close()
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == "encode: 25/100 captions (25%), 2.5 captions/s, ETA 30s"
-    assert lines[1] == "encode: 50/100 captions (50%), 5 captions/s, ETA 10s, loss=0.1235"
-    assert lines[2].startswith("encode: 50/100 captions (50%), 2.5 captions/s") and lines[2].endswith("in 20s")
+    assert lines[0] == "encode: start, 100 captions"
+    assert lines[1] == "encode: 25/100 captions (25%), 2.5 captions/s, ETA 30s"
+    assert lines[2] == "encode: 50/100 captions (50%), 5 captions/s, ETA 10s, loss=0.1235"
+    assert lines[3].startswith("encode: done, 50/100 captions (50%), 2.5 captions/s") and lines[3].endswith("in 20s")
 
 
-def test_lines_are_rate_limited_and_disabled_counts_nothing(caplog, monkeypatch):
-    monkeypatch.setenv("TEXTOK_PROGRESS_SECONDS", "3600")
+def test_log_lines_at_start_each_tenth_and_end_and_disabled_counts_nothing(caplog, monkeypatch):
+    """Issue 21: a cluster log (no terminal) says what starts, where it goes, each 10 % and a summary."""
+    monkeypatch.setenv("TEXTOK_PROGRESS_SECONDS", "3600")  # no time-based lines: milestones only
     with caplog.at_level(logging.INFO, logger="textok.progress"):
-        with Progress("train", total=10, unit="steps", terminal=False) as bar:
-            for _ in range(10):
+        with Progress("train", total=100, unit="steps", terminal=False, output="runs/tok") as bar:
+            for _ in range(100):
                 bar.update()
         quiet = Progress("rank1", total=10, enabled=False)
         quiet.update(5)
         quiet.close()
-    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["train: 10/10 steps (100%)"]  # only the close
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "train: start, 100 steps -> runs/tok"
+    assert [line.split(",")[0] for line in lines[1:-1]] == [f"train: {k}/100 steps ({k}%)" for k in range(10, 100, 10)]
+    assert lines[-1].startswith("train: done, 100/100 steps (100%)")
     assert quiet.count == 0
+
+
+def test_log_every_sets_the_interval(caplog, monkeypatch):
+    from textok.cli import main
+
+    monkeypatch.setenv("TEXTOK_PROGRESS_SECONDS", "3600")
+    monkeypatch.setenv("TEXTOK_PROGRESS_EVERY", "25")  # what `textok --log-every 25 ...` sets
+    with caplog.at_level(logging.INFO, logger="textok.progress"):
+        with Progress("encode", total=100, unit="captions", terminal=False, initial=10) as bar:
+            for _ in range(18):
+                bar.update(5)
+    lines = [r.getMessage().split(",")[0] for r in caplog.records]
+    assert lines == ["encode: start", "encode: 25/100 captions (25%)", "encode: 50/100 captions (50%)",
+                     "encode: 75/100 captions (75%)", "encode: done"]
+    assert caplog.records[0].getMessage() == "encode: start, 90 of 100 captions"  # a resumed run
+    r = CliRunner().invoke(main, ["--log-every", "ten", "inspect", "x"])
+    assert r.exit_code == 2 and "give a count (500) or a percentage" in r.output
 
 
 def test_terminal_gets_a_tqdm_bar(monkeypatch):
@@ -71,7 +93,7 @@ def test_stage_counter_is_shared_in_process_and_per_worker_elsewhere(every_log, 
             assert bar.count == 6
         orphan = stage_progress("encode", "captions")  # a worker process: its own counter, no total
     assert orphan is not bar and orphan.total is None and "(worker" in orphan.desc
-    assert any(r.getMessage().startswith("encode: 6/6 captions (100%)") for r in caplog.records)
+    assert any(r.getMessage().startswith("encode: done, 6/6 captions (100%)") for r in caplog.records)
     progress_mod._stages.clear()
 
 

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from textok.pipeline.caption_pipeline import run_caption
-from textok.pipeline.caption_store import CAPTIONS, DEAD_LETTER, compact, list_table_files, open_parquet
+from textok.pipeline.captioning.pipeline import run_caption
+from textok.pipeline.captioning.store import CAPTIONS, DEAD_LETTER, compact, list_table_files, open_parquet
 from textok.schemas.common import validate_file
 
 STORE: dict[str, bytes] = {}

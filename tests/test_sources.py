@@ -1,4 +1,4 @@
-"""pipeline.sources on small real trees, manifests and datasets built in each test."""
+"""pipeline.sources.records on small real trees, manifests and datasets built in each test."""
 from __future__ import annotations
 
 import io
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textok.pipeline.images import ImageDecodeError, decode_image
-from textok.pipeline.sources import ImageRecord, detect_source, list_records, read_image_bytes
+from textok.schemas.images import ImageDecodeError, decode_image
+from textok.pipeline.sources.records import ImageRecord, detect_source, list_records, read_image_bytes
 
 WNIDS = {"n01440764": 0, "n01443537": 1, "n15075141": 999}  # tench, goldfish, toilet tissue
 VAL_FILES = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 6)]

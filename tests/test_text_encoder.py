@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import make_random_t5
-from textok.pipeline.text_encoder import EncoderError, TextEncoder, describe_encoder, resolve_dtype
+from textok.text_encoder import EncoderError, TextEncoder, describe_encoder, resolve_dtype
 
 WORDS = ("a red blue green yellow small large circle square triangle star ring cross on the top left right "
          "bottom centre of background with gradient stripes near and below above photo dog cat").split()
@@ -109,8 +109,11 @@ def test_overflow_refused(t5_dir):
 
 
 def test_missing_weights_message(tmp_path):
-    with pytest.raises(EncoderError, match=r"huggingface-cli download .*--encoder"):
-        describe_encoder(str(tmp_path / "no-such-t5"))
+    # a folder that is not there: how to fill it (huggingface_hub >= 1 has `hf`, no `huggingface-cli`)
+    with pytest.raises(EncoderError, match=r"no such folder.*hf download ORG/MODEL --local-dir /"):
+        describe_encoder(str(tmp_path / "no-such-encoder"))
+    with pytest.raises(EncoderError, match=r"hf download google/t5-v1_1-xl --local-dir /.*/t5-v1_1-xl`"):
+        describe_encoder(str(tmp_path / "t5-v1_1-xl"))
     with pytest.raises(EncoderError, match="google/t5-v1_1-xl"):
         TextEncoder("google/t5-v1_1-xl", device="cpu").load()
 

@@ -34,7 +34,7 @@ def test_one_build_per_key_across_threads_and_release_runs_on_last_drop():
 
 
 def test_gemini_instances_share_one_client(monkeypatch):
-    from textok.pipeline.captioners.gemini import GeminiCaptioner, reset_process_state
+    from textok.pipeline.captioning.captioners.gemini import GeminiCaptioner, reset_process_state
 
     monkeypatch.setenv("GEMINI_API_KEY", "k-1")
     reset_process_state()

@@ -12,6 +12,12 @@ Families with a video processor (Qwen2-VL, Qwen2.5-VL, SmolVLM) also get the
 `video_preprocessor_config.json` a Hub checkpoint has, so loading meets the same torchvision
 requirement a user meets. `CHAT` families take our instruction prompt through their chat
 template; the others (`TASK_PROMPTS`) are asked with their own task prompt.
+
+Versions covered: transformers 5.x, checked at the version requirements/constraints.txt pins
+(5.25.0). Processors are built through their constructors and loaded back through
+`from_pretrained`, never through private loading hooks, so a release that changes how a processor
+is assembled (5.2x moved from `from_args_and_dict` to `from_dict`) fails here, in the loader the
+product uses, not in the builder. transformers 4.x is not supported (pyproject says why).
 """
 from __future__ import annotations
 
@@ -66,7 +72,7 @@ def _save(model, processor, out: str, specials: list[str], video_config: dict | 
 
 
 def image_only(processor_cls):
-    from textok.pipeline.captioners.local import _image_only
+    from textok.pipeline.captioning.captioners.local import _image_only
 
     return _image_only(processor_cls)
 

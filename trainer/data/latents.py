@@ -45,11 +45,10 @@ from textok.schemas.common import SchemaError, count_rows, validate_file, with_m
 from textok.schemas.latents import latents_schema, moments, read_latent_meta, z_column, z_view
 from textok.schemas.shards import SCALE_COLUMN, is_blob, text_emb_arrays, text_emb_column, text_emb_views
 from textok.trainer.data.shard_files import open_parquet
-# pad_text and tokenizer_dir are also imported from here by trainer/evaluation/sample.py
+# pad_text is also imported from here by trainer/evaluation/sample.py
 from textok.trainer.data.loader import (ResumableLoader, ShardLoader, ShardStream, check_shard_meta, pad_text, resolve_shards,
                           row_fields)
-from textok.trainer.evaluation.eval_tokenizer import tokenizer_dir  # a TexTok dir, or a run dir holding tokenizer/
-from textok.trainer.training.train_tokenizer import check_text_encoder
+from textok.trainer.run_dir import check_text_encoder, tokenizer_dir
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ def extract_latents(cfg: ExtractConfig) -> dict:
         done = skipped = rows = 0
         mine = files[dist.rank::dist.world_size]
         todo_rows = count_rows([f for f in mine if not os.path.exists(os.path.join(cfg.output, os.path.basename(f)))])
-        bar = Progress("extract-latents", total=todo_rows, unit="images", enabled=dist.is_main)
+        bar = Progress("extract-latents", total=todo_rows, unit="images", enabled=dist.is_main, output=cfg.output)
         for shard in mine:
             out = os.path.join(cfg.output, os.path.basename(shard))
             if os.path.exists(out):

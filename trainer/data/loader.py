@@ -160,7 +160,7 @@ def decode_crop(data: bytes, image_size: int, train: bool, rng: np.random.Genera
     (measured: it erases most of TexTok's gain on captions that say where things are)."""
     # The same decode as the pipeline (EXIF orientation, alpha on white, 16-bit scaling), so the
     # pixels trained on match the width/height recorded in the shards.
-    from textok.pipeline.images import ImageDecodeError, decode_image
+    from textok.schemas.images import ImageDecodeError, decode_image
 
     try:
         img = decode_image(data, uri=where, min_short_side=image_size)  # JPEG draft mode when >= 2x

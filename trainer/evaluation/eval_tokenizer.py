@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from textok.trainer.data.loader import ShardLoader
+from textok.trainer.run_dir import check_text_encoder, tokenizer_dir
 from textok.trainer.evaluation.eval_gen import set_metrics, write_result
 from textok.trainer.evaluation.grid import save_pairs
 from textok.devices import autocast, resolve_device
@@ -40,13 +41,16 @@ from textok.trainer.evaluation.metrics import InceptionFeatures, fid_from_featur
 log = logging.getLogger(__name__)
 
 
+DEFAULT_NUM_SAMPLES = 50_000  # the paper's ImageNet val set
+
+
 @dataclass
 class EvalTokenizerConfig:
     ckpt: str
     shards: str
     output: str
     split: str | None = "val"  # in a shards dir, only {split}-*.parquet
-    num_samples: int = 50_000
+    num_samples: int = DEFAULT_NUM_SAMPLES
     batch_size: int = 32
     lpips_weights: str | None = None
     vgg16_weights: str | None = None
@@ -83,20 +87,6 @@ def training_settings(tok_dir: str) -> dict:
     return {"perceptual": kind, "trained_on_fid_network": kind == "inception", "hflip": train.get("hflip", True)}
 
 
-def tokenizer_dir(ckpt: str, flag: str = "--tokenizer") -> str:
-    """A TexTok dir, a train-tokenizer run dir holding tokenizer/, or a Hugging Face Hub id (its
-    cached snapshot; offline and not cached: a ModelNotFoundError naming the id)."""
-    for cand in (ckpt, os.path.join(ckpt, "tokenizer")):
-        if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(os.path.join(cand, "model.safetensors")):
-            return cand
-    if not os.path.exists(ckpt):
-        from textok.trainer.models.hub import resolve_model_dir
-
-        return str(resolve_model_dir(ckpt, "TexTok", flag=flag))
-    raise FileNotFoundError(f"{flag} {ckpt}: neither it nor {ckpt}/tokenizer holds a saved TexTok "
-                            f"(config.json + model.safetensors); point it at a train-tokenizer output dir")
-
-
 @torch.no_grad()
 def evaluate(cfg: EvalTokenizerConfig) -> dict:
     from textok.trainer.models.textok import TexTok
@@ -107,8 +97,6 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     mc = model.cfg
     loader = ShardLoader(cfg.shards, mc.image_size, cfg.batch_size, text_dim=mc.text_dim,
                          max_tokens=mc.max_text_tokens, split=cfg.split, train=False, num_workers=cfg.num_workers)
-    from textok.trainer.training.train_tokenizer import check_text_encoder
-
     check_text_encoder(path, loader.meta, cfg.shards)  # same D, other encoder: captions would mean noise
     lpips = None
     if cfg.lpips_weights or cfg.vgg16_weights:
@@ -121,7 +109,8 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     per_image = {"psnr": [], "ssim": [], "lpips": []}
     feats_real, feats_fake, probs, keys = [], [], [], []
     seen, grid = 0, None
-    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="images")
+    bar = Progress("eval-tokenizer", total=min(cfg.num_samples, count_rows(loader.files)), unit="images",
+                   output=cfg.output)
     for batch in loader:
         take = min(len(batch["key"]), cfg.num_samples - seen)
         images = batch["images"][:take].to(device)
@@ -148,8 +137,9 @@ def evaluate(cfg: EvalTokenizerConfig) -> dict:
     bar.close()
     if seen < 2:
         raise ValueError(f"{cfg.shards}: only {seen} images to evaluate; rFID needs at least 2")
-    if seen < cfg.num_samples:
-        log.warning("evaluated %d images, fewer than --num-samples %d (the shards hold no more)", seen, cfg.num_samples)
+    if seen < cfg.num_samples:  # a warning only when the user asked for that many (eval.json records the count)
+        (log.info if cfg.num_samples == DEFAULT_NUM_SAMPLES else log.warning)(
+            "evaluated %d images, fewer than --num-samples %d (the shards hold no more)", seen, cfg.num_samples)
 
     real, fake = _real_features(cfg.real_features, cached, feats_real, keys), np.concatenate(feats_fake)
     result = {

@@ -15,7 +15,7 @@ OUTPUT/sweep.json; `textok eval-gen --samples OUTPUT/cfg-*/samples.npz` then rep
 Class-conditional (TexTok Sec. 3.3): the DiT generates Z from the label; the detokenizer needs
 a caption, drawn (seeded) for each sample from the pool of captions of *unseen* images of that
 class (`textok pools`). Text-to-image: each caption is encoded with the same text encoder the
-shards used (`pipeline.text_encoder.TextEncoder`; a different one is refused), DiT-T2I
+shards used (`text_encoder.TextEncoder`; a different one is refused), DiT-T2I
 generates Z from it, and the detokenizer decodes Z with the same caption.
 
 Writes OUTPUT/samples.png (a grid), OUTPUT/samples.npz (images uint8 [n,H,W,3], labels,
@@ -33,30 +33,13 @@ import pyarrow.parquet as pq
 import torch
 
 from textok.progress import Progress
+from textok.trainer.run_dir import STATS_NAME, dit_dir
 from textok.schemas.common import SchemaError, list_parquet, read_meta, validate
 from textok.schemas.shards import text_emb_views
 
 log = logging.getLogger(__name__)
 
-STATS_NAME = "latent_stats.json"
-
-
 # ----------------------------------------------------------------------------- shared pieces
-
-def dit_dir(path: str) -> str:
-    """A DiT dir (DiT.save_pretrained + latent_stats.json), a train-dit run dir holding dit/, or a
-    Hugging Face Hub id of such a dir (its cached snapshot)."""
-    candidates = [path, os.path.join(path, "dit")]
-    if not os.path.exists(path):
-        from textok.trainer.models.hub import resolve_model_dir
-
-        candidates = [str(resolve_model_dir(path, "DiT", flag="--dit"))]  # offline and not cached: ModelNotFoundError
-    for cand in candidates:
-        if all(os.path.isfile(os.path.join(cand, f)) for f in ("config.json", "model.safetensors", STATS_NAME)):
-            return cand
-    raise FileNotFoundError(f"--dit {path}: neither it nor {path}/dit holds a trained DiT (config.json, "
-                            f"model.safetensors, {STATS_NAME}); point it at a train-dit output")
-
 
 def load_dit(path: str, device: str | torch.device = "cpu"):
     """-> (DiT in eval mode, latent stats dict with mean/std/encoder/... of its latent set)."""
@@ -224,7 +207,7 @@ def run_sweep(cfg: SampleConfig, scales: list[float]) -> dict:
 
 
 def _encode_captions(captions: list[str], stats: dict, encoder: str | None, device: str) -> list[np.ndarray]:
-    from textok.pipeline.text_encoder import TextEncoder, encoder_fingerprint
+    from textok.text_encoder import TextEncoder, encoder_fingerprint
 
     name = encoder or stats["encoder"]
     enc = TextEncoder(name, max_tokens=int(stats["max_tokens"]), device=device).load()
@@ -239,7 +222,8 @@ def _encode_captions(captions: list[str], stats: dict, encoder: str | None, devi
 def run_sample(cfg: SampleConfig) -> dict:
     from textok.devices import resolve_device
     from textok.trainer.evaluation.grid import save_grid, to_uint8
-    from textok.trainer.data.latents import pad_text, tokenizer_dir
+    from textok.trainer.data.latents import pad_text
+    from textok.trainer.run_dir import tokenizer_dir
     from textok.trainer.models.textok import TexTok
 
     if cfg.sampler not in ("ddpm", "ddim"):
@@ -282,7 +266,7 @@ def run_sample(cfg: SampleConfig) -> dict:
     scale = guidance_scale(cfg)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     images = []
-    bar = Progress("sample", total=len(rows), unit="images")
+    bar = Progress("sample", total=len(rows), unit="images", output=cfg.output)
     for s in range(0, len(rows), cfg.batch_size):
         part = rows[s:s + cfg.batch_size]
         embs = [by_caption[r[1]] for r in part] if model.cfg.t2i else CaptionPools.embeddings(part)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from textok.trainer.models.hub import HubModel
+from textok.trainer.models.hub import LATENT_STATS_FILE, TEXT_ENCODER_FILE, TRAINING_FILE, HubModel
 
 MODEL_TYPE = "textok-dit"
 NOISE_SCHEDULES = ("linear",)  # trainer.models.diffusion.linear_betas
@@ -183,6 +183,7 @@ class DiT(nn.Module, HubModel):
     save_pretrained / from_pretrained(path or hub id, revision=) / push_to_hub: trainer/models/hub.py."""
 
     config_class, model_type = DiTConfig, MODEL_TYPE
+    SIDE_FILES = (LATENT_STATS_FILE, TEXT_ENCODER_FILE, TRAINING_FILE)
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()

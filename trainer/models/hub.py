@@ -7,6 +7,13 @@ repository, through huggingface_hub's PyTorchModelHubMixin.
     TexTok.from_pretrained("user/textok-b128", revision="v1.0")       # a Hub repo (cached by huggingface_hub)
     model.push_to_hub("user/textok-b128", card={...})                 # needs `hf auth login`
 
+Side files travel with the weights: `model.side_files` ({name: JSON object}) is written beside
+config.json by save_pretrained / push_to_hub and read back by from_pretrained, for the names the
+class lists in SIDE_FILES -- TexTok: text_encoder.json (which T5 its text tokens come from) and
+training.json (the run's settings); DiT: latent_stats.json (the latent mean/std `sample` needs),
+text_encoder.json and training.json. So a model loaded, saved elsewhere or pushed, then given
+to `extract-latents` / `sample`, needs no other file.
+
 config.json is {"model_type": ..., **the config dataclass}; loading refuses another model type,
 unknown config keys and weights that do not match the config (the mixin's own loader would
 ignore them silently). Every failure to find or read a model is one exception naming the
@@ -25,6 +32,9 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+TEXT_ENCODER_FILE = "text_encoder.json"  # which text encoder's embeddings the model reads (schemas/encoder_identity)
+LATENT_STATS_FILE = "latent_stats.json"  # a DiT's latent set: per-channel mean/std, tokenizer hash, encoder
+TRAINING_FILE = "training.json"          # the run's resolved settings and environment (its config.json)
 PAPER_URL = "https://arxiv.org/abs/2412.05796"  # Zha et al., Language-Guided Image Tokenization for Generation
 
 
@@ -95,9 +105,16 @@ class HubModel(PyTorchModelHubMixin, library_name="textok", paper_url=PAPER_URL,
 
     config_class: type
     model_type: str
+    SIDE_FILES: tuple[str, ...] = ()  # JSON files beside config.json that commands read
 
     def card_title(self) -> str:
         raise NotImplementedError
+
+    @property
+    def side_files(self) -> dict[str, dict]:
+        """{file name: JSON object} saved beside the weights (see the module docstring)."""
+        # kept in __dict__ directly: nn.Module's __setattr__ would do, but a property needs a store
+        return self.__dict__.setdefault("_side_files", {})
 
     # -- save
 
@@ -108,6 +125,10 @@ class HubModel(PyTorchModelHubMixin, library_name="textok", paper_url=PAPER_URL,
             json.dumps({"model_type": self.model_type, **asdict(self.cfg)}, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "model_type": self.model_type})
+        for name, obj in self.side_files.items():
+            if name not in self.SIDE_FILES:
+                raise ValueError(f"{type(self).__name__}.side_files: {name!r} is not one of {self.SIDE_FILES}")
+            (save_directory / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
     def save_pretrained(self, save_directory, *, card: dict | None = None, **kwargs):
         """config.json + model.safetensors + README.md (the model card: config, and the `card`
@@ -166,6 +187,14 @@ class HubModel(PyTorchModelHubMixin, library_name="textok", paper_url=PAPER_URL,
             raise ModelFormatError(f"{weights_file} does not match {cfg_file}: missing {missing[:5]}, "
                                    f"unexpected {unexpected[:5]}, wrong shapes {mismatched[:5]}")
         model.load_state_dict(state)
+        for name in cls.SIDE_FILES:
+            path = directory / name
+            if path.is_file():
+                try:
+                    model.side_files[name] = json.loads(path.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise ModelFormatError(f"{path}: not JSON ({e}); save the model again with save_pretrained") \
+                        from None
         return model.to(map_location).eval()
 
 

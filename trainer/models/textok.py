@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from textok.trainer.models.hub import HubModel
+from textok.trainer.models.hub import TEXT_ENCODER_FILE, TRAINING_FILE, HubModel
 
 TEXT_MODES = ("both", "enc", "dec", "none")
 
@@ -182,6 +182,7 @@ class TexTok(nn.Module, HubModel):
     """save_pretrained / from_pretrained(path or hub id, revision=) / push_to_hub: trainer/models/hub.py."""
 
     config_class, model_type = TexTokConfig, "textok"
+    SIDE_FILES = (TEXT_ENCODER_FILE, TRAINING_FILE)
 
     def __init__(self, cfg: TexTokConfig):
         super().__init__()

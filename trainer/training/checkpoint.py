@@ -187,7 +187,8 @@ def check_same_run(path: str, resolved: dict) -> None:
 def start_or_resume(output: str, resolved: dict, resume: bool, ckpt: Checkpointer,
                     restore: Callable[[str], int], dist: Dist) -> int:
     """With `resume`, continue from the latest checkpoint (`restore(path)` -> its step) after checking
-    OUTPUT/config.json describes the same model and loss; then (rank 0) write `resolved` there.
+    OUTPUT/config.json describes the same model and loss; then (rank 0) write `resolved` there,
+    with the run's environment (world size, global and per-rank batch, torch/CUDA, git revision).
     Returns the step to start from."""
     require_output_dir(output)
     config_path = os.path.join(output, "config.json")
@@ -199,5 +200,18 @@ def start_or_resume(output: str, resolved: dict, resume: bool, ckpt: Checkpointe
     elif resume:
         log.warning("--resume: no checkpoint under %s yet; starting from step 0", ckpt.root)
     if dist.is_main:
-        write_json_atomic(resolved, config_path)
+        from textok.trainer.training.run_config import run_environment
+
+        batch = (resolved.get("train") or {}).get("batch_size")
+        write_json_atomic({**resolved, "environment": run_environment(dist.world_size, batch, dist.device)},
+                          config_path)
     return step
+
+
+def run_settings(output: str) -> dict:
+    """The run's config.json (settings + environment), as exported models carry it (training.json)."""
+    path = os.path.join(output, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

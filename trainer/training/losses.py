@@ -84,9 +84,10 @@ class TexTokLoss(nn.Module):
             perceptual = build_perceptual(
                 cfg.perceptual, lpips_weights=cfg.lpips_weights, vgg16_weights=cfg.vgg16_weights,
                 fid_inception_path=cfg.fid_inception_path, inception_resize=cfg.inception_resize)
-        if perceptual is None:
-            logger.warning("TexTokLoss: no perceptual term (LossConfig.perceptual=%r, perceptual_weight=%s)",
-                           cfg.perceptual, cfg.perceptual_weight)
+        if perceptual is None:  # chosen ("none", weight 0: a preset's or the user's choice, no surprise) or
+            # "auto" with nothing to load, which resolve_perceptual already warned about: say it once, quietly
+            logger.info("TexTokLoss: no perceptual term (LossConfig.perceptual=%r, perceptual_weight=%s)",
+                        cfg.perceptual, cfg.perceptual_weight)
         object.__setattr__(self, "_perceptual", perceptual)  # bypasses nn.Module's submodule registration
         self.register_buffer("lecam_ema_real", torch.zeros(()))
         self.register_buffer("lecam_ema_fake", torch.zeros(()))

@@ -31,7 +31,7 @@ class MetricsLogger:
         self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
         from textok.progress import Progress
 
-        self.bar = Progress(desc, total=total_steps, unit="steps", initial=start_step)
+        self.bar = Progress(desc, total=total_steps, unit="steps", initial=start_step, output=output_dir)
         self.t0 = time.time()
 
     def _truncate_after(self, step: int) -> None:

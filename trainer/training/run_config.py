@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 from typing import TypeVar
 
@@ -54,3 +55,41 @@ def resolve_config(cls: type[Config], path: str | None, overrides: dict, command
 def due(step: int, every: int, total: int) -> bool:
     """Periodic work (logging, checkpoints, grids) runs every `every` steps and at the last step."""
     return step % every == 0 or step == total
+
+
+def code_revision() -> dict:
+    """The git revision of the textok code that runs (and whether it has uncommitted changes), or
+    the installed package version when the code is not a git checkout (a wheel)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        rev = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if rev.returncode == 0:
+            dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)
+            return {"git_revision": rev.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib import metadata
+
+    try:
+        return {"git_revision": None, "package_version": metadata.version("textok")}
+    except metadata.PackageNotFoundError:
+        return {"git_revision": None, "package_version": None}
+
+
+def run_environment(world_size: int, global_batch: int | None, device: str) -> dict:
+    """What config.json records beside the settings, so a run can be reproduced and read: the
+    world size and the global/per-rank batch, torch/CUDA versions and the code's revision."""
+    import platform
+
+    import torch
+
+    env = {"world_size": world_size, "global_batch": global_batch,
+           "batch_per_rank": global_batch // world_size if global_batch else None,
+           "device": str(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+           "python": platform.python_version(), **code_revision()}
+    return env

@@ -25,10 +25,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from textok.atomic import atomic_dir, write_json_atomic
+from textok.atomic import atomic_dir
 from textok.trainer.evaluation.grid import save_pairs
 from textok.trainer.data.latents import LatentLoader, max_label
-from textok.trainer.training.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
+from textok.trainer.models.hub import TEXT_ENCODER_FILE, TRAINING_FILE
+from textok.trainer.training.checkpoint import (Checkpointer, load_run_checkpoint, run_settings, save_run_checkpoint,
+                                                start_or_resume)
 from textok.trainer.training.optim import EMA, build_optimizer, clip_grad, warmup_cosine
 from textok.trainer.training.distributed import Dist, distributed, local_batch, seed_everything, wrap_ddp
 from textok.trainer.training.speed import maybe_compile
@@ -36,15 +38,12 @@ from textok.trainer.training.metrics_log import MetricsLogger
 from textok.devices import autocast
 from textok.trainer.training.guards import check_finite_weights, reduce_and_check
 from textok.trainer.training.run_config import due, resolve_config
-from textok.trainer.evaluation.sample import STATS_NAME, decode_latents, generate_latents
+from textok.trainer.evaluation.sample import decode_latents, generate_latents
+from textok.trainer.run_dir import STATS_NAME, latent_stats, text_encoder_record
 
 log = logging.getLogger(__name__)
 
 # latent-set metadata a sampler needs beside the weights (stats + where Z and its text came from)
-STATS_KEYS = ("mean", "std", "count", "tokenizer", "tokenizer_sha256", "num_tokens", "token_dim", "image_size",
-              "text_mode", "encoder", "encoder_hash", "encoder_revision", "D", "max_tokens")
-
-
 @dataclass
 class TrainDiTConfig:
     latents: str = ""
@@ -90,6 +89,16 @@ TRAINING_PRESETS: dict[str, dict] = {
 }
 
 
+def preset_defaults(field: str) -> dict:
+    """{preset: the value `field` takes when no flag or --config sets it} (what --help shows)."""
+    from dataclasses import fields
+
+    from textok.trainer.models.dit import DIT_PRESETS
+
+    default = {f.name: f.default for f in fields(TrainDiTConfig)}[field]
+    return {preset: TRAINING_PRESETS.get(preset, {}).get(field, default) for preset in DIT_PRESETS}
+
+
 def load_config(path: str | None, **overrides) -> TrainDiTConfig:
     """Defaults <- the preset's TRAINING_PRESETS <- JSON/YAML file <- explicit overrides (None
     values are 'not given')."""
@@ -124,10 +133,6 @@ def build_model(cfg: TrainDiTConfig, meta: dict, files: list[str]):
     # the diffusion settings travel in the DiT's config.json: `sample` rebuilds the chain from them
     return DiT(dit_config(cfg.preset, num_tokens=int(meta["num_tokens"]), token_dim=int(meta["token_dim"]),
                           **cond, **{"diffusion_steps": cfg.diffusion_steps, **cfg.model}))
-
-
-def latent_stats(meta: dict) -> dict:
-    return {k: meta.get(k) for k in STATS_KEYS}
 
 
 # ----------------------------------------------------------------------------- one step
@@ -238,10 +243,13 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
 
     out = os.path.join(cfg.output, "dit")
     if dist.is_main:
+        # the side files travel with the weights (hub.HubModel.side_files): `sample` needs the stats
+        model.side_files.update({STATS_NAME: stats, TRAINING_FILE: {**run_settings(cfg.output), "steps_done": step}})
+        if stats.get("encoder"):
+            model.side_files[TEXT_ENCODER_FILE] = text_encoder_record(stats)
         with atomic_dir(out) as tmp, ema.swapped(model):  # readers never see a half-written dit/
             model.save_pretrained(tmp, card={"data": cfg.latents, "tokenizer": stats.get("tokenizer"), "steps": step,
                                              "batch size": cfg.batch_size, "metrics": logger.last})
-            write_json_atomic(stats, os.path.join(tmp, STATS_NAME))
         logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
 
@@ -254,7 +262,7 @@ class Preview:
 
     @classmethod
     def build(cls, cfg: TrainDiTConfig, stats: dict, device) -> "Preview":
-        from textok.trainer.data.latents import tokenizer_dir
+        from textok.trainer.run_dir import tokenizer_dir
         from textok.trainer.evaluation.sample import check_tokenizer
         from textok.trainer.models.textok import TexTok
 

@@ -15,18 +15,18 @@ discriminator from step 80k, patch 8 at 256 px, d = 8); --batch-size is the glob
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from textok.atomic import atomic_dir, write_json_atomic
-from textok.schemas.common import SchemaError
+from textok.atomic import atomic_dir
 from textok.trainer.data.loader import ShardLoader
+from textok.trainer.models.hub import TEXT_ENCODER_FILE, TRAINING_FILE
 from textok.trainer.evaluation.grid import save_pairs
-from textok.trainer.training.checkpoint import Checkpointer, load_run_checkpoint, save_run_checkpoint, start_or_resume
+from textok.trainer.training.checkpoint import (Checkpointer, load_run_checkpoint, run_settings, save_run_checkpoint,
+                                                start_or_resume)
 from textok.trainer.training.optim import EMA, build_optimizer, clip_grad, warmup_cosine
 from textok.trainer.training.distributed import Dist, all_reduce_grads, average_buffers, broadcast_params, distributed, local_batch, seed_everything, wrap_ddp
 from textok.trainer.training.metrics_log import MetricsLogger
@@ -34,6 +34,7 @@ from textok.devices import autocast
 from textok.trainer.training.guards import check_finite_weights, reduce_and_check
 from textok.trainer.training.run_config import due, resolve_config
 from textok.trainer.training.speed import maybe_compile, to_channels_last
+from textok.trainer.run_dir import check_text_encoder, text_encoder_record, write_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,18 @@ TRAINING_PRESETS: dict[str, dict] = {
 }
 
 
+def preset_defaults(field: str) -> dict:
+    """{preset: the value `field` takes when no flag or --config sets it} (what --help shows)."""
+    from textok.trainer.models.textok import TEXTOK_PRESETS, textok_config
+
+    default = {f.name: f.default for f in dataclasses.fields(TrainTokenizerConfig)}[field]
+    out = {}
+    for preset in TEXTOK_PRESETS:
+        value = TRAINING_PRESETS.get(preset, {}).get(field, default)
+        out[preset] = getattr(textok_config(preset), field) if value is None else value
+    return out
+
+
 def load_config(path: str | None, **overrides) -> TrainTokenizerConfig:
     """Defaults <- the preset's TRAINING_PRESETS <- JSON/YAML file <- explicit overrides (None
     values are 'not given'); unset sizes take the model preset's values."""
@@ -111,54 +124,6 @@ def load_config(path: str | None, **overrides) -> TrainTokenizerConfig:
 
 
 # ----------------------------------------------------------------------------- text-encoder record
-
-TEXT_ENCODER_FILE = "text_encoder.json"
-TEXT_ENCODER_KEYS = ("encoder", "encoder_hash", "encoder_revision", "D", "max_tokens")
-
-
-def write_text_encoder(shard_meta: dict, *dirs: str) -> dict:
-    """Record which text encoder the training shards came from (TEXT_ENCODER_FILE in each dir):
-    the tokenizer only understands embeddings of that encoder, so extract-latents checks it."""
-    record = {k: shard_meta[k] for k in TEXT_ENCODER_KEYS if shard_meta.get(k) is not None}
-    for d in dirs:
-        write_json_atomic(record, os.path.join(d, TEXT_ENCODER_FILE))
-    return record
-
-
-def read_text_encoder(tok_dir: str) -> dict | None:
-    """The record write_text_encoder left in a tokenizer dir; None for a tokenizer saved without one."""
-    path = os.path.join(tok_dir, TEXT_ENCODER_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def check_text_encoder(tok_path: str, shard_meta: dict, shards: str, require_record: bool = False) -> None:
-    """Refuse shards encoded by another text encoder than the tokenizer was trained on. Identity
-    is the weights' hash when both sides record one (the same T5 through another path is the same
-    encoder), else the encoder id (pipeline.encoder_identity). A tokenizer without a record is
-    refused when `require_record` (extract-latents and eval-tokenizer of a text-reading
-    tokenizer: its text tokens would be read in a space it never saw) and unchecked otherwise."""
-    from textok.pipeline.encoder_identity import encoder_differences
-
-    recorded = read_text_encoder(tok_path)
-    if not recorded or not recorded.get("encoder"):
-        if require_record:
-            raise SchemaError(f"{tok_path}: no {TEXT_ENCODER_FILE}, so nothing says which text encoder this tokenizer "
-                              f"was trained with; use the tokenizer/ folder train-tokenizer exports, or write "
-                              f"{TEXT_ENCODER_FILE} (trainer.training.train_tokenizer.write_text_encoder) for it")
-        return
-    if not shard_meta.get("encoder"):
-        return
-    diffs = encoder_differences(shard_meta, recorded)
-    if diffs:
-        key = diffs[0]
-        raise SchemaError(f"{shards}: the shards were encoded with text encoder {key}={shard_meta.get(key)!r}, but "
-                          f"tokenizer {tok_path} was trained on shards of {key}={recorded.get(key)!r} (its "
-                          f"{TEXT_ENCODER_FILE}); encode the shards with {recorded['encoder']!r} or use a tokenizer "
-                          f"trained on {shard_meta['encoder']!r} embeddings")
-
 
 # ----------------------------------------------------------------------------- builders
 
@@ -332,10 +297,13 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
 
     out = os.path.join(cfg.output, "tokenizer")
     if dist.is_main:
+        # the side files travel with the weights: a save_pretrained / push_to_hub of this model
+        # anywhere keeps what extract-latents and eval-tokenizer check (hub.HubModel.side_files)
+        model.side_files.update({TEXT_ENCODER_FILE: text_encoder_record(loader.meta),
+                                 TRAINING_FILE: {**run_settings(cfg.output), "steps_done": step}})
         with atomic_dir(out) as tmp, ema.swapped(model):  # readers never see a half-written tokenizer/
             model.save_pretrained(tmp, card={"data": cfg.shards, "steps": step, "batch size": cfg.batch_size,
                                              "text encoder": loader.meta.get("encoder"), "metrics": logger.last})
-            write_text_encoder(loader.meta, tmp)
         logger.plot(os.path.join(cfg.output, "loss.png"))
     return out
 
