@@ -67,8 +67,9 @@ def test_prepare_on_s3_end_to_end(s3, manifest, tmp_path):
               "--encoder", t5, "--encoder-device", "cpu", "--per-class", "2", "--rows-per-shard", "4", *s3.beam_args])
     assert r.exit_code == 0, r.output
     names = s3.keys("run/")
-    shards = [n for n in names if n.startswith("run/shards/") and n.endswith(".parquet")]
-    assert len(shards) == 2 and "run/pools/val.parquet" in names
+    shards = [n for n in names if n.startswith("run/shards/train-") and n.endswith(".parquet")]
+    val = [n for n in names if n.startswith("run/shards/val-") and n.endswith(".parquet")]
+    assert len(shards) == 2 and len(val) >= 1 and "run/pools/val.parquet" in names
     rio.set_filesystem_options(s3.beam_args)
     rows = sum(pq.ParquetFile(rio.open_input(f"s3://bkt/{n}")).metadata.num_rows for n in shards)
     assert rows == 6
