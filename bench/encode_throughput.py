@@ -9,6 +9,11 @@
    Goal: >= 3x the naive loop on CPU.
 2. bytes/example of the shards vs the raw sum (original image bytes + unpadded fp16
    embedding). Goal: <= 1.05x.
+3. `object_store`: the same `run_encode` with captions, images and output on a local S3 server
+   (moto, in its own process) against local disk, --s3-n rows, with a 2-layer d_model 64 T5 so
+   that encoding does not hide the I/O. Goal: S3 <= 2x local. (Issue 20 measured 15x: Beam built
+   a boto3 client per image read; `storage.share_s3_clients` and concurrent image
+   reads fixed it.) --s3-n 0 skips it.
 """
 from __future__ import annotations
 
@@ -75,6 +80,40 @@ def make_captions_dir(root: str, captions: list[str], size: int) -> str:
     return root
 
 
+def object_store(n: int, image_size: int, tmp: str) -> dict:
+    """Seconds of run_encode local -> local against s3 -> s3 on the same rows (the text encoder kept tiny)."""
+    import logging
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from helpers import make_random_t5
+    from s3_server import local_s3
+    from textok.pipeline.encode.pipeline import run_encode
+    from textok.schemas.common import write_table_atomic
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    root = os.path.join(tmp, "s3bench")
+    t5 = make_random_t5(os.path.join(root, "t5"), make_captions(500, seed=9), d_model=64, num_layers=2,
+                        num_heads=4, vocab_size=400)
+    cap = make_captions_dir(os.path.join(root, "cap"), make_captions(n, seed=3), image_size)
+    t = time.perf_counter()
+    run_encode(cap, os.path.join(root, "out"), encoder=t5, rows_per_shard=128, device="cpu")
+    local = time.perf_counter() - t
+    with local_s3("bench", own_process=True) as s3:
+        part = os.path.join(cap, "captions", "part-0.parquet")
+        table = pq.read_table(part)
+        uris = [u.replace(cap, "s3://bench/cap") for u in table["source_uri"].to_pylist()]  # images on S3 too
+        table = table.set_column(table.schema.get_field_index("source_uri"), "source_uri", pa.array(uris))
+        write_table_atomic(table.replace_schema_metadata(pq.read_schema(part).metadata), part)
+        uri = s3.upload_tree(cap, "cap")
+        t = time.perf_counter()
+        run_encode(uri, "s3://bench/out", encoder=t5, rows_per_shard=128, device="cpu", beam_args=s3.beam_args)
+        remote = time.perf_counter() - t
+    return {"rows": n, "local_s": round(local, 2), "s3_s": round(remote, 2), "s3_over_local": round(remote / local, 2),
+            "goal_s3_over_local": 2.0, "server": "moto_server (own process) on 127.0.0.1"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=512)
@@ -83,6 +122,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: TextEncoder's (8 on CPU)")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--s3-n", type=int, default=384, help="rows of the local-vs-S3 encode (0: skip)")
     a = ap.parse_args()
     import pyarrow.parquet as pq
     import torch
@@ -118,6 +158,7 @@ def main() -> None:
         table = pq.read_table(os.path.join(out, "shards"), columns=["key", "text_len"])
         image_bytes = sum(os.path.getsize(os.path.join(caps, "images", f)) for f in os.listdir(os.path.join(caps, "images")))
         raw = image_bytes + sum(table["text_len"].to_pylist()) * a.d_model * 2
+        store = object_store(a.s3_n, a.image_size, tmp) if a.s3_n else None
     result = {
         "captions": a.n, "model": f"random T5 d_model={a.d_model} layers={a.layers}", "threads": torch.get_num_threads(),
         "batch_size": enc.batch_size,
@@ -128,6 +169,7 @@ def main() -> None:
         "shard_bytes_per_example": round(shard_bytes / a.n, 1), "raw_bytes_per_example": round(raw / a.n, 1),
         "shard_over_raw": round(shard_bytes / raw, 4), "goal_shard_over_raw": 1.05,
         "image_size": a.image_size,
+        "object_store": store,
     }
     print(json.dumps(result, indent=1))
 

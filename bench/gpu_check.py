@@ -20,6 +20,9 @@ stops starting new sections past `--budget-s`, 420 s by default, so it fits in 8
 - `textok_b_train`: TexTok-B training step at 256 px, patch 8, N = 128, T5-XL text (D 2048):
   images/s and MFU in bf16 autocast (goal >= 45 %), the tokenizer step alone and with the
   discriminator + perceptual loss (bench/train_step.py's `bench`).
+- `speed_switches`: the trainer's switches (trainer/training/speed.py) on the TexTok-B step with
+  the discriminator (bf16 autocast): step ms eager, with `--channels-last`, and with `--compile`
+  (Inductor; its first step, the compilation, is reported apart), and the speed-up of each.
 - `dit_xl`: DiT-XL on N = 32 tokens of d = 8: training step time (batch 256, AdamW, bf16
   autocast) and class-conditional sampling images/s (250 DDPM steps, CFG 4.0).
 - `local_vlm`: the local VLM captioner path (a tiny random BLIP saved to disk and loaded through
@@ -176,6 +179,7 @@ def check_sdpa_text_mask(device: torch.device, s: dict) -> dict:
         return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=m).sum().backward()
 
     masked_fn = step(q, k, v, mask)
+    dispatched = _kernels(masked_fn, device)
     t_masked = timed(masked_fn, s["attn_iters"], device)
     same = _attention_inputs(s, device, dtype, T, masked=False)
     t_nomask = timed(step(*same), s["attn_iters"], device)
@@ -185,7 +189,10 @@ def check_sdpa_text_mask(device: torch.device, s: dict) -> dict:
     return {"shape": {"batch": s["attn_batch"], "heads": s["attn_heads"], "head_dim": s["attn_head_dim"],
                       "seq_len": s["attn_image_tokens"] + T, "dtype": str(dtype).replace("torch.", "")},
             "backend_accepts_mask": accepts, "fused_kernel_with_mask": bool(fused), "fused_backends_with_mask": fused,
-            "kernels_default_dispatch_masked": _kernels(masked_fn, device),
+            "kernels_default_dispatch_masked": dispatched,
+            # the question of issue 20: with the text mask, does the default dispatch leave the fused kernels?
+            "masked_default_falls_back_to_math": any("math" in k.lower() for k in dispatched)
+            and not any(f in k.lower() for k in dispatched for f in ("flash", "efficient", "cudnn", "fmha")),
             "kernels_default_dispatch_unmasked": _kernels(step(*same), device),
             "fwd_bwd_ms": {"masked": round(t_masked * 1e3, 3), "mask_free_same_len": round(t_nomask * 1e3, 3),
                            f"mask_free_bucketed_text_{bucket}": round(t_bucket * 1e3, 3)},
@@ -233,6 +240,46 @@ def check_textok_b_train(device: torch.device, s: dict) -> dict:
         torch.cuda.empty_cache()
         out["with_discriminator_and_perceptual"] = bench(s["textok_preset"], with_disc=True, perceptual="inception",
                                                          **common)
+    return out
+
+
+def check_speed_switches(device: torch.device, s: dict) -> dict:
+    """TexTok train step (+ discriminator) eager / --channels-last / --compile, as the trainer builds it."""
+    from train_step import synthetic_batch
+
+    from textok.trainer.training.distributed import Dist
+    from textok.trainer.training.optim import build_optimizer, warmup_cosine
+    from textok.trainer.training.speed import maybe_compile
+    from textok.trainer.training.train_tokenizer import build_model, load_config, start_discriminator, train_step
+
+    data = {k: v.to(device) for k, v in synthetic_batch(s["textok_batch"], s["textok_image"], s["text_dim"],
+                                                       s["text_tokens"]).items()}
+    dist = Dist(device=device)
+    out: dict = {}
+    for name, switch in (("eager", {}), ("channels_last", {"channels_last": True}), ("compile", {"compile": True})):
+        cfg = load_config(None, shards="-", output="-", preset=s["textok_preset"], image_size=s["textok_image"],
+                          patch_size=8, num_tokens=s["textok_tokens"], steps=10_000, batch_size=s["textok_batch"],
+                          warmup=0, perceptual="none", disc_start=0, device=str(device),
+                          compile_backend="inductor" if device.type == "cuda" else "aot_eager", **switch)
+        torch.manual_seed(0)
+        model, loss_fn = build_model(cfg, s["text_dim"], s["text_tokens"])
+        model.to(device).train()
+        loss_fn.to(device)
+        opt_d = start_discriminator(loss_fn, cfg, dist)
+        opt_g = build_optimizer(model, cfg.lr)
+        sched = warmup_cosine(opt_g, 0, cfg.steps)
+        stepper = maybe_compile(model, cfg.compile, cfg.compile_backend)
+        step = lambda: train_step(data, 1, stepper, model, loss_fn, opt_g, opt_d, sched, cfg, dist)  # noqa: E731
+        t0 = time.perf_counter()
+        step()  # eager warm-up, or the compilation
+        sync(device)
+        first = time.perf_counter() - t0
+        out[name] = {"step_ms": round(timed(step, s["textok_steps"], device) * 1e3, 2), "first_step_s": round(first, 2)}
+        del model, loss_fn, opt_g, opt_d, stepper
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for name in ("channels_last", "compile"):
+        out[f"{name}_speedup"] = round(out["eager"]["step_ms"] / out[name]["step_ms"], 3)
     return out
 
 
@@ -323,7 +370,8 @@ def check_local_vlm(device: torch.device, s: dict) -> dict:
 
 
 SECTIONS = {"env": check_env, "nccl": check_nccl, "sdpa_text_mask": check_sdpa_text_mask,
-            "t5_xl_encoder": check_t5_xl_encoder, "textok_b_train": check_textok_b_train, "dit_xl": check_dit_xl,
+            "t5_xl_encoder": check_t5_xl_encoder, "textok_b_train": check_textok_b_train,
+            "speed_switches": check_speed_switches, "dit_xl": check_dit_xl,
             "local_vlm": check_local_vlm}
 
 

@@ -67,10 +67,10 @@ def encode(encoder: str, texts: list[str]) -> list[np.ndarray]:
 
 def embedding_bytes(embs: list[np.ndarray], tmp: str) -> dict:
     """Compressed bytes/example of the embedding columns in shard files written as encode writes them."""
-    from textok.pipeline.encode.pipeline import ROW_GROUP_SIZE, shards_table
+    from textok.pipeline.encode.pipeline import shards_table
     from textok.pipeline.inspect_table import _column_bytes
     from textok.schemas.common import write_table_atomic
-    from textok.schemas.shards import SCALE_COLUMN, parquet_write_options
+    from textok.schemas.shards import SCALE_COLUMN, shard_write_options
 
     out = {}
     for dtype in ("float16", "int8"):
@@ -81,7 +81,7 @@ def embedding_bytes(embs: list[np.ndarray], tmp: str) -> dict:
                 for i, e in enumerate(embs)]
         table = shards_table(rows, meta)
         path = os.path.join(tmp, f"{dtype}-{embs[0].shape[1]}.parquet")
-        write_table_atomic(table, path, row_group_size=ROW_GROUP_SIZE, **parquet_write_options(table.schema))
+        write_table_atomic(table, path, **shard_write_options(table))
         cols = _column_bytes([path])
         out[dtype] = (cols["text_emb"] + cols.get(SCALE_COLUMN, 0)) / len(embs)
     return {"float16_bytes_per_example": round(out["float16"]), "int8_bytes_per_example": round(out["int8"]),

@@ -1,26 +1,30 @@
-"""Shard loader throughput -> JSON: does the loader keep up with JPEG decoding, and what draft mode buys.
+"""Shard loader throughput against an honest bound and the loaders people compare it with -> JSON.
 
-    python bench/loader_throughput.py                                  # ~1 minute on 2 CPU cores
-    python bench/loader_throughput.py --rows 512 --num-workers 0,2,4,8 --text-dim 2048
+    python bench/loader_throughput.py                     # ~1-2 minutes on 2 CPU cores
+    python bench/loader_throughput.py --sets imagenet --workers 0,1,2,4 --examples 512
+    python bench/loader_throughput.py --tiny              # seconds: the test's run (never breaks again)
 
-Writes synthetic shards (JPEG photos-like images, `--text-dim` embeddings of 20-90 tokens),
-then measures, in the same run and over the same image bytes:
+Writes synthetic shards as `textok encode` writes them (version 3: JPEG bytes, float16 `text_emb`
+blobs of 20-90 tokens at --text-dim), the same JPEGs as an ImageFolder tree, then measures in one
+run, over the same images, at --batch-size:
 
-- `pil_decode`: the decode bound, a plain loop `Image.open(bytes).convert("RGB")` (full-size
-  decode); `pil_decode_draft`: the same with Pillow's JPEG draft mode at the training size;
-- `loader`: `ShardLoader` examples/s in-process (num_workers=0: one worker's worth), i.e.
-  Parquet read + JPEG decode + resize + random crop + flip + float conversion + text padding;
-  its ratio to the decode bound of the same decode mode is the goal (>= 0.9x per worker);
-- the same loader with draft mode off (full decode), so `draft_speedup` is what draft buys;
-- scaling with `--num-workers` (DataLoader worker processes), and MB/s of shard bytes read;
-- where a loader example's time goes: each step timed alone (Parquet read incl. the embedding
-  column, text padding, decode, resize + crop, tensor conversion).
+- `bound`: the same work in a plain single-thread loop: Parquet read of the row group (image +
+  text columns) + decode (draft mode as the loader) + resize + crop to uint8. No shuffle, no
+  batching, no text padding, no float conversion: the loader does more than this.
+- `shardloader`: `ShardLoader` (train mode, shuffle buffer 2 batches) delivering float images and
+  padded text + mask, for each --workers count (0 = in-process).
+- `imagefolder`: a torch DataLoader over a minimal ImageFolder-style dataset (a folder per class,
+  PIL open + convert + the same resize + random crop, to float; no text): what DiT / fast-DiT
+  users run. torchvision is not a dependency here: the dataset is ten lines of PIL.
+- `hf_datasets`: `datasets.load_dataset("parquet")` over the same shards, a torch DataLoader whose
+  collate does the same resize + crop and pads the text (`np.frombuffer` of the blob).
 
-Three image sets: `prepared` (256x256, what `textok encode --image-size 256` stores: the loader
-only crops, so its ratio is the loader's own overhead), `imagenet` (500x375, about the ImageNet
-mean; the loader adds a bicubic resize; no draft at 256 px, the short side is < 2x) and `large`
-(1024x768, where draft decodes at 1/2 scale). Each figure is the best of `--repeats` runs: the
-machine may be shared, and the best run is the one least disturbed.
+Every rate is examples/s after the first batch (worker start-up and the first shuffle-buffer fill
+are not throughput), best of --repeats (the machine is shared: the best run is the least
+disturbed). `ratios` holds what issue 20 asks: ShardLoader vs the bound (goal >= 0.95 at 0
+workers, >= 1.7 at 2 workers on 2 cores), vs ImageFolder and vs datasets at equal workers.
+`conditions` records the CPU count and load average: ratios are measured in one run, so a
+shared machine slows numerator and denominator alike, but not exactly alike.
 """
 from __future__ import annotations
 
@@ -39,7 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _report import emit  # noqa: E402
 
-SETS = {"prepared": (256, 256), "imagenet": (500, 375), "large": (1024, 768)}
+# stored size, training size, examples timed (x --examples): small images go ~10x faster, and a
+# measurement shorter than a second is mostly noise on a shared machine
+SETS = {"imagenet": ((500, 375), 256, 1), "small": ((64, 48), 32, 4), "large": ((1024, 768), 256, 1)}
+TINY_SETS = {"tiny": ((48, 40), 32, 1)}
 
 
 def photo_like(rng: np.random.Generator, w: int, h: int, quality: int = 90) -> bytes:
@@ -58,163 +65,220 @@ def photo_like(rng: np.random.Generator, w: int, h: int, quality: int = 90) -> b
     return buf.getvalue()
 
 
-def write_shards(out: str, rows: int, size: tuple[int, int], text_dim: int, max_tokens: int, seed: int = 0) -> str:
-    from textok.pipeline.encode.pipeline import ROW_GROUP_SIZE, shards_table
+def write_data(out: str, rows: int, size: tuple[int, int], text_dim: int, max_tokens: int,
+               seed: int = 0) -> tuple[str, str]:
+    """(shards dir, ImageFolder dir) holding the same JPEGs; shards written as WriteShardFn writes them."""
+    from textok.pipeline.encode.pipeline import shards_table
     from textok.schemas.common import write_table_atomic
-    from textok.schemas.shards import parquet_write_options
+    from textok.schemas.shards import shard_write_options
 
     rng = np.random.default_rng(seed)
-    quality = 95 if size == SETS["prepared"] else 90  # encode --image-size re-encodes at q95
-    images = [photo_like(rng, *size, quality=quality) for _ in range(min(rows, 32))]  # reused: synthesis is slow, decode is not
+    images = [photo_like(rng, *size) for _ in range(min(rows, 32))]  # reused: synthesis is slow, decode is not
     meta = {"encoder": "synthetic", "D": text_dim, "max_tokens": max_tokens, "compute_dtype": "bfloat16",
             "storage_dtype": "float16", "image_mode": "original"}
-    per_shard = max(1, rows // 4)
+    shards, folder = os.path.join(out, "shards"), os.path.join(out, "folder")
+    per_shard = max(1, rows // 2)
     for s in range(0, rows, per_shard):
         part = []
         for i in range(s, min(rows, s + per_shard)):
-            n = int(rng.integers(20, min(90, max_tokens) + 1))
+            n = int(rng.integers(min(20, max_tokens), min(90, max_tokens) + 1))
             part.append({"key": f"k{i:06d}", "split": "train", "label": i % 10, "class_name": None,
                          "caption": "a photo", "image": images[i % len(images)], "image_format": "jpeg",
                          "width": size[0], "height": size[1], "text_len": n,
                          "text_emb": rng.standard_normal((n, text_dim)).astype(np.float16)})
-        table = shards_table(part, meta)  # written as WriteShardFn writes shards
-        write_table_atomic(table, os.path.join(out, f"train-{s // per_shard:05d}.parquet"),
-                           row_group_size=ROW_GROUP_SIZE, **parquet_write_options(table.schema))
-    return out
+            os.makedirs(os.path.join(folder, f"class{i % 10}"), exist_ok=True)
+            with open(os.path.join(folder, f"class{i % 10}", f"k{i:06d}.jpg"), "wb") as f:
+                f.write(images[i % len(images)])
+        table = shards_table(part, meta)
+        write_table_atomic(table, os.path.join(shards, f"train-{s // per_shard:05d}.parquet"),
+                           **shard_write_options(table))
+    return shards, folder
 
 
-def best_of(repeats: int, fn, key=lambda r: r):
-    return max((fn() for _ in range(repeats)), key=key)
-
-
-def pil_loop(images: list[bytes], image_size: int | None, repeat: int) -> float:
-    """Examples/s of a bare decode loop; `image_size` set: JPEG draft mode as the loader uses it."""
-    from PIL import Image
-
-    n, t0 = 0, time.perf_counter()
-    for _ in range(repeat):
-        for data in images:
-            img = Image.open(io.BytesIO(data))
-            if image_size:
-                w, h = img.size
-                if min(w, h) >= 2 * image_size:
-                    s = image_size / min(w, h)
-                    img.draft(None, (int(np.ceil(w * s)), int(np.ceil(h * s))))
-            img.convert("RGB")
-            n += 1
+def timed(batches, examples: int) -> float:
+    """Examples/s of an iterator of batches (dicts with "key", or (images, labels) tuples) after its first."""
+    n, t0 = 0, None
+    for batch in batches:
+        if t0 is None:
+            t0 = time.perf_counter()
+            continue
+        n += len(batch["key"]) if isinstance(batch, dict) else len(batch[0])
+        if n >= examples:
+            break
     return n / (time.perf_counter() - t0)
 
 
-def loader_rate(shards: str, image_size: int, batch_size: int, num_workers: int, examples: int,
-                draft: bool) -> dict:
-    """Examples/s of ShardLoader (after its first batch: worker start-up is not throughput)."""
-    import textok.schemas.images as images_mod
-    from textok.trainer.data.loader import ShardLoader
-
-    real = images_mod.decode_image
-    if not draft:  # the loader's decode with draft mode switched off
-        images_mod.decode_image = lambda data, **kw: real(data, **{k: v for k, v in kw.items()
-                                                                   if k != "min_short_side"})
-    try:
-        loader = ShardLoader(shards, image_size=image_size, batch_size=batch_size, train=True, seed=0,
-                             num_workers=num_workers, shuffle_buffer=64)
-        bytes_per_row = sum(os.path.getsize(f) for f in loader.files) / sum(
-            __import__("pyarrow.parquet", fromlist=["x"]).ParquetFile(f).metadata.num_rows for f in loader.files)
-        n, t0 = 0, None
-        for batch in loader:
-            if t0 is None:
-                t0 = time.perf_counter()
-                continue
-            n += len(batch["key"])
-            if n >= examples:
-                break
-        dt = time.perf_counter() - t0
-    finally:
-        images_mod.decode_image = real
-    return {"examples_per_s": round(n / dt, 1), "MB_per_s_read": round(n * bytes_per_row / dt / 1e6, 1)}
+def best_of(repeats: int, fn) -> float:
+    return round(max(fn() for _ in range(repeats)), 1)
 
 
-def breakdown(shards: str, images: list[bytes], image_size: int, batch_size: int) -> dict:
-    """Milliseconds per example of each step the loader takes, timed alone (one pass, one thread)."""
-    import torch
-
-    from textok.schemas.images import decode_image
-    from textok.trainer.data.loader import COLUMNS, Unit, pad_text, plan_units, resize_crop
-    from textok.schemas.shards import text_emb_arrays
-
-    units = plan_units(sorted(os.path.join(shards, f) for f in os.listdir(shards)), 1)
-    t0 = time.perf_counter()
-    tables = [Unit.read(u, COLUMNS) for u in units]
-    t_read = time.perf_counter() - t0
-    rows = sum(t.num_rows for t in tables)
-    embs = [e for t in tables for e in text_emb_arrays(t)]
-    t0 = time.perf_counter()
-    for i in range(0, len(embs), batch_size):
-        pad_text(embs[i:i + batch_size], 128, ["-"] * len(embs[i:i + batch_size]))
-    t_pad = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    decoded = [decode_image(b, min_short_side=image_size) for b in images]
-    t_decode = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    crops = [resize_crop(img, image_size, True, rng) for img in decoded]
-    t_crop = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(0, len(crops), batch_size):
-        torch.stack([torch.from_numpy(c).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-                     for c in crops[i:i + batch_size]])
-    t_tensor = time.perf_counter() - t0
-    ms = lambda t, n: round(t / n * 1e3, 3)  # noqa: E731
-    return {"parquet_read_incl_text": ms(t_read, rows), "text_pad": ms(t_pad, len(embs)),
-            "decode_as_loader": ms(t_decode, len(images)), "resize_crop": ms(t_crop, len(images)),
-            "to_tensor_stack": ms(t_tensor, len(images))}
-
-
-def run_set(name: str, args, tmp: str) -> dict:
+def bound_loop(shards: str, image_size: int, examples: int) -> tuple[float, dict]:
+    """Examples/s of read + decode + resize + crop in one plain loop, and ms/example of each step."""
     import pyarrow.parquet as pq
 
-    shards = write_shards(os.path.join(tmp, name), args.rows, SETS[name], args.text_dim, args.max_tokens)
-    images = [b for f in sorted(os.listdir(shards))
-              for b in pq.read_table(os.path.join(shards, f), columns=["image"])["image"].to_pylist()]
-    repeat = max(1, args.examples // len(images))
-    bound = {"full": best_of(args.repeats, lambda: pil_loop(images, None, repeat)),
-             "draft": best_of(args.repeats, lambda: pil_loop(images, args.image_size, repeat))}
-    rate = lambda workers, draft: best_of(  # noqa: E731
-        args.repeats, lambda: loader_rate(shards, args.image_size, args.batch_size, workers, args.examples, draft),
-        key=lambda r: r["examples_per_s"])
-    one = {mode: rate(0, mode == "draft") for mode in ("full", "draft")}
-    out = {"stored_size": list(SETS[name]), "jpeg_bytes_mean": round(float(np.mean([len(b) for b in images]))),
-           "pil_decode_per_s": round(bound["full"], 1), "pil_decode_draft_per_s": round(bound["draft"], 1),
-           "loader_1_worker": one["draft"], "loader_1_worker_draft_off": one["full"],
-           "ratio_vs_decode_bound": round(one["draft"]["examples_per_s"] / bound["draft"], 3),
-           "ratio_vs_decode_bound_draft_off": round(one["full"]["examples_per_s"] / bound["full"], 3),
-           "draft_speedup": round(one["draft"]["examples_per_s"] / one["full"]["examples_per_s"], 2)}
-    out["breakdown_ms_per_example"] = breakdown(shards, images, args.image_size, args.batch_size)
-    out["scaling"] = {str(w): rate(w, True) for w in args.num_workers if w > 0}
+    from textok.schemas.images import decode_image
+    from textok.schemas.shards import image_bytes, text_emb_arrays
+    from textok.trainer.data.loader import resize_crop
+
+    files = sorted(os.path.join(shards, f) for f in os.listdir(shards))
+    rng = np.random.default_rng(0)
+    spent = {"read": 0.0, "decode": 0.0, "resize_crop": 0.0}
+    n = 0
+    while n < examples:
+        for f in files:
+            pf = pq.ParquetFile(f)
+            for rg in range(pf.num_row_groups):
+                t0 = time.perf_counter()
+                table = pf.read_row_group(rg, columns=["image", "text_emb", "text_len"])
+                images, _ = image_bytes(table.column("image")), text_emb_arrays(table, _dim(pf))
+                t1 = time.perf_counter()
+                spent["read"] += t1 - t0
+                for data in images:
+                    t1 = time.perf_counter()
+                    img = decode_image(data, min_short_side=image_size)
+                    t2 = time.perf_counter()
+                    resize_crop(img, image_size, True, rng)
+                    spent["decode"] += t2 - t1
+                    spent["resize_crop"] += time.perf_counter() - t2
+                    n += 1
+    total = sum(spent.values())
+    return n / total, {k: round(v / n * 1e3, 3) for k, v in spent.items()}
+
+
+def _dim(pf) -> int:
+    from textok.schemas.common import meta_from_schema
+
+    return int(meta_from_schema(pf.schema_arrow, "-")["meta"]["D"])
+
+
+def shardloader_rate(shards: str, image_size: int, batch_size: int, workers: int, examples: int) -> float:
+    from textok.trainer.data.loader import ShardLoader
+
+    loader = ShardLoader(shards, image_size=image_size, batch_size=batch_size, train=True, seed=0,
+                         num_workers=workers, shuffle_buffer=2 * batch_size)
+    return timed(iter(loader), examples)
+
+
+class FolderDataset:
+    """ImageFolder as DiT users run it, without torchvision: (image, class index) per file."""
+
+    def __init__(self, root: str, image_size: int):
+        classes = sorted(os.listdir(root))
+        self.items = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
+                      for f in sorted(os.listdir(os.path.join(root, c)))]
+        self.image_size = image_size
+        self.rng = np.random.default_rng(0)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        import torch
+        from PIL import Image
+
+        from textok.trainer.data.loader import resize_crop
+
+        path, label = self.items[i]
+        with open(path, "rb") as f:
+            img = Image.open(f).convert("RGB")  # torchvision's pil_loader
+        x = torch.from_numpy(resize_crop(img, self.image_size, True, self.rng)).permute(2, 0, 1)
+        return x.float().div(127.5).sub(1.0), label  # ToTensor + Normalize(0.5, 0.5)
+
+
+def imagefolder_rate(folder: str, image_size: int, batch_size: int, workers: int, examples: int) -> float:
+    from torch.utils.data import DataLoader
+
+    ds = FolderDataset(folder, image_size)
+    dl = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                    persistent_workers=False)
+    return timed(_cycle(dl), examples)
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def datasets_rate(shards: str, image_size: int, batch_size: int, workers: int, examples: int, text_dim: int,
+                  max_tokens: int, cache: str) -> float:
+    import datasets
+    import torch
+    from torch.utils.data import DataLoader
+
+    from textok.trainer.data.loader import resize_crop
+
+    ds = datasets.load_dataset("parquet", data_files=os.path.join(shards, "*.parquet"), split="train", cache_dir=cache)
+    rng = np.random.default_rng(0)
+
+    def collate(rows):
+        images = torch.stack([torch.from_numpy(resize_crop(r["image"].convert("RGB"), image_size, True, rng))
+                              for r in rows]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        text = torch.zeros(len(rows), max_tokens, text_dim, dtype=torch.float16)
+        mask = torch.zeros(len(rows), max_tokens, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            e = np.frombuffer(r["text_emb"], "<f2").reshape(r["text_len"], text_dim)  # the README's one-liner
+            text[i, :len(e)] = torch.from_numpy(e.copy())
+            mask[i, :len(e)] = True
+        return {"images": images, "text_emb": text, "text_mask": mask, "key": [r["key"] for r in rows]}
+
+    dl = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, collate_fn=collate)
+    return timed(_cycle(dl), examples)
+
+
+def run_set(name: str, stored: tuple[int, int], image_size: int, scale: int, args, tmp: str) -> dict:
+    shards, folder = write_data(os.path.join(tmp, name), args.rows, stored, args.text_dim, args.max_tokens)
+    rate, profile = 0.0, {}
+    for _ in range(args.repeats):
+        r, p = bound_loop(shards, image_size, args.examples * scale)
+        if r > rate:
+            rate, profile = r, p
+    out = {"stored_size": list(stored), "image_size": image_size, "bound_per_s": round(rate, 1),
+           "bound_ms_per_example": profile, "shardloader": {}, "imagefolder": {}, "hf_datasets": {}}
+    ex, bs = args.examples * scale, args.batch_size
+    for w in args.workers:
+        out["shardloader"][str(w)] = best_of(args.repeats, lambda: shardloader_rate(shards, image_size, bs, w, ex))
+        out["imagefolder"][str(w)] = best_of(args.repeats, lambda: imagefolder_rate(folder, image_size, bs, w, ex))
+        if not args.no_datasets:
+            out["hf_datasets"][str(w)] = best_of(args.repeats, lambda: datasets_rate(
+                shards, image_size, bs, w, ex, args.text_dim, args.max_tokens, os.path.join(tmp, "hf")))
+    sl = out["shardloader"]
+    out["ratios"] = {
+        **{f"shardloader_{w}w_vs_bound": round(sl[w] / rate, 3) for w in sl},
+        **{f"shardloader_vs_imagefolder_{w}w": round(sl[w] / out["imagefolder"][w], 3) for w in sl},
+        **{f"shardloader_vs_datasets_{w}w": round(sl[w] / out["hf_datasets"][w], 3) for w in out["hf_datasets"]},
+    }
     return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rows", type=int, default=128, help="rows in the synthetic shards")
-    p.add_argument("--examples", type=int, default=192, help="examples timed per measurement")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--text-dim", type=int, default=1024)
+    p.add_argument("--rows", type=int, default=256, help="rows in the synthetic shards")
+    p.add_argument("--examples", type=int, default=384, help="examples timed per measurement (x4 for small)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--text-dim", type=int, default=2048)
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--num-workers", default="2", help="comma-separated DataLoader worker counts for the scaling")
-    p.add_argument("--sets", default="prepared,imagenet,large", help=f"image sets among {sorted(SETS)}")
-    p.add_argument("--repeats", type=int, default=2, help="best of this many runs per figure")
+    p.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
+    p.add_argument("--sets", default="imagenet,small", help=f"image sets among {sorted(SETS)}")
+    p.add_argument("--repeats", type=int, default=2, help="best of this many runs per figure (shared machine)")
+    p.add_argument("--no-datasets", action="store_true", help="skip HF datasets (its first load builds a cache)")
+    p.add_argument("--tiny", action="store_true", help="seconds: 24 rows of 48x40 at D=32 (the test's run)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    args.num_workers = [int(w) for w in args.num_workers.split(",") if w.strip()]
+    sets = {n: SETS[n] for n in args.sets.split(",")}
+    if args.tiny:
+        args.rows, args.examples, args.batch_size, args.text_dim, args.max_tokens, args.repeats = 24, 8, 4, 32, 16, 1
+        sets = TINY_SETS
+    args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     import torch
 
-    torch.set_num_threads(1)  # per-worker figures: one decode thread, like a DataLoader worker
+    torch.set_num_threads(1)  # one decode thread, like a DataLoader worker
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"bench": "loader_throughput", "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                  "image_size": args.image_size, "text_dim": args.text_dim, "goal_ratio_per_worker": 0.9,
-                  "sets": {name: run_set(name, args, tmp) for name in args.sets.split(",")}}
+        result = {"bench": "loader_throughput", "batch_size": args.batch_size, "text_dim": args.text_dim,
+                  "conditions": {"cpu_count": os.cpu_count(), "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+                                 "python": platform.python_version()},
+                  "goals": {"vs_bound_0w": 0.95, "vs_bound_2w": 1.7, "vs_imagefolder": 1.0},
+                  "sets": {name: run_set(name, *sets[name], args, tmp) for name in sets}}
+        result["conditions"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     emit(result, args.out)
     return 0
 

@@ -62,7 +62,8 @@ def bench(preset: str, batch: int, steps: int, device: torch.device, with_disc: 
     model.to(device).train()
     loss_fn.to(device)
     opt_g = build_optimizer(model, cfg.lr)
-    opt_d = build_optimizer(loss_fn.discriminator, cfg.lr)
+    # the trainer creates D at disc_start (train_tokenizer.start_discriminator); here only when it is timed
+    opt_d = build_optimizer(loss_fn.start_discriminator(0), cfg.lr) if with_disc else None
     sched = warmup_cosine(opt_g, 0, cfg.steps)
     data = {k: v.to(device) for k, v in synthetic_batch(batch, image_size, text_dim, max_tokens).items()}
     dist = Dist(device=device)

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from textok.schemas.common import SchemaError, parquet_source, validate
-from textok.schemas.shards import SCALE_COLUMN, text_emb_arrays
+from textok.schemas.shards import SCALE_COLUMN, is_blob, text_emb_arrays
 
 TEXT_TABLES = ("shards", "pools")
 
@@ -55,17 +55,21 @@ def _column_bytes(files: list[str]) -> dict[str, int]:
     return dict(out)
 
 
-def _check_text_dims(path: str, table: pa.Table, dim: int) -> None:
-    rows = pc.list_value_length(table["text_emb"]).to_numpy(zero_copy_only=False)
+def _check_text_dims(path: str, table: pa.Table, dim: int, itemsize: int) -> None:
+    col = table["text_emb"]
+    if is_blob(col.type):  # version 3: raw bytes of [text_len, D]
+        rows = pc.binary_length(col).to_numpy(zero_copy_only=False) / (dim * itemsize)
+    else:
+        rows = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     lens = table["text_len"].to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(rows != lens)
     if len(bad):
         i = int(bad[0])
         raise SchemaError(f"{path}: row {i} (key {table['key'][i].as_py()!r}) has text_len {lens[i]} but "
-                          f"text_emb holds {rows[i]} token rows ({len(bad)} rows disagree)")
+                          f"text_emb holds {rows[i]:g} token rows of metadata D={dim} ({len(bad)} rows disagree)")
     if len(table) and (int(lens.min()) < 1):
         raise SchemaError(f"{path}: text_len must be >= 1, found {int(lens.min())}")
-    bad_rows = [i for i, e in enumerate(text_emb_arrays(table)) if not np.isfinite(e).all()]
+    bad_rows = [i for i, e in enumerate(text_emb_arrays(table, dim)) if not np.isfinite(e).all()]
     if bad_rows:  # NaN/inf would train into NaN losses naming no row (issue 19)
         keys = [table["key"][i].as_py() for i in bad_rows[:5]]
         raise SchemaError(f"{path}: {len(bad_rows)} row(s) hold NaN/inf in text_emb, first rows {bad_rows[:5]} "
@@ -89,7 +93,8 @@ def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8
         raise SchemaError(f"{path}: mixes textok tables {sorted(kinds)}; inspect one table at a time")
     kind = kinds.pop()
     files = [i["path"] for i in infos]
-    report: dict[str, Any] = {"path": path, "table": kind, "files": len(files),
+    versions = sorted({i["schema_version"] for i in infos})
+    report: dict[str, Any] = {"path": path, "table": kind, "version": ",".join(versions), "files": len(files),
                               "rows": sum(i["num_rows"] for i in infos), "meta": infos[0]["meta"]}
     if kind in TEXT_TABLES:
         dims = {int(i["meta"]["D"]) for i in infos}
@@ -110,7 +115,7 @@ def inspect_table(path: str, contact_sheet: str | None = None, n_images: int = 8
             cols.append(SCALE_COLUMN)  # int8 storage: the scales decode (and may hold inf/NaN)
         t = pq.read_table(parquet_source(f), columns=cols)
         if kind in TEXT_TABLES:
-            _check_text_dims(f, t, report["D"])
+            _check_text_dims(f, t, report["D"], 1 if report["storage_dtype"] == "int8" else 2)
             t = t.drop_columns([c for c in ("text_emb", SCALE_COLUMN) if c in t.column_names])
         parts.append(t)
     table = pa.concat_tables(parts)
@@ -211,7 +216,8 @@ def write_contact_sheet(files: list[str], kind: str, out_png: str, n: int = 8, t
 
 
 def format_report(r: dict[str, Any]) -> str:
-    out = [f"{r['path']}: textok table {r['table']!r}, {r['files']} file(s), {r['rows']} rows — valid"]
+    out = [f"{r['path']}: textok table {r['table']!r} version {r['version']}, {r['files']} file(s), {r['rows']} rows "
+           f"— valid"]
     m = r["meta"]
     if "D" in r:
         out.append(f"  encoder {m.get('encoder')} (D={r['D']}, max_tokens {m.get('max_tokens')}, compute "

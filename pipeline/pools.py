@@ -59,7 +59,7 @@ def select_pool(rows: Sequence[dict], per_class: int, seed: int) -> list[dict]:
 
 
 def pools_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
-    return encoded_table(rows, with_metadata(pools_schema(int(meta["D"])), "pools", "pools", meta))
+    return encoded_table(rows, with_metadata(pools_schema(int(meta["D"])), "pools", "pools", meta), int(meta["D"]))
 
 
 class _PartPath:

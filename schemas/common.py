@@ -40,6 +40,8 @@ class TableSpec:
     version: str = SCHEMA_VERSION  # bumped when the table's columns change
     # older versions -> what they were and what to do about them (named in validate's error)
     old_versions: dict[str, str] = field(default_factory=dict)
+    # older versions still read as they are (validate accepts them; extra_check sees the version)
+    readable_versions: tuple[str, ...] = ()
 
 
 _TABLES: dict[str, TableSpec] = {}
@@ -65,8 +67,10 @@ def _ensure_registered() -> None:
         importlib.import_module(f"textok.schemas.{mod}")
 
 
-def make_metadata(table: str, stage: str, meta: dict[str, Any] | None = None) -> dict[bytes, bytes]:
-    version = _TABLES[table].version if table in _TABLES else SCHEMA_VERSION
+def make_metadata(table: str, stage: str, meta: dict[str, Any] | None = None,
+                  version: str | None = None) -> dict[bytes, bytes]:
+    """`version`: the table's current one unless given (tests writing an older layout)."""
+    version = version or (_TABLES[table].version if table in _TABLES else SCHEMA_VERSION)
     return {
         KEY_VERSION: version.encode(),
         KEY_TABLE: table.encode(),
@@ -75,9 +79,10 @@ def make_metadata(table: str, stage: str, meta: dict[str, Any] | None = None) ->
     }
 
 
-def with_metadata(schema: pa.Schema, table: str, stage: str, meta: dict[str, Any] | None = None) -> pa.Schema:
+def with_metadata(schema: pa.Schema, table: str, stage: str, meta: dict[str, Any] | None = None,
+                  version: str | None = None) -> pa.Schema:
     existing = dict(schema.metadata or {})
-    existing.update(make_metadata(table, stage, meta))
+    existing.update(make_metadata(table, stage, meta, version))
     return schema.with_metadata(existing)
 
 
@@ -192,7 +197,7 @@ def validate_file(path: str, expect_table: str | None = None) -> dict[str, Any]:
     if expect_table and info["table"] != expect_table:
         raise SchemaError(f"{path}: metadata textok.table is {info['table']!r}, expected {expect_table!r}")
     spec = table_spec(info["table"])
-    if info["schema_version"] != spec.version:
+    if info["schema_version"] != spec.version and info["schema_version"] not in spec.readable_versions:
         raise SchemaError(f"{path}: metadata textok.schema_version is {info['schema_version']!r}, this textok reads "
                           f"{spec.name} version {spec.version!r}"
                           + (f": {spec.old_versions[info['schema_version']]}"

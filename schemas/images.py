@@ -163,7 +163,8 @@ def decode_image(data: bytes, *, uri: str = "", max_pixels: int = DEFAULT_MAX_PI
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
         raise ImageDecodeError("truncated", f"{_where(uri)}pixel data unreadable ({type(e).__name__}: {e})") from e
     try:
-        img = ImageOps.exif_transpose(img)
+        # in place: without a rotation to apply, exif_transpose would return a full copy of the pixels
+        ImageOps.exif_transpose(img, in_place=True)
     except (OSError, SyntaxError, ValueError, KeyError, TypeError) as e:
         # Guessing "no rotation" could train on sideways images: a corrupt EXIF block fails the file.
         raise ImageDecodeError("truncated", f"{_where(uri)}EXIF orientation unreadable ({e})") from e

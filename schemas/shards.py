@@ -15,18 +15,36 @@ is a PIL image (and the Hub's dataset viewer shows pictures); pyarrow and DuckDB
 either version of the column, so the trainer still loads version 1 shards (plain binary `image`);
 `validate` names the upgrade (re-encode) for them.
 
-`text_emb` is `list<fixed_size_list<float16, D>>`: one unpadded `[text_len, D]` matrix per
-row, stored as a typed Arrow list (opens as-is in pyarrow, `datasets` and DuckDB).
-`text_emb_views` turns a column into numpy `[text_len, D]` views of the Arrow buffer,
-without copying.
+`text_emb` (version 3) is a binary blob per row: the unpadded `[text_len, D]` float16 matrix,
+little-endian, row-major (`text_len * D * 2` bytes). Chosen by measurement (bench/shard_layout.py,
+README "Shard layout v3"): at D=2048 a blob reads and decodes in ~0.05 ms/row against ~0.37 ms for
+a flat `list<halffloat>` and ~0.45 ms for version 2's `list<fixed_size_list<float16, D>>` (Parquet
+decodes a repetition level per value of a list; a blob has one value per row). The goal was
+<= 0.25 ms/row; no typed list meets it, so `datasets` shows `text_emb` as bytes and DuckDB as a BLOB,
+and the one-line reader is
 
-int8 storage (`textok encode --emb-dtype int8`, metadata storage_dtype "int8"): `text_emb` is
-`list<fixed_size_list<int8, D>>` and a column `text_emb_scale` (`list<float16>`, one scale per
-token) holds each token's absmax / 127, so a token vector is `q * scale` (symmetric per-token
-quantisation: one outlier channel costs only its own token's resolution). At T5-XL's D = 2048
-this halves the embedding bytes (1 byte per value + 2 per token), which at ImageNet scale are
-most of the dataset. `text_emb_arrays(table)` decodes either storage to float16 `[len, D]`
-(zero-copy for float16).
+    emb = np.frombuffer(row["text_emb"], "<f2").reshape(row["text_len"], D)   # D: metadata "D"
+
+`text_emb_views` turns a column (either version) into numpy `[text_len, D]` views of the Arrow
+buffer, without copying. Version 2 shards (`list<fixed_size_list<float16, D>>`) stay readable:
+`text_emb_arrays` and the loader take both; `textok inspect` prints the version.
+
+Compression (`shard_write_options`): none on `image.bytes` (JPEG/PNG are already entropy-coded:
+zstd saves 0 % and costs a pass) and none on `text_emb` (zstd saves ~8 % of float16 values and
+makes their read ~4x slower); zstd on the small columns. Row groups hold ~`ROW_GROUP_BYTES` (32 MiB)
+of data, at least 16 and at most 1024 rows: a row group is the loader's unit of reading and of
+shuffling (units are permuted across files each epoch), and one is held per worker plus its prefetch.
+
+int8 storage (`textok encode --emb-dtype int8`, metadata storage_dtype "int8"): `text_emb` holds
+int8 `[text_len, D]` bytes and a column `text_emb_scale` the float16 `[text_len]` per-token
+scales (version 2: `list<fixed_size_list<int8, D>>` and `list<float16>`); each scale is the
+token's absmax / 127, so a token vector is `q * scale` (symmetric per-token quantisation: one
+outlier channel costs only its own token's resolution). At T5-XL's D = 2048 this halves the
+embedding bytes (1 byte per value + 2 per token), which at ImageNet scale are most of the dataset.
+`text_emb_arrays(table)` decodes either storage to float16 `[len, D]` (zero-copy for float16).
+
+Pools and latents keep the typed `list<fixed_size_list<float16, D>>` (`text_emb_type`): they are
+small, read once, and their readers gain nothing from the blob.
 
 Metadata (`textok.meta`): encoder, encoder_revision, encoder_hash, D, max_tokens,
 compute_dtype, storage_dtype ("float16" or "int8"), image_mode, split, num_rows.
@@ -42,13 +60,17 @@ import pyarrow.parquet as pq
 from textok.schemas.common import SchemaError, TableSpec, register_table
 
 TEXT_META_KEYS = ("encoder", "D", "max_tokens", "compute_dtype", "storage_dtype")
-SHARDS_VERSION = "2"  # 1: `image` was plain binary (datasets saw bytes, not pictures)
+SHARDS_VERSION = "3"  # 1: `image` was plain binary; 2: `text_emb` a nested typed list (slow to read)
+READABLE_VERSIONS = ("2",)  # older versions the trainer still reads as they are
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])  # datasets' Image()
 _HF_VALUES = {pa.string(): "string", pa.int8(): "int8", pa.int32(): "int32", pa.int64(): "int64", pa.float16(): "float16",
-              pa.float32(): "float32", pa.bool_(): "bool"}
+              pa.float32(): "float32", pa.bool_(): "bool", pa.binary(): "binary"}
 EMB_DTYPES = {"float16": pa.float16(), "int8": pa.int8()}
 SCALE_COLUMN = "text_emb_scale"
-SCALE_TYPE = pa.list_(pa.float16())
+SCALE_TYPE = pa.list_(pa.float16())  # version 2
+BLOB_TYPE = pa.binary()  # version 3 `text_emb` and `text_emb_scale`
+ROW_GROUP_BYTES = 32 << 20
+ROW_GROUP_ROWS = (16, 1024)  # bounds of a row group in rows
 
 
 def text_emb_type(dim: int, dtype: str = "float16") -> pa.DataType:
@@ -57,8 +79,12 @@ def text_emb_type(dim: int, dtype: str = "float16") -> pa.DataType:
     return pa.list_(pa.list_(EMB_DTYPES[dtype], int(dim)))
 
 
-def shards_schema(dim: int, dtype: str = "float16") -> pa.Schema:
-    scale = [pa.field(SCALE_COLUMN, SCALE_TYPE, nullable=False)] if dtype == "int8" else []
+def shards_schema(dim: int, dtype: str = "float16", version: str = SHARDS_VERSION) -> pa.Schema:
+    """The shards schema; `version` "2" gives the nested `text_emb` of version 2 (tests of old shards)."""
+    if dtype not in EMB_DTYPES:
+        raise SchemaError(f"embedding storage dtype {dtype!r}: expected one of {sorted(EMB_DTYPES)}")
+    v2 = version == "2"
+    scale = [pa.field(SCALE_COLUMN, SCALE_TYPE if v2 else BLOB_TYPE, nullable=False)] if dtype == "int8" else []
     schema = pa.schema([
         pa.field("key", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
@@ -71,7 +97,7 @@ def shards_schema(dim: int, dtype: str = "float16") -> pa.Schema:
         pa.field("image_format", pa.string(), nullable=False),  # "jpeg", "png", ... (PIL format, lower case)
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
-        pa.field("text_emb", text_emb_type(dim, dtype), nullable=False),
+        pa.field("text_emb", text_emb_type(dim, dtype) if v2 else BLOB_TYPE, nullable=False),
         pa.field("text_len", pa.int32(), nullable=False),
     ] + scale)
     return schema.with_metadata({b"huggingface": json.dumps({"info": {"features": hf_features(schema)}}).encode()})
@@ -108,13 +134,41 @@ def image_bytes(column: pa.Array | pa.ChunkedArray) -> list[bytes]:
 
 
 def parquet_write_options(schema: pa.Schema) -> dict:
-    """`pq.write_table` options for a table with `text_emb`: float16 values without dictionary
-    encoding. float16 has only 65,536 values, so Parquet dictionary-encodes the column, which makes
-    it larger and its reads ~3.5x slower (measured: 75 vs 20 ms per 32 rows of [55, 1024]), and
-    reading is the loader's cost. int8 keeps it: there the dictionary is both smaller and fast."""
-    if schema.field("text_emb").type.value_type.value_type == pa.float16():
-        return {"use_dictionary": [n for n in schema.names if n != "text_emb"]}
+    """`pq.write_table` options for a table with a typed-list `text_emb` (version 2, pools, latents):
+    float16 values without dictionary encoding. float16 has only 65,536 values, so Parquet
+    dictionary-encodes the column, which makes it larger and its reads ~3.5x slower (measured: 75 vs
+    20 ms per 32 rows of [55, 1024]), and reading is the loader's cost. int8 keeps it: there the
+    dictionary is both smaller and fast. A blob `text_emb` (version 3) is never dictionary-encoded."""
+    t = schema.field("text_emb").type
+    if t.equals(BLOB_TYPE) or t.value_type.value_type == pa.float16():
+        return {"use_dictionary": [n for n in schema.names if n not in ("text_emb", SCALE_COLUMN, "image")]}
     return {}
+
+
+def shard_row_group_size(table: pa.Table) -> int:
+    """Rows per row group: ~ROW_GROUP_BYTES of in-memory data, within ROW_GROUP_ROWS (see the module doc)."""
+    per_row = table.nbytes / max(1, table.num_rows)
+    return int(min(ROW_GROUP_ROWS[1], max(ROW_GROUP_ROWS[0], ROW_GROUP_BYTES // max(1, per_row))))
+
+
+def shard_write_options(table: pa.Table) -> dict:
+    """`write_table_atomic` / `pq.write_table` options of a shards table: per-column compression
+    (none on image bytes and embeddings, zstd on the rest), no dictionary on the big columns,
+    row groups of ~ROW_GROUP_BYTES."""
+    raw = {"image.bytes", "text_emb", SCALE_COLUMN}
+    return {"compression": {n: "none" if n in raw else "zstd" for n in _leaf_paths(table.schema)},
+            "row_group_size": shard_row_group_size(table), **parquet_write_options(table.schema)}
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """Parquet column paths of the leaves pyarrow's per-column options name ("image.bytes", ...)."""
+    out = []
+    for f in schema:
+        if pa.types.is_struct(f.type):
+            out += [f"{f.name}.{c.name}" for c in f.type]
+        else:
+            out.append(f.name)
+    return out
 
 
 def quantize_int8(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,8 +199,42 @@ def _list_column(flat: np.ndarray, lengths: np.ndarray, dim: int | None, type_: 
     return pa.ListArray.from_arrays(pa.array(offsets), inner)
 
 
+def _blob_column(parts: list[np.ndarray]) -> pa.Array:
+    """One binary value per array (its raw bytes): built on the concatenated buffer, no per-row bytes."""
+    sizes = np.fromiter((p.nbytes for p in parts), dtype=np.int64, count=len(parts))
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    if offsets[-1] >= 2 ** 31:
+        raise SchemaError(f"text_emb of {len(parts)} rows holds {offsets[-1]} bytes, over the 2 GiB of one binary "
+                          f"chunk: write fewer rows per shard (--rows-per-shard)")
+    data = np.concatenate([np.ascontiguousarray(p).reshape(-1).view(np.uint8) for p in parts]) if parts \
+        else np.zeros(0, np.uint8)
+    return pa.Array.from_buffers(BLOB_TYPE, len(parts), [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                         pa.py_buffer(data)])
+
+
+def text_emb_blob_columns(embeddings: list[np.ndarray], dim: int, dtype: str = "float16") -> dict[str, pa.Array]:
+    """The version 3 text columns from unpadded float `[len_i, D]` arrays: {"text_emb": float16 or int8
+    bytes, + "text_emb_scale": float16 bytes when int8}. Refuses inf/NaN like `text_emb_column`."""
+    _check_shapes(embeddings, dim)
+    if dtype == "int8":
+        pairs = [quantize_int8(e) for e in embeddings]
+        return {"text_emb": _blob_column([q for q, _ in pairs]), SCALE_COLUMN: _blob_column([sc for _, sc in pairs])}
+    if dtype != "float16":
+        raise SchemaError(f"embedding storage dtype {dtype!r}: expected one of {sorted(EMB_DTYPES)}")
+    parts = [np.asarray(e, dtype="<f2") for e in embeddings]
+    if not all(np.isfinite(p).all() for p in parts):
+        raise SchemaError("text_emb holds inf/NaN after the cast to float16 (an overflow): refusing to store it")
+    return {"text_emb": _blob_column(parts)}
+
+
+def _check_shapes(embeddings: list[np.ndarray], dim: int) -> None:
+    for i, e in enumerate(embeddings):
+        if e.ndim != 2 or e.shape[1] != dim:
+            raise SchemaError(f"text_emb row {i}: shape {e.shape}, expected [text_len, {dim}]")
+
+
 def text_emb_int8_columns(embeddings: list[np.ndarray], dim: int) -> tuple[pa.Array, pa.Array]:
-    """(`text_emb` int8 column, `text_emb_scale` column) from unpadded float `[len_i, D]` arrays."""
+    """(`text_emb` int8 column, `text_emb_scale` column) of version 2 from unpadded float `[len_i, D]` arrays."""
     for i, e in enumerate(embeddings):
         if e.ndim != 2 or e.shape[1] != dim:
             raise SchemaError(f"text_emb row {i}: shape {e.shape}, expected [text_len, {dim}]")
@@ -158,7 +246,7 @@ def text_emb_int8_columns(embeddings: list[np.ndarray], dim: int) -> tuple[pa.Ar
 
 
 def text_emb_column(embeddings: list[np.ndarray], dim: int) -> pa.Array:
-    """Build the `text_emb` Arrow column from unpadded float16 `[len_i, D]` arrays.
+    """Build the typed `text_emb` column (version 2 shards, pools, latents) from unpadded float16 `[len_i, D]` arrays.
 
     Refuses inf/NaN (float16 overflow) loudly: a silently corrupted embedding would train.
     """
@@ -173,9 +261,41 @@ def text_emb_column(embeddings: list[np.ndarray], dim: int) -> pa.Array:
     return _list_column(flat, lengths, dim, pa.float16())
 
 
-def text_emb_views(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+def _blob_views(column: pa.Array | pa.ChunkedArray, dtype, dim: int | None, name: str = "text_emb") -> list[np.ndarray]:
+    """Zero-copy `[n, dim]` (or `[n]` when dim is None) views of the values of a binary column."""
+    dtype = np.dtype(dtype)
+    width = dtype.itemsize * (dim or 1)
+    out: list[np.ndarray] = []
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        if chunk.null_count:
+            raise SchemaError(f"{name} column holds nulls")
+        _, offs, buf = chunk.buffers()
+        # a sliced chunk keeps the parent's buffers: skip to its own offsets (absolute into the data)
+        offsets = np.frombuffer(offs, np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(0, np.uint8)
+        for i in range(len(chunk)):
+            row = data[int(offsets[i]):int(offsets[i + 1])]
+            if len(row) % width:
+                raise SchemaError(f"{name} row {i}: {len(row)} bytes is not a whole number of "
+                                  f"{dim or 1} x {dtype} tokens (metadata D={dim})")
+            row = row.view(dtype)
+            out.append(row.reshape(-1, dim) if dim else row)
+    return out
+
+
+def is_blob(column_type: pa.DataType) -> bool:
+    """True for a version 3 `text_emb` (raw bytes), False for the typed nested list."""
+    return column_type.equals(BLOB_TYPE)
+
+
+def text_emb_views(column: pa.Array | pa.ChunkedArray, dim: int | None = None, dtype: str = "float16") -> list[np.ndarray]:
     """Zero-copy numpy `[text_len, D]` views of a `text_emb` column (one per row; float16, or the
-    raw int8 values of int8 storage -- `text_emb_arrays` decodes those)."""
+    raw int8 values of int8 storage -- `text_emb_arrays` decodes those). A version 3 (blob) column
+    needs `dim` (metadata "D") and its storage `dtype`; a typed column carries both."""
+    if is_blob(column.type):
+        if not dim:
+            raise SchemaError("a version 3 text_emb (bytes) needs D to be viewed: pass dim=metadata['D']")
+        return _blob_views(column, "<f2" if dtype == "float16" else np.int8, dim)
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     out: list[np.ndarray] = []
     for chunk in chunks:
@@ -204,17 +324,25 @@ def _scale_views(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     return out
 
 
-def text_emb_arrays(table: pa.Table) -> list[np.ndarray]:
-    """float16 `[text_len, D]` per row of a table holding `text_emb` (+ `text_emb_scale` when int8).
+def text_emb_arrays(table: pa.Table, dim: int | None = None) -> list[np.ndarray]:
+    """float16 `[text_len, D]` per row of a table holding `text_emb` (+ `text_emb_scale` when int8),
+    of either shard version (`dim`, metadata "D", is needed for version 3).
 
     float16 storage: zero-copy views. int8 storage: decoded (`q * scale`), one copy per row.
     """
     column = table.column("text_emb")
-    if column.type.value_type.value_type == pa.float16():
-        return text_emb_views(column)
+    int8 = SCALE_COLUMN in table.column_names
+    if not is_blob(column.type):
+        if column.type.value_type.value_type == pa.float16():
+            return text_emb_views(column)
+        int8 = True
+    elif not int8:
+        return text_emb_views(column, dim)
     if SCALE_COLUMN not in table.column_names:
         raise SchemaError(f"int8 text_emb needs its {SCALE_COLUMN!r} column: read it with text_emb")
-    return [dequantize_int8(q, s) for q, s in zip(text_emb_views(column), _scale_views(table.column(SCALE_COLUMN)))]
+    scales = table.column(SCALE_COLUMN)
+    scales = _blob_views(scales, "<f2", None, SCALE_COLUMN) if is_blob(scales.type) else _scale_views(scales)
+    return [dequantize_int8(q, s) for q, s in zip(text_emb_views(column, dim, "int8"), scales)]
 
 
 def check_text_columns(path: str, info: dict, pf: pq.ParquetFile) -> None:
@@ -225,15 +353,20 @@ def check_text_columns(path: str, info: dict, pf: pq.ParquetFile) -> None:
     dtype = meta.get("storage_dtype")
     if dtype not in EMB_DTYPES:
         raise SchemaError(f"{path}: metadata storage_dtype is {dtype!r}, expected one of {sorted(EMB_DTYPES)}")
-    expected = text_emb_type(dim, dtype)
+    blob = info.get("table") == "shards" and info.get("schema_version") == SHARDS_VERSION
+    expected = BLOB_TYPE if blob else text_emb_type(dim, dtype)
     got = pf.schema_arrow.field("text_emb").type
     if not got.equals(expected):
         raise SchemaError(f"{path}: column 'text_emb' has type {got}, expected {expected} "
-                          f"(metadata D={dim}, storage_dtype={dtype})")
+                          f"(metadata D={dim}, storage_dtype={dtype}, version {info.get('schema_version')})")
+    if dtype != "int8" and pf.schema_arrow.get_field_index(SCALE_COLUMN) >= 0:
+        raise SchemaError(f"{path}: metadata storage_dtype={dtype} but the file has a {SCALE_COLUMN!r} column, which "
+                          f"only int8 storage has: the metadata or the column is wrong")
     if dtype == "int8":
+        scale_type = BLOB_TYPE if blob else SCALE_TYPE
         idx = pf.schema_arrow.get_field_index(SCALE_COLUMN)
-        if idx < 0 or not pf.schema_arrow.field(idx).type.equals(SCALE_TYPE):
-            raise SchemaError(f"{path}: storage_dtype int8 needs a column {SCALE_COLUMN!r} of type {SCALE_TYPE}")
+        if idx < 0 or not pf.schema_arrow.field(idx).type.equals(scale_type):
+            raise SchemaError(f"{path}: storage_dtype int8 needs a column {SCALE_COLUMN!r} of type {scale_type}")
     if int(meta["max_tokens"]) <= 0:
         raise SchemaError(f"{path}: metadata max_tokens must be positive, got {meta['max_tokens']!r}")
 
@@ -247,6 +380,7 @@ SHARDS = register_table(TableSpec(
     required_meta=TEXT_META_KEYS,
     extra_check=check_text_columns,
     version=SHARDS_VERSION,
+    readable_versions=READABLE_VERSIONS,
     old_versions={"1": "version 1 shards store `image` as plain bytes (datasets shows bytes, not pictures); the "
                        "trainer still reads them; re-run `textok encode` into a new --output to "
                        "upgrade (the captions are reused, nothing is re-captioned)"},

@@ -43,10 +43,15 @@ class LocalS3:
 
 
 @contextlib.contextmanager
-def local_s3(bucket: str = "textok-test") -> Iterator[LocalS3]:
-    from moto.server import ThreadedMotoServer
+def local_s3(bucket: str = "textok-test", own_process: bool = False) -> Iterator[LocalS3]:
+    """`own_process`: run moto as a separate process (`moto_server`), so the server's Python does
+    not share the client's GIL -- what a timing against a real S3 endpoint needs (the benches)."""
+    if own_process:
+        server = _MotoProcess()
+    else:
+        from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
@@ -65,3 +70,37 @@ def local_s3(bucket: str = "textok-test") -> Iterator[LocalS3]:
             else:
                 os.environ[k] = v
         server.stop()
+
+
+class _MotoProcess:
+    """moto's S3 server as a child process on a free loopback port (ThreadedMotoServer's interface)."""
+
+    def start(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"moto_server exited with {self.proc.returncode}")
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("moto_server did not accept connections within 60 s")
+
+    def get_host_and_port(self) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)

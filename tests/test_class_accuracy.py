@@ -11,7 +11,7 @@ import pytest
 
 from textok.pipeline.sources.demo_data import SHAPES, render_scene, sample_scene
 from textok.schemas.common import with_metadata, write_table_atomic
-from textok.schemas.shards import shards_schema, image_column, text_emb_column
+from textok.schemas.shards import image_column, shards_schema, text_emb_blob_columns
 from textok.trainer.evaluation.class_accuracy import ClassAccuracyConfig, evaluate_class_accuracy
 
 
@@ -34,7 +34,7 @@ def shards(tmp_path_factory):
             pa.array([f"{split}/{i}" for i in range(n)]), pa.array([split] * n),
             pa.array([r["label"] for r in rows], pa.int32()), pa.array([r["class_name"] for r in rows]),
             pa.array([r["caption"] for r in rows]), image_column(imgs), pa.array(["png"] * n),
-            pa.array([32] * n, pa.int32()), pa.array([32] * n, pa.int32()), text_emb_column(embs, 4),
+            pa.array([32] * n, pa.int32()), pa.array([32] * n, pa.int32()), text_emb_blob_columns(embs, 4)["text_emb"],
             pa.array([1] * n, pa.int32())], schema=with_metadata(shards_schema(4), "shards", "encode", meta))
         write_table_atomic(table, os.path.join(root, f"{split}-00000-of-00001.parquet"))
         out[split] = rows

@@ -12,14 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+from textok.schemas.images import resize_center_crop
 from textok.schemas.common import SchemaError, with_metadata, write_table_atomic
-from textok.schemas.shards import image_bytes, image_column, shards_schema, text_emb_column
+from textok.schemas.shards import (SHARDS_VERSION, image_bytes, image_column, shards_schema, text_emb_blob_columns,
+                                   text_emb_column)
 from textok.trainer.data.loader import ShardLoader, ShardStream, resolve_shards
 
 
 def write_shards(out_dir, num_files=3, rows_per_file=10, dim=16, max_tokens=8, image_size=40, row_group_size=None,
-                 encoder="tiny-t5", seed=0, split="train") -> list[str]:
-    """Tiny real shards: PNG images of coloured blocks, random float16 text embeddings."""
+                 encoder="tiny-t5", seed=0, split="train", version=SHARDS_VERSION) -> list[str]:
+    """Tiny real shards: PNG images of coloured blocks, random float16 text embeddings; `version` "2"
+    writes the nested `text_emb` of version 2 shards (which the loader still reads)."""
     rng = np.random.default_rng(seed)
     paths = []
     for f in range(num_files):
@@ -39,13 +42,14 @@ def write_shards(out_dir, num_files=3, rows_per_file=10, dim=16, max_tokens=8, i
             caps.append(f"caption {i}")
         meta = {"encoder": encoder, "D": dim, "max_tokens": max_tokens, "compute_dtype": "float32",
                 "storage_dtype": "float16", "split": split, "num_rows": rows_per_file}
-        schema = with_metadata(shards_schema(dim), "shards", "encode", meta)
+        schema = with_metadata(shards_schema(dim, version=version), "shards", "encode", meta, version=version)
         n = len(keys)
         table = pa.Table.from_arrays([
             pa.array(keys), pa.array([split] * n), pa.array(labels, pa.int32()), pa.array(["c"] * n),
             pa.array(caps), image_column(imgs), pa.array(["png"] * n),
             pa.array([image_size + 8] * n, pa.int32()), pa.array([image_size] * n, pa.int32()),
-            text_emb_column(embs, dim), pa.array([len(e) for e in embs], pa.int32()),
+            text_emb_column(embs, dim) if version == "2" else text_emb_blob_columns(embs, dim)["text_emb"],
+            pa.array([len(e) for e in embs], pa.int32()),
         ], schema=schema)
         path = os.path.join(out_dir, f"{split}-{f:05d}-of-{num_files:05d}.parquet")
         write_table_atomic(table, path, row_group_size=row_group_size)
@@ -140,8 +144,9 @@ def test_iterating_leaves_the_global_torch_rng_alone(tmp_path, num_workers):
     assert torch.equal(torch.get_rng_state(), before)
 
 
-def test_padding_mask_and_image_range(tmp_path):
-    files = write_shards(tmp_path, num_files=1, rows_per_file=5, dim=16, max_tokens=8)
+@pytest.mark.parametrize("version", ["3", "2"])  # version 2 shards (nested text_emb) still load
+def test_padding_mask_and_image_range(tmp_path, version):
+    files = write_shards(tmp_path, num_files=1, rows_per_file=5, dim=16, max_tokens=8, version=version)
     batch = next(iter(ShardLoader(files, 32, batch_size=5, train=False)))
     assert batch["images"].shape == (5, 3, 32, 32) and batch["images"].dtype == torch.float32
     assert batch["images"].min() >= -1 and batch["images"].max() <= 1
@@ -152,8 +157,17 @@ def test_padding_mask_and_image_range(tmp_path):
     for i, n in enumerate(lens):
         assert batch["text_mask"][i, :n].all() and not batch["text_mask"][i, n:].any()
         assert (batch["text_emb"][i, n:] == 0).all()
-        ref = np.asarray(table.column("text_emb")[i].values.to_numpy(zero_copy_only=False).tolist(), np.float16)
+        if version == "3":  # the one-line reader the README gives for the blob
+            ref = np.frombuffer(table.column("text_emb")[i].as_py(), "<f2").reshape(n, 16)
+        else:
+            ref = np.asarray(table.column("text_emb")[i].values.to_numpy(zero_copy_only=False).tolist(), np.float16)
         assert np.array_equal(batch["text_emb"][i, :n].numpy(), ref.reshape(n, 16))
+    # uint8 from the workers, cast and laid out [B,3,S,S] here: the same pixels as a plain PIL
+    # resize + centre crop (within 1 level: the loader resamples only the crop box)
+    for i, data in enumerate(image_bytes(table.column("image"))):
+        ref = np.asarray(resize_center_crop(Image.open(io.BytesIO(data)).convert("RGB"), 32), np.float32)
+        got = ((batch["images"][i] + 1) * 127.5).permute(1, 2, 0).numpy()
+        assert np.abs(got - ref).max() <= 1.01
     assert batch["label"].tolist() == [0, 1, 2, 0, 1]
     assert batch["key"] == [f"k{i:05d}" for i in range(5)]
 

@@ -81,7 +81,7 @@ def test_encode_shards_contents_and_interop(t5_dir, captions_dir, tmp_path):
     from textok.text_encoder import TextEncoder
 
     enc = TextEncoder(t5_dir, device="cpu").load()
-    views = text_emb_views(table["text_emb"])
+    views = text_emb_views(table["text_emb"], 32)
     ref = enc.encode(table["caption"].to_pylist())
     for v, r, n in zip(views, ref, table["text_len"].to_pylist()):
         assert v.dtype == np.float16 and v.shape == (n, 32) and not v.flags.owndata
@@ -103,17 +103,28 @@ def test_encode_shards_contents_and_interop(t5_dir, captions_dir, tmp_path):
 
     ds = datasets.load_dataset("parquet", data_files=os.path.join(out, "shards", "train-*.parquet"), split="train",
                                cache_dir=str(tmp_path / "hf"))
-    assert len(ds) == 23 and len(ds[0]["text_emb"]) == ds[0]["text_len"] and len(ds[0]["text_emb"][0]) == 32
+    assert len(ds) == 23 and ds.features["text_emb"] == datasets.Value("binary")
+    # the documented one-line reader of a version 3 row, in datasets
+    emb = np.frombuffer(ds[0]["text_emb"], "<f2").reshape(ds[0]["text_len"], 32)
+    assert np.array_equal(emb, views[0])
     assert isinstance(ds.features["image"], datasets.Image)  # from the features in the Parquet metadata
     first = ds[0]
     assert isinstance(first["image"], Image.Image) and first["image"].size == (first["width"], first["height"])
     assert np.array_equal(np.asarray(first["image"]), np.asarray(Image.open(io.BytesIO(table["image"][0]["bytes"].as_py()))))
-    assert ds.data.schema.field("text_emb").type == text_emb_type(32)  # still nested float16 [text_len, D]
     con = duckdb.connect()
-    got = con.execute(f"SELECT count(*), sum(text_len), max(len(text_emb)), sum(octet_length(image.bytes)) FROM "
-                      f"read_parquet('{out}/shards/train-*.parquet')").fetchone()
+    got = con.execute(f"SELECT count(*), sum(text_len), max(octet_length(text_emb) // (2 * 32)), "
+                      f"sum(octet_length(image.bytes)) FROM read_parquet('{out}/shards/train-*.parquet')").fetchone()
     assert got == (23, sum(table["text_len"].to_pylist()), max(table["text_len"].to_pylist()),
                    sum(len(b) for b in image_bytes(table["image"])))
+    key, blob, n = con.execute(f"SELECT key, text_emb, text_len FROM read_parquet('{out}/shards/train-*.parquet') "
+                               f"ORDER BY key LIMIT 1").fetchone()
+    assert key == table["key"][0].as_py() and np.array_equal(np.frombuffer(blob, "<f2").reshape(n, 32), views[0])
+    # compression only where it pays: none on image bytes and embeddings, zstd on the rest
+    md = pq.ParquetFile(infos[0]["path"]).metadata
+    codecs = {md.row_group(0).column(c).path_in_schema: md.row_group(0).column(c).compression
+              for c in range(md.num_columns)}
+    assert codecs["image.bytes"] == codecs["text_emb"] == "UNCOMPRESSED" and codecs["caption"] == "ZSTD"
+    assert infos[0]["schema_version"] == "3"
 
 
 def test_image_size_and_holdout(t5_dir, captions_dir, tmp_path):

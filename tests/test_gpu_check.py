@@ -23,8 +23,8 @@ def test_without_cuda_it_says_so_and_exits_0(capsys):
     assert _gpu_check().main([]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["cuda"] is False and report["status"] == "skipped" and "no CUDA" in report["reason"]
-    assert set(report["sections"]) == {"env", "nccl", "sdpa_text_mask", "t5_xl_encoder", "textok_b_train", "dit_xl",
-                                       "local_vlm"}
+    assert set(report["sections"]) == {"env", "nccl", "sdpa_text_mask", "t5_xl_encoder", "textok_b_train",
+                                       "speed_switches", "dit_xl", "local_vlm"}
 
 
 def test_smoke_runs_every_section_on_cpu(capsys, tmp_path):
@@ -38,3 +38,5 @@ def test_smoke_runs_every_section_on_cpu(capsys, tmp_path):
     assert s["sdpa_text_mask"]["backend_accepts_mask"]["math"] == "ok"
     assert s["local_vlm"]["captions_returned"] == s["local_vlm"]["images"]
     assert s["textok_b_train"]["tokenizer_only"]["num_tokens"] == 16
+    assert {"eager", "channels_last", "compile", "compile_speedup"} <= set(s["speed_switches"])
+    assert s["sdpa_text_mask"]["masked_default_falls_back_to_math"] is False  # CPU: flash takes the mask

@@ -146,3 +146,24 @@ def test_trainer_streams_s3_shards_like_local_ones(s3, encoded, num_workers):
         assert np.array_equal(a["text_emb"].numpy(), b["text_emb"].numpy())
     glob = ShardLoader(f"{remote_out}/shards/train-0000[01]-*.parquet", image_size=16, batch_size=2)
     assert len(glob.files) == 2
+
+
+def test_s3_reads_share_one_client_and_a_missing_image_is_a_read_error(s3):
+    """Beam's S3 filesystem built a boto3 Session + client per call (0.3-0.8 s each: the 15x of an
+    encode to S3); remote_io installs one client per process and settings under it."""
+    from apache_beam.io.aws.clients.s3 import boto3_client
+
+    from textok.schemas.images import ImageDecodeError
+    from textok.pipeline.sources.records import read_image_bytes
+
+    s3.client().put_object(Bucket=s3.bucket, Key="one/a.bin", Body=b"abc")
+    assert rio.read_bytes(f"s3://{s3.bucket}/one/a.bin") == b"abc"
+    assert rio.exists(f"s3://{s3.bucket}/one/a.bin")
+    from apache_beam.io.filesystems import FileSystems
+
+    assert isinstance(boto3_client.boto3, rio._SharedBoto3)
+    options = FileSystems._pipeline_options  # what Beam's S3 filesystem builds its clients from
+    assert boto3_client.Client(options).client is boto3_client.Client(options).client
+    with pytest.raises(ImageDecodeError, match=f"s3://{s3.bucket}/one/missing.jpg") as e:
+        read_image_bytes(f"s3://{s3.bucket}/one/missing.jpg")
+    assert e.value.error_type == "read_error"

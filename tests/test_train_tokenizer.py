@@ -146,6 +146,37 @@ def test_resume_continues_exactly(shards, tmp_path):
         assert all(torch.equal(wa[k], wb[k]) for k in wa), f
 
 
+def test_discriminator_exists_from_its_start_step_and_resume_across_it_is_exact(shards, tmp_path):
+    full = tmp_path / "full"
+    out = train(tiny(shards, full, steps=6, save_every=2, disc_start=4))
+    ck = full / "checkpoints"
+    before = load_file(str(ck / "step-000002" / "discriminator.safetensors"))
+    assert set(before) == {"lecam_ema_real", "lecam_ema_fake", "lecam_initialised"}  # no D, no D optimizer
+    assert "opt_d" not in torch.load(ck / "step-000002" / "state.pt", weights_only=True)
+    assert any(k.startswith("discriminator.") for k in load_file(str(ck / "step-000006" / "discriminator.safetensors")))
+    assert "opt_d" in torch.load(ck / "step-000006" / "state.pt", weights_only=True)
+    # the weights-only export: model weights and its config, no optimizer or loss state
+    exported = sorted(os.listdir(out))
+    assert not any(n.endswith((".pt", ".pth", ".bin")) for n in exported), exported
+    keys = {k for f in exported if f.endswith(".safetensors") for k in load_file(os.path.join(out, f))}
+    assert keys and not any(k.startswith(("discriminator", "opt", "lecam")) or "exp_avg" in k for k in keys)
+    # resumed from step 2, before D exists: D is created at step 4 exactly as in the uninterrupted run
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ck / "step-000002", part / "checkpoints" / "step-000002")
+    (part / "checkpoints" / "latest").write_text("step-000002")
+    shutil.copy(full / "config.json", part / "config.json")
+    train(tiny(shards, part, steps=6, save_every=2, disc_start=4, resume=True))
+    a, b = read_metrics(str(full / "metrics.jsonl"))[2:], read_metrics(str(part / "metrics.jsonl"))
+    assert [r["step"] for r in b] == [3, 4, 5, 6] and "d_total" in b[-1]
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k != "time"} == {k: v for k, v in rb.items() if k != "time"}
+    for f in ("model", "ema", "discriminator"):
+        wa = load_file(str(ck / "step-000006" / f"{f}.safetensors"))
+        wb = load_file(str(part / "checkpoints" / "step-000006" / f"{f}.safetensors"))
+        assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa), f
+
+
 def test_resume_with_other_model_config_fails(shards, tmp_path):
     train(tiny(shards, tmp_path, steps=2))
     with pytest.raises(ValueError, match="num_tokens"):
@@ -398,3 +429,21 @@ def test_train_step_benchmark_runs_on_a_tiny_preset():
     r = bench.bench("tiny", 2, 1, torch.device("cpu"), with_disc=True, perceptual="none", image_size=32,
                     text_dim=16, max_tokens=8)
     assert r["num_tokens"] == 16 and r["flops_per_step"] > 0 and r["images_per_second"] > 0
+
+
+def test_compile_and_channels_last_train_on_cpu(shards, tmp_path):
+    """--compile (torch.compile of the step; "aot_eager": Dynamo + AOTAutograd graph capture without
+    Inductor's minutes of C++ codegen on 2 cores) and --channels-last train: finite losses, the GAN
+    step included, and checkpoints of the original module's keys."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    out = train(tiny(shards, tmp_path / "c", steps=4, disc_start=2, compile=True, compile_backend="aot_eager",
+                     channels_last=True,
+                     sample_every=100))
+    rows = read_metrics(str(tmp_path / "c" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(torch.isfinite(torch.tensor(r["total"])) for r in rows)
+    assert "d_total" in rows[-1]
+    eager = load_file(str(tmp_path / "c" / "checkpoints" / "step-000004" / "model.safetensors"))
+    assert not any(k.startswith("_orig_mod") for k in eager)  # the original module is saved, not the wrapper
+    assert os.path.isfile(os.path.join(out, "model.safetensors"))

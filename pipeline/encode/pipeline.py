@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -44,14 +45,14 @@ from textok.progress import open_stage, stage_progress
 from textok.schemas.captions import DEAD_LETTER_SCHEMA
 from textok.schemas.common import (SchemaError, list_parquet, parquet_source, read_meta, with_metadata,
                                    write_table_atomic)
-from textok.schemas.shards import (SCALE_COLUMN, SHARDS_VERSION, image_column, parquet_write_options, shards_schema,
-                                   text_emb_column, text_emb_int8_columns)
+from textok.schemas.shards import (SCALE_COLUMN, SHARDS_VERSION, image_column, is_blob, shard_write_options,
+                                   shards_schema, text_emb_blob_columns, text_emb_column, text_emb_int8_columns)
 
 log = logging.getLogger(__name__)
 
 CAPTION_COLUMNS = ["key", "split", "label", "class_name", "source_uri", "caption"]
-ROW_GROUP_SIZE = 256  # small row groups: the trainer streams shards without loading whole files
 DEFAULT_ROWS_PER_SHARD = 2048
+IMAGE_READ_THREADS = 8  # concurrent image reads per encode worker (I/O latency, not CPU)
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -154,12 +155,15 @@ def dead_letter_row(row: dict, error_type: str, message: str, stage: str = "enco
             "timestamp": dt.datetime.now(dt.timezone.utc)}
 
 
-def encoded_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+def encoded_table(rows: list[dict], schema: pa.Schema, dim: int) -> pa.Table:
     """Encoded rows (dicts with `text_emb` float16 `[len, D]` arrays) -> a table of `schema` (shards, pools).
-    A schema with a `text_emb_scale` column stores the embeddings as int8 + per-token scales."""
-    dim = schema.field("text_emb").type.value_type.list_size
+    A schema with a `text_emb_scale` column stores the embeddings as int8 + per-token scales; a binary
+    `text_emb` (shards version 3) stores raw bytes, a typed one (pools) the nested list."""
     embs = [r["text_emb"] for r in rows]
-    if schema.get_field_index(SCALE_COLUMN) >= 0:
+    int8 = schema.get_field_index(SCALE_COLUMN) >= 0
+    if is_blob(schema.field("text_emb").type):
+        built = text_emb_blob_columns(embs, dim, "int8" if int8 else "float16")
+    elif int8:
         built = dict(zip(("text_emb", SCALE_COLUMN), text_emb_int8_columns(embs, dim)))
     else:
         built = {"text_emb": text_emb_column(embs, dim)}
@@ -171,7 +175,7 @@ def encoded_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
 def shards_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
     schema = shards_schema(int(meta["D"]), meta.get("storage_dtype", "float16"))
-    return encoded_table(rows, with_metadata(schema, "shards", "encode", meta))
+    return encoded_table(rows, with_metadata(schema, "shards", "encode", meta), int(meta["D"]))
 
 
 def dead_letter_table(rows: list[dict], meta: dict[str, Any]) -> pa.Table:
@@ -250,17 +254,26 @@ class EncodeBatchFn(beam.DoFn):
             self.skipped.inc()  # a retried bundle, or another worker finished it
             return []
         good, dead = [], []
-        for row in rows:
-            if not self.with_images:
-                good.append(dict(row))
-                continue
+
+        def load(row):
             try:  # read_image_bytes reports I/O failures as ImageDecodeError("read_error") too
                 data = read_image_bytes(row["source_uri"])
-                image, fmt, w, h = prepare_image(data, row["source_uri"], self.image_size)
+                return row, prepare_image(data, row["source_uri"], self.image_size), None
             except ImageDecodeError as e:
-                dead.append(dead_letter_row(row, e.error_type, e.message))
-                continue
-            good.append(dict(row, image=image, image_format=fmt, width=w, height=h))
+                return row, None, e
+
+        if not self.with_images:
+            good = [dict(row) for row in rows]
+        else:
+            # Reads in flight together: on an object store each is a round trip or two (HEAD + GET)
+            # that would otherwise be paid one row after the other; order is kept (map).
+            with ThreadPoolExecutor(IMAGE_READ_THREADS) as pool:
+                for row, prepared, err in pool.map(load, rows):
+                    if err is not None:
+                        dead.append(dead_letter_row(row, err.error_type, err.message))
+                        continue
+                    image, fmt, w, h = prepared
+                    good.append(dict(row, image=image, image_format=fmt, width=w, height=h))
         embs = self._encoder.encode([r["caption"] for r in good], keys=[r["key"] for r in good],
                                     non_finite="return") if good else []
         encoded = []
@@ -324,8 +337,8 @@ class WriteShardFn(beam.DoFn):
         elif rio.exists(path):  # left by a killed attempt whose failed reads now succeed
             rio.remove(path)
         table = shards_table(rows, meta)
-        write_table_atomic(table, _ShardPath(self.output_dir)(task), row_group_size=ROW_GROUP_SIZE,
-                           fault_point="shards.after_write_before_rename", **parquet_write_options(table.schema))
+        write_table_atomic(table, _ShardPath(self.output_dir)(task), fault_point="shards.after_write_before_rename",
+                           **shard_write_options(table))
         maybe_fail("shards.after_rename")
         yield {"shard": task.name, "rows": len(rows), "dead_letter": len(dead)}
 

@@ -11,7 +11,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from apache_beam.io.filesystems import CompressionTypes, FileSystems
+from apache_beam.io.filesystems import FileSystems
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 SPLIT_DIR_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
@@ -88,12 +88,10 @@ def strip_ext(path: str) -> str:
 
 
 def read_bytes(path: str) -> bytes:
-    """Bytes of a local or remote file, never transparently decompressed."""
-    if not is_remote(path):
-        with open(path, "rb") as f:
-            return f.read()
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
+    """Bytes of a local or remote file, never transparently decompressed (`storage.read_bytes`)."""
+    from textok.storage import read_bytes as read_any
+
+    return read_any(path)
 
 
 # ---------------------------------------------------------------- split folders

@@ -73,6 +73,8 @@ def training_options(config_name: str, table: str):
             click.option("--allow-config-change", is_flag=True, default=None,
                          help="With --resume: continue although settings changed; the change is recorded in "
                               "OUTPUT/config_history.jsonl."),
+            click.option("--compile/--no-compile", "compile", default=None,
+                         help="torch.compile the model step (default off; for GPUs: the first steps compile)."),
         ], f)
     return decorate
 

@@ -40,6 +40,8 @@ def _train_options(f):
                            "EfficientNet-Lite0, else none; inception = the FID network, flags the run's rFID)"),
         click.option("--lpips-weights", help="LPIPS linear heads (lpips package vgg.pth)."),
         click.option("--vgg16-weights", help="torchvision vgg16-397923af.pth (LPIPS backbone)."),
+        click.option("--channels-last/--no-channels-last", "channels_last", default=None,
+                     help="NHWC images and discriminator (default off; helps convolutions on GPU under bf16)."),
     ], f)
 
 

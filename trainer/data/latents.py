@@ -43,7 +43,7 @@ from textok.faults import maybe_fail
 from textok.progress import Progress
 from textok.schemas.common import SchemaError, count_rows, validate_file, with_metadata, write_table_atomic
 from textok.schemas.latents import latents_schema, moments, read_latent_meta, z_column, z_view
-from textok.schemas.shards import SCALE_COLUMN, text_emb_arrays, text_emb_column, text_emb_views
+from textok.schemas.shards import SCALE_COLUMN, is_blob, text_emb_arrays, text_emb_column, text_emb_views
 from textok.trainer.data.shard_files import open_parquet
 # pad_text is also imported from here by trainer/evaluation/sample.py
 from textok.trainer.data.loader import (ResumableLoader, ShardLoader, ShardStream, check_shard_meta, pad_text, resolve_shards,
@@ -140,8 +140,8 @@ def latent_table(source: pa.Table, z: np.ndarray, meta: dict, with_text: bool) -
     cols = [source.column(n).cast(schema.field(n).type) for n in PASSTHROUGH] + [zcol]
     if with_text:
         text = source.column("text_emb")
-        if SCALE_COLUMN in source.column_names:  # int8 shards: latents keep float16 (their contract)
-            text = text_emb_column(text_emb_arrays(source), int(meta["D"]))
+        if SCALE_COLUMN in source.column_names or is_blob(text.type):  # latents keep typed float16 (their contract)
+            text = text_emb_column(text_emb_arrays(source, int(meta["D"])), int(meta["D"]))
             meta = dict(meta, storage_dtype="float16")
         cols += [text, source.column("text_len")]
     return pa.Table.from_arrays(cols, schema=with_metadata(schema, "latents", "extract-latents", meta))
@@ -245,6 +245,9 @@ class LatentStream(ShardStream):
             batch["text_emb"], batch["text_mask"] = pad_text([r[4] for r in rows], self.max_tokens,
                                                              [f"{r[5]}: row {r[0]!r}" for r in rows])
         return batch
+
+    def finish_batch(self, raw: dict) -> dict:
+        return raw  # latent batches are complete in the worker (small: no image to cast)
 
 
 class LatentLoader(ResumableLoader):

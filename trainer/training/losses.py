@@ -13,6 +13,12 @@ GAN 0.1, LeCAM 1e-4, discriminator from step 80k. The discriminator trains with 
 the generator term is -E[D(recon)]. LeCAM (Tseng et al., CVPR 2021) keeps D's outputs near the
 moving averages of the other side's outputs, which stabilises GANs on limited data.
 
+The discriminator (with its optimizer: 3x its ~24M parameters in a checkpoint) need not exist
+before `disc_start`: `TexTokLoss(..., build_discriminator=False)` leaves it out, and
+`start_discriminator(seed)` creates it when the gate opens (the trainer does this, so a tiny run
+saves kilobytes of loss state instead of 86 MB). Its initialisation is seeded from `seed` alone,
+so a run resumed before or after the start step builds the very same discriminator.
+
 The perceptual network is frozen and kept out of `state_dict()` and `parameters()`: it is a
 fixed pretrained file, not training state, so checkpoints hold the discriminator and the LeCAM
 averages only (`loss_fn.state_dict()`), and `.to(device)` still moves it.
@@ -62,14 +68,16 @@ def lecam_regulariser(real_logits, fake_logits, ema_real, ema_fake) -> torch.Ten
 
 
 class TexTokLoss(nn.Module):
-    def __init__(self, cfg: LossConfig, image_size: int):
+    def __init__(self, cfg: LossConfig, image_size: int, build_discriminator: bool = True):
         super().__init__()
         # the default DiscriminatorConfig is 256 px: D always follows the model's image size
         cfg = replace(cfg, disc=replace(cfg.disc, image_size=image_size))
         if cfg.perceptual_weight > 0:  # the resolved backend goes into config.json: eval-tokenizer reads it
             cfg = replace(cfg, perceptual=resolve_perceptual(cfg.perceptual, cfg.lpips_weights, cfg.vgg16_weights))
         self.cfg = cfg
-        self.discriminator = StyleGANDiscriminator(cfg.disc)
+        self.discriminator: StyleGANDiscriminator | None = None
+        if build_discriminator:
+            self.discriminator = StyleGANDiscriminator(cfg.disc)
         # a plain attribute, not a submodule: see the module docstring (moved by _apply below)
         perceptual = None
         if cfg.perceptual_weight > 0:
@@ -98,6 +106,22 @@ class TexTokLoss(nn.Module):
     def disc_active(self, step: int) -> bool:
         return self.cfg.gan_weight > 0 and step >= self.cfg.disc_start
 
+    def start_discriminator(self, seed: int) -> StyleGANDiscriminator:
+        """Create the discriminator (once; on the loss's device), initialised from `seed` alone:
+        the global RNG is left untouched, so creating it never shifts the run's other random draws."""
+        if self.discriminator is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                disc = StyleGANDiscriminator(self.cfg.disc)
+            self.discriminator = disc.to(self.lecam_ema_real.device)
+        return self.discriminator
+
+    def _disc(self) -> StyleGANDiscriminator:
+        if self.discriminator is None:
+            raise RuntimeError(f"the GAN term is active (step >= disc_start={self.cfg.disc_start}) but the "
+                               f"discriminator was never created: call loss_fn.start_discriminator(seed) first")
+        return self.discriminator
+
     # ------------------------------------------------------------------ generator (TexTok) step
 
     def generator_loss(self, images, recon, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -111,7 +135,7 @@ class TexTokLoss(nn.Module):
             logs["perceptual"] = perceptual.item()
         if self.disc_active(step):
             # D's weights get no gradient from the generator step; recon still does, through D
-            with _frozen(self.discriminator):
+            with _frozen(self._disc()):
                 gan = -self.discriminator(recon.float()).mean()
             total = total + cfg.gan_weight * gan
             logs["gan"] = gan.item()
@@ -125,7 +149,7 @@ class TexTokLoss(nn.Module):
             return torch.zeros((), device=images.device), {}
         cfg = self.cfg
         real = images.detach().float().requires_grad_(cfg.r1_weight > 0)
-        real_logits = self.discriminator(real)
+        real_logits = self._disc()(real)
         fake_logits = self.discriminator(recon.detach().float())
         hinge = hinge_d_loss(real_logits, fake_logits)
         total = hinge

@@ -33,6 +33,7 @@ from textok.trainer.training.checkpoint import (Checkpointer, load_run_checkpoin
                                                 start_or_resume)
 from textok.trainer.training.optim import EMA, build_optimizer, clip_grad, warmup_cosine
 from textok.trainer.training.distributed import Dist, distributed, local_batch, seed_everything, wrap_ddp
+from textok.trainer.training.speed import maybe_compile
 from textok.trainer.training.metrics_log import MetricsLogger
 from textok.devices import autocast
 from textok.trainer.training.guards import check_finite_weights, reduce_and_check
@@ -77,6 +78,8 @@ class TrainDiTConfig:
     resume: bool = False
     allow_config_change: bool = False  # --resume may change experiment settings (recorded)
     device: str = "auto"
+    compile: bool = False  # torch.compile the model step (training/speed.py)
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": graph capture only)
     model: dict = field(default_factory=dict)  # extra DiTConfig overrides (pos_embed, learn_sigma, ...)
 
 
@@ -194,7 +197,7 @@ def _train(cfg: TrainDiTConfig, dist: Dist) -> str:
     loader = build_loader(cfg, dist)
     model = build_model(cfg, loader.meta, loader.files).to(dist.device)
     ema = EMA(model, cfg.ema, warmup=cfg.ema_warmup)
-    ddp_model = wrap_ddp(model, dist)
+    ddp_model = maybe_compile(wrap_ddp(model, dist), cfg.compile, cfg.compile_backend)  # checkpoints save `model`
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
     sched = warmup_cosine(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     diffusion = diffusion_for(model.cfg)

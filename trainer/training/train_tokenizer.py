@@ -33,6 +33,7 @@ from textok.trainer.training.metrics_log import MetricsLogger
 from textok.devices import autocast
 from textok.trainer.training.guards import check_finite_weights, reduce_and_check
 from textok.trainer.training.run_config import due, resolve_config
+from textok.trainer.training.speed import maybe_compile, to_channels_last
 from textok.trainer.run_dir import check_text_encoder, text_encoder_record, write_text_encoder
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class TrainTokenizerConfig:
     num_tokens: int | None = None
     token_dim: int | None = None
     text_mode: str = "both"
-    # off unless asked: a flip contradicts captions that say where things are (loader.load_image); a
+    # off unless asked: a flip contradicts captions that say where things are (loader.decode_crop); a
     # comparison must use the same value for TexTok and the no-text baseline (eval-tokenizer checks)
     hflip: bool = False
     steps: int = 0
@@ -79,6 +80,9 @@ class TrainTokenizerConfig:
     resume: bool = False
     allow_config_change: bool = False  # --resume may change experiment settings (recorded)
     device: str = "auto"
+    compile: bool = False  # torch.compile the model step (training/speed.py)
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": graph capture only)
+    channels_last: bool = False  # NHWC images and discriminator (training/speed.py)
     model: dict = field(default_factory=dict)  # extra TexTokConfig overrides (width, depth, dropout, ...)
     loss: dict = field(default_factory=dict)  # extra LossConfig overrides (l2_weight, gan_weight, ...)
 
@@ -146,7 +150,16 @@ def build_model(cfg: TrainTokenizerConfig, text_dim: int, max_tokens: int):
     loss_cfg = LossConfig(**{"disc_start": cfg.disc_start, "perceptual": cfg.perceptual,
                              "lpips_weights": cfg.lpips_weights, "vgg16_weights": cfg.vgg16_weights,
                              "fid_inception_path": cfg.fid_inception_path, **loss_overrides})
-    return TexTok(model_cfg), TexTokLoss(loss_cfg, cfg.image_size)
+    # no discriminator before disc_start: `start_discriminator` creates it (with its optimizer) then
+    return TexTok(model_cfg), TexTokLoss(loss_cfg, cfg.image_size, build_discriminator=False)
+
+
+def start_discriminator(loss_fn, cfg: TrainTokenizerConfig, dist: Dist):
+    """The discriminator and its optimizer, created when the GAN term starts (or on resuming a run
+    past that step); the same on every rank (seeded init + broadcast)."""
+    disc = to_channels_last(loss_fn.start_discriminator(cfg.seed + 1_000_003), cfg.channels_last)
+    broadcast_params(disc, dist)  # DDP syncs the tokenizer; D is synced by hand
+    return build_optimizer(disc, cfg.disc_lr or cfg.lr, cfg.weight_decay, cfg.betas)
 
 
 def resolved_config(cfg: TrainTokenizerConfig, model, loss_fn) -> dict:
@@ -159,11 +172,12 @@ def resolved_config(cfg: TrainTokenizerConfig, model, loss_fn) -> dict:
 def train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cfg, dist) -> dict:
     """One generator update, then (once active) one discriminator update. Returns detached scalars."""
     device = dist.device
-    images = batch["images"].to(device, non_blocking=True)
+    images = to_channels_last(batch["images"].to(device, non_blocking=True), cfg.channels_last)
     text, mask = batch["text_emb"].to(device).float(), batch["text_mask"].to(device)
-    disc = loss_fn.discriminator
+    disc = loss_fn.discriminator  # None before disc_start
 
-    disc.requires_grad_(False)  # the G step must not leave gradients on D
+    if disc is not None:
+        disc.requires_grad_(False)  # the G step must not leave gradients on D
     with autocast(device):
         recon, _z = ddp_model(images, text, mask)
         g_loss, logs = loss_fn.generator_loss(images, recon.float(), step)
@@ -176,6 +190,8 @@ def train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cf
     sched_g.step()
 
     if loss_fn.disc_active(step):
+        if opt_d is None:
+            raise RuntimeError(f"step {step}: the GAN term is active but no discriminator optimizer was created")
         disc.requires_grad_(True)
         for group in opt_d.param_groups:
             group["lr"] = (cfg.disc_lr or cfg.lr) * lr_scale
@@ -193,23 +209,30 @@ def train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cf
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(ckpt, step, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist) -> str | None:
-    # the loss's state: the discriminator and the LeCAM running means
+    # the loss's state: the LeCAM running means, and the discriminator once it exists (opt_d with it)
     weights = {"model": model.state_dict(), "ema": ema.state_dict(), "discriminator": loss_fn.state_dict()}
-    state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sched_g": sched_g.state_dict(),
-             "ema_updates": ema.num_updates, "loader": loader.state_dict()}
+    state = {"opt_g": opt_g.state_dict(), "sched_g": sched_g.state_dict(),
+             "ema_updates": ema.num_updates, "loader": loader.state_dict(),
+             **({"opt_d": opt_d.state_dict()} if opt_d is not None else {})}
     return save_run_checkpoint(ckpt, step, weights, state, dist)
 
 
-def load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist) -> int:
+def load_checkpoint(path, model, ema, loss_fn, opt_g, sched_g, loader, cfg, dist):
+    """Restore a checkpoint; -> (step, the discriminator's optimizer or None when it had not started)."""
     weights, state = load_run_checkpoint(path, dist)
     model.load_state_dict(weights["model"])
     ema.load_state_dict(weights["ema"], state["ema_updates"])
+    opt_d = None
+    if any(k.startswith("discriminator.") for k in weights["discriminator"]):  # saved past disc_start
+        opt_d = start_discriminator(loss_fn, cfg, dist)
+        if "opt_d" not in state:
+            raise ValueError(f"{path}: holds discriminator weights but no 'opt_d' state; the checkpoint is incomplete")
+        opt_d.load_state_dict(state["opt_d"])
     loss_fn.load_state_dict(weights["discriminator"])
     opt_g.load_state_dict(state["opt_g"])
-    opt_d.load_state_dict(state["opt_d"])
     sched_g.load_state_dict(state["sched_g"])
     loader.load_state_dict(state["loader"])
-    return int(state["step"])
+    return int(state["step"]), opt_d
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -226,23 +249,29 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
     model, loss_fn = build_model(cfg, loader.text_dim, loader.max_tokens)
     model.to(dist.device)
     loss_fn.to(dist.device)
-    broadcast_params(loss_fn.discriminator, dist)  # DDP syncs the tokenizer; D is synced by hand
     ema = EMA(model, cfg.ema, warmup=cfg.ema_warmup)
-    ddp_model = wrap_ddp(model, dist)
+    ddp_model = maybe_compile(wrap_ddp(model, dist), cfg.compile, cfg.compile_backend)  # checkpoints save `model`
     opt_g = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
-    opt_d = build_optimizer(loss_fn.discriminator, cfg.disc_lr or cfg.lr, cfg.weight_decay, cfg.betas)
+    opt_d = None  # the discriminator's, from disc_start (start_discriminator)
     sched_g = warmup_cosine(opt_g, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     ckpt = Checkpointer(cfg.output, cfg.keep_last, dist.is_main)
     if cfg.resume and ckpt.latest():  # the run's text_encoder.json is about to be rewritten
         check_text_encoder(cfg.output, loader.meta, cfg.shards)
 
-    step = start_or_resume(cfg.output, resolved_config(cfg, model, loss_fn), cfg.resume, ckpt,
-                           lambda path: load_checkpoint(path, model, ema, loss_fn, opt_g, opt_d, sched_g, loader, dist),
-                           dist, allow_change=cfg.allow_config_change)
+    restored = {}
+
+    def restore(path: str) -> int:
+        restored["step"], restored["opt_d"] = load_checkpoint(path, model, ema, loss_fn, opt_g, sched_g, loader,
+                                                              cfg, dist)
+        return restored["step"]
+
+    step = start_or_resume(cfg.output, resolved_config(cfg, model, loss_fn), cfg.resume, ckpt, restore, dist,
+                           allow_change=cfg.allow_config_change)
+    opt_d = restored.get("opt_d")
     if dist.is_main:
         write_text_encoder(loader.meta, cfg.output)
-        log.info("TexTok %.1fM params, discriminator %.1fM", sum(p.numel() for p in model.parameters()) / 1e6,
-                 sum(p.numel() for p in loss_fn.discriminator.parameters()) / 1e6)
+        log.info("TexTok %.1fM params; discriminator from step %d", sum(p.numel() for p in model.parameters()) / 1e6,
+                 loss_fn.cfg.disc_start)
     preview = next(iter(ShardLoader(loader.files, cfg.image_size, 8, train=False))) if dist.is_main else None
     logger = MetricsLogger(cfg.output, cfg.steps, step, dist.is_main, desc="train-tokenizer")
 
@@ -250,6 +279,8 @@ def _train(cfg: TrainTokenizerConfig, dist: Dist) -> str:
     for batch in loader:
         if step >= cfg.steps:
             break
+        if opt_d is None and loss_fn.disc_active(step):
+            opt_d = start_discriminator(loss_fn, cfg, dist)
         logs = train_step(batch, step, ddp_model, model, loss_fn, opt_g, opt_d, sched_g, cfg, dist)
         ema.update(model)
         logs = reduce_and_check(logs, step + 1, ckpt, dist, keys=batch.get("key") or ())
