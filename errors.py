@@ -24,11 +24,13 @@ class FlagError(ValueError):
 # backends unimported): the captioners' configuration errors and "every server is down", the
 # text-encoder loader's (a non-finite embedding included), missing Google credentials, the Hugging
 # Face Hub's answers to a wrong id or revision, or no network, and a stage whose inputs mostly
-# ended in the dead letter (pipeline/run_outcome.py).
+# ended in the dead letter (pipeline/run_outcome.py), a Beam worker process killed mid-run
+# (pipeline/worker_deaths.py: the message says to rerun).
 _MISTAKE_NAMES = {"GeminiConfigError", "LocalVLMConfigError", "OpenAICompatConfigError", "FleetDownError",
                   "NonFiniteEmbedding", "EncoderError", "DefaultCredentialsError",
                   "RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "LocalEntryNotFoundError",
-                  "GatedRepoError", "OfflineModeIsEnabled", "HFValidationError", "TooManyDeadLetters"}
+                  "GatedRepoError", "OfflineModeIsEnabled", "HFValidationError", "TooManyDeadLetters",
+                  "WorkerDiedError"}
 # A file that is not what its name promises: a truncated or overwritten checkpoint.
 _CORRUPT_FILE_NAMES = {"SafetensorError", "HeaderTooLarge"}
 _FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)

@@ -9,6 +9,7 @@ With `multi_processing`, Beam starts each worker as `python -m ...sdk_worker_mai
 stderr: its start-up chatter and, when a DoFn fails, the worker's traceback would print above
 the command's one-line `Error:` (issue 19). Below -vv those workers write to a log file instead
 (named in an INFO line); the error itself still reaches this process and becomes the one line.
+A worker process that dies mid-run (SIGKILL, OOM) fails the run: pipeline/worker_deaths.py.
 
 `--runner dask` (or Beam's full DaskRunner path) runs on a Dask cluster: pipeline/runners.py.
 """
@@ -57,8 +58,12 @@ def make_pipeline(beam_args: Sequence[str] = (), **overrides) -> beam.Pipeline:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)  # -vv shows the workers' own output
-        if quiet and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
-            return beam.Pipeline(runner=quiet_worker_runner(), options=options)
+        if options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+            from textok.pipeline.worker_deaths import watch_subprocess_workers
+
+            watch_subprocess_workers()  # a worker killed mid-run fails the run (Beam alone waits forever)
+            if quiet:
+                return beam.Pipeline(runner=quiet_worker_runner(), options=options)
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     from textok.pipeline.runners import qualified_runner
 

@@ -303,6 +303,10 @@ def test_sigkill_at_a_named_point_then_rerun_loses_and_duplicates_nothing(inputs
     # multi_processing: the SIGKILL hits a worker process and the runner fails the pipeline
     if writer == "caption-mp" and died.returncode != -signal.SIGKILL:
         assert died.returncode != 0, died.stderr.decode(errors="replace")[-2000:]
+        if fault.startswith("caption."):  # a worker died (pipeline/worker_deaths.py): one line, no traceback
+            err = died.stderr.decode(errors="replace")
+            assert [ln for ln in err.splitlines() if ln.startswith("Error:")] == [err.strip().splitlines()[-1]]
+            assert "died mid-run" in err and "Traceback" not in err, err[-2000:]
     else:
         assert died.returncode == -signal.SIGKILL, (died.returncode, died.stderr.decode(errors="replace")[-2000:])
     for sub in w.watch:  # a temp file must never be what a *.parquet glob picks up
