@@ -144,7 +144,9 @@ class Progress:
         self._last_log = time.monotonic()
         log.info(self.line())
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """The closing line: `done, ...`, or `stopped, ...` when the work ended in an error (a
+        summary that said "done" above an `Error:` line would read as a finished run)."""
         if not self.enabled:
             return
         with self._lock:
@@ -152,15 +154,16 @@ class Progress:
                 self._bar.close()
                 self._bar = None
             else:
-                done = self.line().replace(f"{self.desc}: ", f"{self.desc}: done, ", 1)
+                word = "stopped" if failed else "done"
+                done = self.line().replace(f"{self.desc}: ", f"{self.desc}: {word}, ", 1)
                 log.info("%s in %s", done, _duration(time.monotonic() - self._t0))
             self.enabled = False
 
     def __enter__(self) -> "Progress":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(failed=exc_type is not None)
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, unit: str = "it",
@@ -186,12 +189,14 @@ def open_stage(desc: str, total: int | None, unit: str, output: str | None = Non
     bar = Progress(desc, total=total, unit=unit, output=output)
     with _stages_lock:
         _stages[desc] = bar
+    failed = True
     try:
         yield bar
+        failed = False
     finally:
         with _stages_lock:
             _stages.pop(desc, None)
-        bar.close()
+        bar.close(failed=failed)
 
 
 def stage_progress(desc: str, unit: str = "it") -> Progress:

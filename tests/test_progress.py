@@ -115,3 +115,20 @@ def test_cli_shows_textok_info_by_default_and_keeps_third_parties_quiet():
     finally:
         main.commands.pop("_probe")
         logging.getLogger().setLevel(logging.WARNING)
+
+
+def test_a_stage_that_fails_says_stopped_not_done(caplog):
+    """A run that ends in an error must not print a `done` summary just above its `Error:` line."""
+    import logging
+
+    from textok.progress import open_stage
+
+    caplog.set_level(logging.INFO, logger="textok.progress")
+    try:
+        with open_stage("caption-fail-test", 10, "images") as bar:
+            bar.update(3)
+            raise RuntimeError("worker died")
+    except RuntimeError:
+        pass
+    lines = [r.getMessage() for r in caplog.records if "caption-fail-test" in r.getMessage()]
+    assert any("stopped, 3/10" in ln for ln in lines) and not any(": done," in ln for ln in lines), lines
