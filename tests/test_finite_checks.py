@@ -33,13 +33,20 @@ def poison_shard(path: str, row: int) -> None:
     """Rewrite one shard with NaN in `row`'s text_emb (bypassing the writer, which refuses NaN)."""
     table = pq.read_table(path)
     col = table.column("text_emb").combine_chunks()
+    i = table.schema.get_field_index("text_emb")
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):  # v3: raw float16 bytes per row
+        blobs = col.to_pylist()
+        first = np.frombuffer(blobs[row], "<f2").copy()
+        first[0] = np.nan
+        blobs[row] = first.tobytes()
+        pq.write_table(table.set_column(i, table.schema.field(i), pa.array(blobs, col.type)), path)
+        return
     offsets = col.offsets.to_numpy()
     dim = col.type.value_type.list_size
     flat = col.values.values.to_numpy(zero_copy_only=False).copy()
     flat[int(offsets[row]) * dim] = np.nan
     inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), dim)
     emb = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner)
-    i = table.schema.get_field_index("text_emb")
     pq.write_table(table.set_column(i, table.schema.field(i), emb), path)
 
 
