@@ -65,7 +65,12 @@ def test_trainer_on_encoded_shards_and_resume_through_another_path_of_the_same_w
     copy = shutil.copytree(world["t5"], str(tmp_path / "mnt" / "t5"))
     out2 = str(tmp_path / "data2")
     run_encode(world["cap"], out2, encoder=copy, rows_per_shard=8, batch_size=8, device="cpu", image_size=32)
-    tok = train(tiny(os.path.join(out2, "shards"), run, steps=4, save_every=2, batch_size=4, resume=True))
+    # other shards are another experiment's data unless the user says so: refused, then accepted and recorded
+    with pytest.raises(ValueError, match=r"--resume would change the experiment \(train.shards"):
+        train(tiny(os.path.join(out2, "shards"), run, steps=4, save_every=2, batch_size=4, resume=True))
+    tok = train(tiny(os.path.join(out2, "shards"), run, steps=4, save_every=2, batch_size=4, resume=True,
+                     allow_config_change=True))
+    assert "train.shards" in (run / "config_history.jsonl").read_text()
     rows = read_metrics(str(run / "metrics.jsonl"))
     assert [r["step"] for r in rows][-2:] == [3, 4] and all(np.isfinite(r["total"]) for r in rows)
     # the model reads the encoded captions: other text, other reconstruction
