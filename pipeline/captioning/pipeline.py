@@ -52,6 +52,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from textok import storage as rio
 from textok.atomic import require_output_dir, write_json_atomic
 from textok.lease import hold_lease
+from textok.pipeline.cleanup import TODO_PREFIX  # one name for the to-do files (cleanup removes them)
 from textok.pipeline.captioning.rules import DEFAULT_MAX_WORDS, clean_caption, count_words
 from textok.pipeline.captioning.store import (CAPTIONS, DEAD_LETTER, STAGE, SUMMARY_FILE, WritePartsFn,
                                            compact, has_parts, list_table_files, open_parquet, parts_tagged,
@@ -69,7 +70,6 @@ DEFAULT_BATCH_SIZE = 32
 # Batches per unit of work: enough to keep several batches' requests in flight within a chunk
 # (`pending_limit`), few enough that a run of a few thousand images still spreads over workers.
 CAPTION_CHUNK_BATCHES = 4
-TODO_PREFIX = "_todo-"
 
 
 def _counter(name: str):
